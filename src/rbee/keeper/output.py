@@ -1,0 +1,40 @@
+"""How keeper commands print: aligned tables for people, ``--json`` for programs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+
+from rbee import wire
+
+__all__ = ["emit_json", "table"]
+
+
+def emit_json(obj: Any) -> None:
+    """Print a wire struct or plain data as indented JSON."""
+    click.echo(json.dumps(wire.to_builtins(obj), indent=2, sort_keys=False))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def table(rows: Iterable[Mapping[str, object]], columns: Sequence[str], empty: str) -> None:
+    """Print ``rows`` as an aligned table of ``columns``, or ``empty`` when there are none."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if not cells:
+        click.echo(empty)
+        return
+    header = [c.upper() for c in columns]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(columns))]
+    for row in [header, *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

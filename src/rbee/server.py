@@ -1,0 +1,136 @@
+"""What every rbee daemon's HTTP side shares: the app, its errors, auth, and serving it.
+
+Each daemon builds its routes on `create_app`, so that a bad body is always a 4xx JSON error
+(`rbee.wire.ErrorBody`), and runs it with `serve`, which binds (port 0 allowed), reports the bound
+URL through ``task_status`` and shuts down gracefully when ``shutdown`` fires.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from rbee import wire
+from rbee.errors import ApiError, RbeeError
+
+__all__ = ["create_app", "error_response", "is_loopback", "json_response", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response from a wire struct or plain data."""
+    return Response(wire.encode(obj), status=status, mimetype="application/json", headers=headers)
+
+
+def error_response(
+    message: str,
+    status: int,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The one error shape every rbee API answers with."""
+    body = wire.ErrorBody(error=wire.ErrorDetail(message=message, type=type_, code=code))
+    return json_response(body, status=status, headers=headers)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only exposes the API to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(name: str, token: str = "") -> QuartTrio:
+    """A quart-trio app with rbee's error handling and, when ``token`` is set, bearer auth.
+
+    ``GET /health`` stays open so that supervisors can probe a daemon without its token.
+    """
+    app = QuartTrio(name)
+    # Token streams can run for minutes; quart's 60 s response timeout would cut them off.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
+
+    @app.errorhandler(RbeeError)
+    async def _rbee_error(err: RbeeError) -> Response:
+        if isinstance(err, ApiError):
+            status = err.status
+        else:
+            status = 400
+        return error_response(str(err), status)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        return error_response(f"{err.name}: {err.description}", status)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(err: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(f"internal error: {type(err).__name__}", 500, "server_error")
+
+    if token:
+
+        @app.before_request
+        async def _check_token() -> Response | None:
+            if request.path == "/health":
+                return None
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return error_response(
+                    "missing or wrong API token: send 'Authorization: Bearer <token>'",
+                    401,
+                    "authentication_error",
+                )
+            return None
+
+    return app
+
+
+async def serve(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    *,
+    shutdown: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    graceful_timeout: float = 5.0,
+) -> None:
+    """Serve ``app`` on ``host:port`` until ``shutdown`` returns; report the bound base URL."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = 75
+
+    async def _started(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(_started)
+        task_status.started(binds[0])
+
+
+async def until_signal() -> None:
+    """Return at the first SIGINT or SIGTERM (hypercorn's trio serve installs no handlers)."""
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
