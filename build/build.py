@@ -19,7 +19,8 @@ def shiv_command(settings: dict[str, object], flavour: str, output: Path) -> lis
     """The shiv command line for ``flavour`` as ``shiv.toml`` describes it."""
     shiv = settings["shiv"]
     flavours = settings["flavour"]
-    assert isinstance(shiv, dict) and isinstance(flavours, dict)
+    assert isinstance(shiv, dict)
+    assert isinstance(flavours, dict)
     extras = ",".join(flavours[flavour]["extras"])
     command = [
         sys.executable,

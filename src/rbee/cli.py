@@ -61,9 +61,7 @@ pass_context = click.make_pass_decorator(Context)
 
 def json_option(f: F) -> F:
     """``--json``: print machine-readable output instead of a table."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
-        f
-    )
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
 class LazyGroup(click.Group):
@@ -96,7 +94,9 @@ class LazyGroup(click.Group):
     lazy=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, "-V", "--version", prog_name="rbee", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "-V", "--version", prog_name="rbee", message="%(prog)s %(version)s"
+)
 @click.option("-v", "--verbose", count=True, help="More output: -v info logs, -vv debug logs.")
 @click.option(
     "--config",

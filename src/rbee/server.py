@@ -68,10 +68,7 @@ def create_app(name: str, token: str = "") -> QuartTrio:
 
     @app.errorhandler(RbeeError)
     async def _rbee_error(err: RbeeError) -> Response:
-        if isinstance(err, ApiError):
-            status = err.status
-        else:
-            status = 400
+        status = err.status if isinstance(err, ApiError) else 400
         return error_response(str(err), status)
 
     @app.errorhandler(HTTPException)

@@ -32,7 +32,7 @@ class ErrorDetail(msgspec.Struct, frozen=True):
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
-    """The body of every 4xx/5xx answer: ``{"error": {"message": ..., "type": ..., "code": ...}}``."""
+    """The body of every 4xx/5xx answer: ``{"error": {"message": ..., "type": ..., ...}}``."""
 
     error: ErrorDetail
 
