@@ -1,0 +1,1 @@
+"""The queen: the daemon that decides (registry, jobs, scheduling, relay, hive lifecycle)."""

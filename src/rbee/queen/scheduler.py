@@ -1,0 +1,214 @@
+"""Where a job goes: the one scheduling interface and the built-in policies.
+
+A policy is anything with ``schedule(job, snapshot) -> Decision``. It sees an immutable
+`Snapshot` of the cluster (workers and hives, as the registry last heard of them) and answers one
+of four decisions, each carrying the reasons that led to it (which filter kept or removed whom), so
+that ``rbee policy explain`` and error messages can show them:
+
+- `Route`: send the job to this worker now;
+- `Spawn`: no worker can take it, start one for the model on this hive;
+- `Queue`: workers for the model exist but none has a free slot, wait;
+- `Reject`: it can never run here (no hive can host the model, ...).
+
+The registry answers queries; the policy decides (seed 002). The DSL policies of `rbee.policy`
+implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from rbee.wire.queen import GpuTelemetry, WorkerState
+
+__all__ = [
+    "BUILTIN_POLICIES",
+    "Decision",
+    "HiveView",
+    "JobView",
+    "Queue",
+    "Reject",
+    "Route",
+    "Scheduler",
+    "Snapshot",
+    "Spawn",
+    "WorkerView",
+    "builtin",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobView:
+    """What a policy may know about a job."""
+
+    id: str
+    model: str
+    priority: str = "interactive"
+    prompt_tokens: int = 0
+    max_tokens: int = 256
+    tenant: str = ""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerView:
+    """One worker with its hive's labels and VRAM, as a policy sees it."""
+
+    id: str
+    hive: str
+    model: str
+    device: str
+    state: WorkerState
+    slots_total: int
+    slots_free: int
+    cpu_pct: float = 0.0
+    rss_mb: float = 0.0
+    gpu_util_pct: float = 0.0
+    vram_mb: float = 0.0
+    total_vram_mb: float = 0.0
+    uptime_s: float = 0.0
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def vram_free_mb(self) -> float:
+        return max(self.total_vram_mb - self.vram_mb, 0.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HiveView:
+    """One online hive: where workers could be spawned."""
+
+    name: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    gpus: Sequence[GpuTelemetry] = ()
+    ram_free_mb: float = 0.0
+    models: Sequence[str] = ()
+    workers: int = 0
+
+    @property
+    def vram_free_mb(self) -> float:
+        return float(sum(g.vram_total_mb - g.vram_used_mb for g in self.gpus))
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The cluster at one instant, as the policy sees it."""
+
+    workers: Sequence[WorkerView] = ()
+    hives: Sequence[HiveView] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    worker_id: str
+    reasons: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    hive: str
+    model: str
+    device: str = "cpu"
+    reasons: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    reasons: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    reason: str
+    reasons: tuple[str, ...] = ()
+
+
+Decision = Route | Spawn | Queue | Reject
+
+
+class Scheduler(Protocol):
+    """Anything that can place a job."""
+
+    @property
+    def name(self) -> str: ...
+
+    def schedule(self, job: JobView, snapshot: Snapshot) -> Decision: ...
+
+
+Pick = Callable[[Sequence[WorkerView]], WorkerView]
+
+
+def _filter(
+    reasons: list[str], workers: Sequence[WorkerView], keep: Callable[[WorkerView], bool], by: str
+) -> list[WorkerView]:
+    kept = [w for w in workers if keep(w)]
+    reasons.append(f"matched {len(kept)}/{len(workers)} workers by {by}")
+    return kept
+
+
+def _spawn_target(job: JobView, snapshot: Snapshot, reasons: list[str]) -> Decision:
+    """No worker serves the model: spawn on a hive that has it, else the one with most free RAM."""
+    if not snapshot.hives:
+        return Reject(f"no worker serves model {job.model!r} and no hive is online", tuple(reasons))
+    having = [h for h in snapshot.hives if job.model in h.models]
+    reasons.append(f"{len(having)}/{len(snapshot.hives)} hives have model {job.model!r}")
+    pool = having or list(snapshot.hives)
+    hive = max(pool, key=lambda h: (h.vram_free_mb, h.ram_free_mb))
+    device = "cuda:0" if hive.gpus else "cpu"
+    reasons.append(f"spawn on hive {hive.name} (most free memory)")
+    return Spawn(hive.name, job.model, device, tuple(reasons))
+
+
+@dataclasses.dataclass
+class BuiltinPolicy:
+    """Filter to the model's ready workers with a free slot, then ``pick`` one."""
+
+    name: str
+    pick: Pick
+
+    def schedule(self, job: JobView, snapshot: Snapshot) -> Decision:
+        reasons: list[str] = []
+        serving = _filter(reasons, snapshot.workers, lambda w: w.model == job.model, "model")
+        if not serving:
+            return _spawn_target(job, snapshot, reasons)
+        alive = _filter(reasons, serving, lambda w: w.state in ("ready", "busy"), "state")
+        free = _filter(reasons, alive, lambda w: w.slots_free > 0, "free slots")
+        if not free:
+            return Queue((*reasons, "every worker for the model is busy or loading"))
+        chosen = self.pick(free)
+        return Route(chosen.id, (*reasons, f"{self.name} chose {chosen.id}"))
+
+
+def _round_robin() -> Pick:
+    counter = itertools.count()
+
+    def pick(workers: Sequence[WorkerView]) -> WorkerView:
+        ordered = sorted(workers, key=lambda w: w.id)
+        return ordered[next(counter) % len(ordered)]
+
+    return pick
+
+
+def _least_loaded(workers: Sequence[WorkerView]) -> WorkerView:
+    return min(workers, key=lambda w: (w.slots_total - w.slots_free) / max(w.slots_total, 1))
+
+
+BUILTIN_POLICIES: dict[str, Callable[[], Pick]] = {
+    "first-available": lambda: lambda ws: ws[0],
+    "least-loaded": lambda: _least_loaded,
+    "round-robin": _round_robin,
+    "most-vram-free": lambda: lambda ws: max(ws, key=lambda w: w.vram_free_mb),
+}
+
+
+def builtin(name: str) -> BuiltinPolicy:
+    """A fresh instance of the built-in policy ``name`` (round-robin keeps its own counter)."""
+    if name not in BUILTIN_POLICIES:
+        from rbee.errors import UsageError
+
+        raise UsageError(
+            f"unknown policy {name!r}: choose one of {', '.join(BUILTIN_POLICIES)} or a policy file"
+        )
+    return BuiltinPolicy(name, BUILTIN_POLICIES[name]())

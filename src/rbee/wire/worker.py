@@ -1,0 +1,148 @@
+"""The worker's HTTP API: the seeds' "dual call" (POST starts a generation, GET streams it).
+
+``POST /v1/inference`` takes an `InferenceRequest` and answers `InferenceAccepted`;
+``GET /v1/inference/{id}/stream`` is SSE: `Started`, one `Token` per token, one `Finished`, then
+``[DONE]`` (or ``[ERROR] <message>`` / ``[CANCELLED]``); ``DELETE /v1/inference/{id}`` cancels;
+``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answers `Health`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ChatMessage",
+    "Finished",
+    "Health",
+    "InferenceAccepted",
+    "InferenceRequest",
+    "SamplingParams",
+    "Started",
+    "StreamEvent",
+    "Timings",
+    "Token",
+    "Usage",
+    "WorkerInfo",
+    "stream_event_decoder",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class ChatMessage(Struct, frozen=True):
+    """One chat turn; rendered with the model's own chat template."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Meta(max_length=1_000_000)]
+
+
+class SamplingParams(Struct, frozen=True, kw_only=True):
+    """How to pick tokens. ``temperature`` 0 is greedy; the same ``seed`` gives the same text."""
+
+    max_tokens: Annotated[int, Meta(ge=1, le=32768)] = 256
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
+    top_k: Annotated[int, Meta(ge=0)] = 0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
+    seed: int | None = None
+    stop: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)] = []
+
+
+class InferenceRequest(SamplingParams, frozen=True, kw_only=True):
+    """Exactly one of ``prompt`` (raw text) or ``messages`` (chat, templated by the worker)."""
+
+    model: str | None = None
+    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    messages: list[ChatMessage] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+
+    def sampling(self) -> SamplingParams:
+        """The sampling part alone."""
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=self.stop,
+        )
+
+
+class InferenceAccepted(Struct, frozen=True):
+    """Where to stream the generation that was just started."""
+
+    job_id: str
+    sse_url: str
+
+
+class Usage(Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timings(Struct, frozen=True):
+    """Milliseconds spent waiting for a slot, on the prompt, to the first token and decoding."""
+
+    queue_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms: float
+    tokens_per_s: float
+
+
+class Started(Struct, frozen=True, tag="started", tag_field="type"):
+    """The request has a slot and its prompt is being processed."""
+
+
+class Token(Struct, frozen=True, tag="token", tag_field="type"):
+    """One generated piece of text; ``i`` counts from 0."""
+
+    t: str
+    i: int
+
+
+class Finished(Struct, frozen=True, tag="finished", tag_field="type"):
+    """The last event before ``[DONE]``."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+StreamEvent = Started | Token | Finished
+
+_event_decoder = msgspec.json.Decoder(StreamEvent)
+
+
+def stream_event_decoder() -> msgspec.json.Decoder[StreamEvent]:
+    """A decoder for the JSON payloads of a worker's stream."""
+    return _event_decoder
+
+
+class WorkerInfo(Struct, frozen=True, kw_only=True):
+    """What a worker serves and how busy it is (``GET /v1/info``)."""
+
+    model: str
+    precision: str
+    provider: str
+    device: str
+    context_length: int
+    slots_total: int
+    slots_free: int
+    queue_depth: int
+    pid: int
+    version: str
+
+
+class Health(Struct, frozen=True):
+    status: Literal["loading", "ready"]
