@@ -1,0 +1,1 @@
+"""Models: the on-disk store, GGUF import and the ONNX graph builder."""
