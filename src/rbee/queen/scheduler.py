@@ -1,7 +1,8 @@
 """Where a job goes: the one scheduling interface and the built-in policies.
 
 A policy is anything with ``schedule(job, snapshot) -> Decision``. It sees an immutable
-`Snapshot` of the cluster (workers and hives, as the registry last heard of them) and answers one
+`Snapshot` of the cluster (defined with the job and worker views in `rbee.wire.queen`, because the
+decision log carries them) (workers and hives, as the registry last heard of them) and answers one
 of four decisions, each carrying the reasons that led to it (which filter kept or removed whom), so
 that ``rbee policy explain`` and error messages can show them:
 
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from rbee.wire.queen import GpuTelemetry, WorkerState
+from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -37,67 +38,6 @@ __all__ = [
     "WorkerView",
     "builtin",
 ]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class JobView:
-    """What a policy may know about a job."""
-
-    id: str
-    model: str
-    priority: str = "interactive"
-    prompt_tokens: int = 0
-    max_tokens: int = 256
-    tenant: str = ""
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WorkerView:
-    """One worker with its hive's labels and VRAM, as a policy sees it."""
-
-    id: str
-    hive: str
-    model: str
-    device: str
-    state: WorkerState
-    slots_total: int
-    slots_free: int
-    cpu_pct: float = 0.0
-    rss_mb: float = 0.0
-    gpu_util_pct: float = 0.0
-    vram_mb: float = 0.0
-    total_vram_mb: float = 0.0
-    uptime_s: float = 0.0
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def vram_free_mb(self) -> float:
-        return max(self.total_vram_mb - self.vram_mb, 0.0)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class HiveView:
-    """One online hive: where workers could be spawned."""
-
-    name: str
-    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    gpus: Sequence[GpuTelemetry] = ()
-    ram_free_mb: float = 0.0
-    models: Sequence[str] = ()
-    workers: int = 0
-
-    @property
-    def vram_free_mb(self) -> float:
-        return float(sum(g.vram_total_mb - g.vram_used_mb for g in self.gpus))
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """The cluster at one instant, as the policy sees it."""
-
-    workers: Sequence[WorkerView] = ()
-    hives: Sequence[HiveView] = ()
 
 
 @dataclasses.dataclass(frozen=True)
