@@ -32,3 +32,18 @@ def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store root holding the default model, imported once with both precisions.
+
+    The model is ``rbee.models.importer.DEFAULT_MODEL`` (``smollm2-135m-instruct``), with the
+    ``int4`` and ``fp32`` graphs; tests must not change the store.
+    """
+    from rbee.models.importer import DEFAULT_MODEL, PRECISIONS, default_model_path, import_gguf
+    from rbee.models.store import ModelStore
+
+    root = tmp_path_factory.mktemp("models")
+    import_gguf(ModelStore(root), default_model_path(), name=DEFAULT_MODEL, precisions=PRECISIONS)
+    return root

@@ -27,7 +27,18 @@ __all__ = ["Context", "json_option", "main", "pass_context"]
 
 # name -> (module:attribute, one-line help). Daemon modes first, then keeper commands.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "queen": ("rbee.queen.cli:queen", "Run the queen daemon: scheduling, job queue, API."),
+    "worker": (
+        "rbee.worker.cli:worker",
+        "Run a worker daemon (one model on one device), or manage workers.",
+    ),
+    "hive": ("rbee.hive.cli:hive", "Run a hive daemon (one per host), or list hives."),
+    "infer": ("rbee.keeper.infer:infer", "Send a prompt to the queen and print the tokens."),
+    "status": ("rbee.keeper.status:status", "Show workers, queue depth and recent errors."),
+    "jobs": ("rbee.keeper.jobs:jobs", "List, show or cancel jobs."),
+    "model": ("rbee.keeper.models:model", "Import, list, pull and remove models."),
     "config": ("rbee.keeper.config_cmd:config", "Show or change settings in the config file."),
+    "policy": ("rbee.keeper.policy:policy", "Check, test, explain and replay scheduling policies."),
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -99,6 +99,7 @@ class HiveConfig:
     models_dir: str = ""
     worker_ready_timeout_s: float = 120 * SECONDS
     worker_stop_grace_s: float = 10 * SECONDS
+    state_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
 
@@ -35,8 +36,11 @@ __all__ = [
     "Scheduler",
     "Snapshot",
     "Spawn",
+    "Watched",
     "WorkerView",
     "builtin",
+    "make_fallback",
+    "make_scheduler",
 ]
 
 
@@ -152,3 +156,36 @@ def builtin(name: str) -> BuiltinPolicy:
             f"unknown policy {name!r}: choose one of {', '.join(BUILTIN_POLICIES)} or a policy file"
         )
     return BuiltinPolicy(name, BUILTIN_POLICIES[name]())
+
+
+def make_scheduler(policy: str, *, locked: bool = False) -> Scheduler:
+    """The scheduler the queen runs, from ``queen.policy`` / ``--policy``.
+
+    A built-in policy name, or the path of a policy file (``rbee.policy``), which must compile:
+    the queen does not start on a broken policy. ``locked`` (platform mode) turns hot reload off.
+    """
+    if policy in BUILTIN_POLICIES:
+        return builtin(policy)
+    path = Path(policy).expanduser()
+    if not path.is_file():
+        from rbee.errors import UsageError
+
+        raise UsageError(
+            f"unknown policy {policy!r}: not a built-in ({', '.join(BUILTIN_POLICIES)}) "
+            "and no such policy file"
+        )
+    from rbee.policy import PolicyHost
+
+    return PolicyHost(path, locked=locked)
+
+
+@runtime_checkable
+class Watched(Protocol):
+    """A scheduler that follows a file: the queen runs its ``watch`` loop in its nursery."""
+
+    async def watch(self, interval_s: float = 1.0) -> None: ...
+
+
+def make_fallback(policy_fallback: str) -> Scheduler | None:
+    """The built-in policy used when the main one raises `PolicyError`; None for ``"reject"``."""
+    return None if policy_fallback == "reject" else builtin(policy_fallback)

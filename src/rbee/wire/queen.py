@@ -1,8 +1,14 @@
-"""The queen's HTTP API as seen by hives: registration and heartbeats.
+"""The queen's HTTP API: heartbeats from hives, the jobs API, status, and the policy views.
 
 ``POST /v1/heartbeat`` takes a `HiveHeartbeat` every interval (default 1 s); the queen rebuilds its
 in-memory worker registry from them. ``POST /v1/workers/{id}/exited`` (`WorkerExited`) reports a
 crash at once instead of at the next heartbeat.
+
+``POST /v1/jobs`` takes a `JobRequest` (tagged by ``"operation"``) and answers `JobAccepted`;
+``GET /v1/jobs/{id}/stream`` relays the worker's stream (`rbee.wire.worker.StreamEvent` payloads,
+then ``[DONE]``, ``[ERROR] <message>`` or ``[CANCELLED]``); ``GET /v1/jobs/{id}`` is a `JobInfo`,
+``GET /v1/jobs?state=`` a `JobList`, ``DELETE /v1/jobs/{id}`` cancels. ``GET /v1/status`` is a
+`QueenStatus`, ``GET /v1/decisions?last=N`` a `DecisionList`.
 """
 
 from __future__ import annotations
@@ -11,18 +17,38 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
+from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams
+
 __all__ = [
+    "AttemptRecord",
+    "DecisionList",
     "DecisionRecord",
     "GpuTelemetry",
+    "HiveEntry",
     "HiveHeartbeat",
     "HiveView",
     "HostTelemetry",
+    "InferOperation",
+    "JobAccepted",
+    "JobInfo",
+    "JobList",
+    "JobRequest",
+    "JobState",
     "JobView",
+    "Priority",
+    "QueenStatus",
+    "RecentError",
     "Snapshot",
+    "WorkerEntry",
     "WorkerExited",
     "WorkerState",
     "WorkerStatus",
     "WorkerView",
+    # The cluster routes (hives, their workers and models, through the queen)
+    "HiveList",
+    "ModelPullRequest",
+    "WorkerEntryList",
+    "WorkerSpawn",
 ]
 
 WorkerState = Literal["loading", "ready", "busy", "stopping"]
@@ -165,3 +191,173 @@ class DecisionRecord(Struct, frozen=True, kw_only=True):
     target: str | None = None
     reasons: list[str] = []
     error: str | None = None
+
+
+# --- The jobs API (``POST /v1/jobs`` and friends) and the queen's own status ---------------------
+
+JobState = Literal["queued", "running", "completed", "failed", "cancelled"]
+Priority = Literal["interactive", "batch"]
+
+
+class InferOperation(SamplingParams, frozen=True, kw_only=True, tag="infer", tag_field="operation"):
+    """``{"operation": "infer", ...}``: generate text with ``model``.
+
+    Exactly one of ``prompt`` (raw text) or ``messages`` (chat). ``deadline_s`` bounds how long the
+    job may wait for a slot; a job still queued then fails with a deadline error. ``labels`` are
+    free-form tags a scheduling policy can route on (``job.labels["team"]``).
+    """
+
+    model: Annotated[str, Meta(min_length=1, max_length=200)]
+    prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
+    priority: Priority = "interactive"
+    deadline_s: Annotated[float, Meta(gt=0)] | None = None
+    labels: Annotated[
+        dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=256)]],
+        Meta(max_length=32),
+    ] = {}
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+
+    def to_worker(self) -> InferenceRequest:
+        """The body the queen posts to the worker it picked."""
+        return InferenceRequest(
+            model=self.model,
+            prompt=self.prompt,
+            messages=self.messages,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+            stop=self.stop,
+        )
+
+
+# Tagged by "operation"; more operations join this union as the queen learns them.
+JobRequest = InferOperation
+
+
+class JobAccepted(Struct, frozen=True):
+    """Where to follow a job that was just admitted."""
+
+    job_id: str
+    sse_url: str
+
+
+class AttemptRecord(Struct, frozen=True, kw_only=True):
+    """One try of a job on one worker; ``error`` is why it was given up, if it was."""
+
+    n: int
+    worker: str
+    started_at: float
+    ended_at: float | None = None
+    error: str | None = None
+
+
+class JobInfo(Struct, frozen=True, kw_only=True):
+    """One job as the queen records it (``GET /v1/jobs/{id}``). Times are Unix seconds."""
+
+    id: str
+    operation: str
+    model: str
+    priority: Priority
+    state: JobState
+    created_at: float
+    worker: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    decision: DecisionRecord | None = None
+    attempt_log: list[AttemptRecord] = []
+
+
+class JobList(Struct, frozen=True):
+    jobs: list[JobInfo]
+
+
+class DecisionList(Struct, frozen=True):
+    """The last decisions, oldest first (``GET /v1/decisions?last=N``)."""
+
+    decisions: list[DecisionRecord]
+
+
+class WorkerEntry(Struct, frozen=True, kw_only=True):
+    """A worker in the queen's registry: its hive's report plus what the queen adds."""
+
+    hive: str
+    worker: WorkerStatus
+    inflight: int
+    last_seen_s: float
+
+
+class HiveEntry(Struct, frozen=True, kw_only=True):
+    name: str
+    url: str
+    status: Literal["online", "offline"]
+    host: HostTelemetry
+    models: list[str] = []
+    labels: dict[str, str] = {}
+    last_seen_s: float = 0.0
+
+
+class RecentError(Struct, frozen=True, kw_only=True):
+    at: float
+    what: str
+    message: str
+
+
+class QueenStatus(Struct, frozen=True, kw_only=True):
+    """``GET /v1/status``: what ``rbee status`` shows."""
+
+    version: str
+    policy: str
+    draining: bool
+    queue_depth: int
+    running: int
+    workers: list[WorkerEntry] = []
+    hives: list[HiveEntry] = []
+    recent_errors: list[RecentError] = []
+    last_policy_error: str | None = None
+
+
+# --- The cluster routes: hives, their workers and models, through the queen ----------------------
+# ``GET /v1/hives`` -> `HiveList`; ``GET /v1/workers`` -> `WorkerEntryList`; ``POST /v1/workers``
+# takes a `WorkerSpawn` and answers the hive's `WorkerStatus`; ``DELETE /v1/workers/{id}`` answers
+# the hive's `rbee.wire.hive.WorkerRetired`. ``GET /v1/hives/{name}/models`` is the hive's
+# `rbee.wire.hive.ModelList`, ``DELETE /v1/hives/{name}/models/{model}`` its `ModelRemoved`, and
+# ``POST /v1/hives/{name}/models/pull`` (`ModelPullRequest`) relays the hive's pull stream
+# (`rbee.wire.hive.PullEvent` payloads, then ``[DONE]`` or ``[ERROR] <message>``) of a model from
+# the queen's own store.
+
+
+class HiveList(Struct, frozen=True):
+    hives: list[HiveEntry]
+
+
+class WorkerEntryList(Struct, frozen=True):
+    workers: list[WorkerEntry]
+
+
+class WorkerSpawn(Struct, frozen=True, kw_only=True):
+    """Start a worker for ``model`` on hive ``hive``; ``wait`` answers once it is ready."""
+
+    hive: Name
+    model: Annotated[str, Meta(min_length=1, max_length=80)]
+    device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
+    wait: bool = False
+
+
+class ModelPullRequest(Struct, frozen=True, kw_only=True):
+    """Install ``model`` from the queen's store on the hive named in the path."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=80)]

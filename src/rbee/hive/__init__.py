@@ -1,0 +1,1 @@
+"""The hive: one daemon per host that runs workers, reports telemetry and keeps the model store."""

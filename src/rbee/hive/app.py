@@ -1,0 +1,196 @@
+"""The hive's HTTP routes (the API is described in `rbee.wire.hive`)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import httpx
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from rbee import server, sse, wire
+from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
+from rbee.hive.pull import GgufFile, Source, import_gguf, open_source, pull
+from rbee.hive.supervisor import Supervisor
+from rbee.hive.telemetry import Gpus, host_telemetry
+from rbee.models.http import store_blueprint
+from rbee.models.store import Manifest, ModelStore, validate_name
+from rbee.wire.hive import (
+    ModelInfo,
+    ModelList,
+    ModelRemoved,
+    PullRequest,
+    SpawnRequest,
+    WorkerList,
+    WorkerLog,
+)
+from rbee.wire.queen import HiveHeartbeat
+from rbee.wire.worker import Health
+
+__all__ = ["HiveState", "create_hive_app"]
+
+_POLL_TIMEOUT_S = 0.5
+
+
+@dataclass
+class HiveState:
+    """Everything the routes and the heartbeat share."""
+
+    name: str
+    url: str
+    store: ModelStore
+    supervisor: Supervisor
+    gpus: Gpus
+    control: httpx.AsyncClient
+    transfer: httpx.AsyncClient
+    tasks: trio.Nursery
+    token: str = ""
+    interval_s: float = 1.0
+    labels: dict[str, str] = field(default_factory=dict)
+    pulling: set[str] = field(default_factory=set)
+    _models: tuple[int, list[Manifest]] | None = None
+
+    def models(self) -> list[Manifest]:
+        """The complete models, re-read only when the store's directory changed."""
+        try:
+            stamp = self.store.root.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if self._models is None or self._models[0] != stamp:
+            self._models = (stamp, self.store.list())
+        return self._models[1]
+
+    async def heartbeat(self) -> HiveHeartbeat:
+        """What the queen should know now: host, workers (with fresh slot counts), models."""
+        with trio.move_on_after(_POLL_TIMEOUT_S):
+            await self.supervisor.refresh_slots(self.control)
+        return HiveHeartbeat(
+            hive=self.name,
+            url=self.url,
+            host=host_telemetry(self.gpus),
+            workers=self.supervisor.statuses(),
+            models=[m.name for m in self.models()],
+            labels=self.labels,
+            interval_s=self.interval_s,
+        )
+
+
+def _model_info(m: Manifest) -> ModelInfo:
+    return ModelInfo(
+        name=m.name,
+        architecture=m.architecture,
+        context_length=m.context_length,
+        precisions=m.precisions,
+        size_bytes=m.size_bytes,
+        files=m.files,
+    )
+
+
+def create_hive_app(state: HiveState) -> QuartTrio:
+    """The hive's routes on rbee's common app, plus its store served read-only for peers."""
+    app = server.create_app("rbee-hive", state.token)
+    app.register_blueprint(store_blueprint(state.store))
+    supervisor = state.supervisor
+
+    @app.get("/health")
+    async def health() -> Response:
+        return server.json_response(Health("ready"))
+
+    @app.get("/v1/status")
+    async def status() -> Response:
+        return server.json_response(await state.heartbeat())
+
+    @app.get("/v1/workers")
+    async def list_workers() -> Response:
+        return server.json_response(WorkerList(supervisor.statuses()))
+
+    @app.post("/v1/workers")
+    async def spawn() -> Response:
+        req = wire.decode(await request.get_data(), SpawnRequest)
+        worker = supervisor.spawn(req)
+        if not req.wait:
+            return server.json_response(worker.status({}), status=202)
+        await supervisor.wait_ready(worker)
+        return server.json_response(worker.status({}), status=201)
+
+    @app.get("/v1/workers/<worker_id>")
+    async def get_worker(worker_id: str) -> Response:
+        return server.json_response(supervisor.get(worker_id).status(state.gpus.per_process()))
+
+    @app.get("/v1/workers/<worker_id>/log")
+    async def worker_log(worker_id: str) -> Response:
+        worker = supervisor.get(worker_id)
+        return server.json_response(
+            WorkerLog(id=worker.id, lines=list(worker.tail), path=str(worker.log_path))
+        )
+
+    @app.delete("/v1/workers/<worker_id>")
+    async def retire(worker_id: str) -> Response:
+        return server.json_response(await supervisor.retire(worker_id))
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        models = await trio.to_thread.run_sync(state.store.list)
+        return server.json_response(ModelList([_model_info(m) for m in models]))
+
+    @app.delete("/v1/models/<name>")
+    async def remove_model(name: str) -> Response:
+        validate_name(name)
+        users = supervisor.models_in_use(name)
+        if users:
+            raise ApiError(
+                f"model {name} is in use by worker(s) {', '.join(users)}; retire them first", 409
+            )
+        if name in state.pulling:
+            raise ApiError(f"model {name} is being pulled; wait for the pull to end", 409)
+        partial = state.store.root / f".partial-{name}"
+        had_partial = partial.is_dir()
+        if had_partial:
+            await trio.to_thread.run_sync(shutil.rmtree, partial)
+        try:
+            await trio.to_thread.run_sync(state.store.remove, name)
+        except ModelError as err:
+            if not had_partial:
+                raise NotFoundError(str(err)) from None
+        return server.json_response(ModelRemoved(name))
+
+    @app.post("/v1/models/pull")
+    async def pull_model() -> Response:
+        req = wire.decode(await request.get_data(), PullRequest)
+        name = validate_name(req.name)
+        if name in state.pulling:
+            raise ApiError(f"model {name} is already being pulled", 409)
+        source = open_source(req.source, name, state.transfer, state.token)
+        if not isinstance(source, GgufFile):
+            # Fetched before the stream starts so that a wrong name or source is a plain 4xx.
+            await source.manifest()
+        return Response(_pull_events(state, name, source), headers=sse.SSE_HEADERS)
+
+    return app
+
+
+async def _pull_events(
+    state: HiveState, name: str, source: Source | GgufFile
+) -> AsyncGenerator[bytes, None]:
+    if name in state.pulling:
+        yield sse.event(sse.error_marker(f"model {name} is already being pulled"))
+        return
+    state.pulling.add(name)
+    try:
+        events = (
+            import_gguf(state.store, name, source, state.tasks)
+            if isinstance(source, GgufFile)
+            else pull(state.store, name, source)
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield sse.event(wire.encode(event))
+        yield sse.event(sse.DONE)
+    except RbeeError as err:
+        yield sse.event(sse.error_marker(str(err)))
+    finally:
+        state.pulling.discard(name)

@@ -1,0 +1,76 @@
+"""``rbee infer``: send a prompt through the queen and print the tokens as they arrive."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rbee.cli import Context, pass_context
+from rbee.keeper.api import client_for, token_option
+from rbee.wire.queen import InferOperation
+from rbee.wire.worker import Finished
+
+__all__ = ["infer"]
+
+
+@click.command()
+@click.option("--model", "-m", required=True, help="The model to run (as workers serve it).")
+@click.option("--prompt", "-p", required=True, help="The prompt (raw text, no chat template).")
+@click.option("--max-tokens", type=click.IntRange(1, 32768), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.7, show_default=True)
+@click.option("--seed", type=int, help="Fix the sampling seed (same seed, same text).")
+@click.option(
+    "--priority",
+    type=click.Choice(["interactive", "batch"]),
+    default="interactive",
+    show_default=True,
+    help="Interactive jobs are served before batch jobs.",
+)
+@click.option("--no-stream", is_flag=True, help="Print the whole answer at the end.")
+@token_option
+@pass_context
+def infer(
+    ctx: Context,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    priority: str,
+    no_stream: bool,
+    token: str | None,
+) -> None:
+    """Send a prompt to the queen and print the tokens."""
+    job = InferOperation(
+        model=model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        priority="batch" if priority == "batch" else "interactive",
+    )
+    with client_for(ctx, token) as queen:
+        accepted = queen.submit(job)
+        pieces: list[str] = []
+        finished: Finished | None = None
+        for event in queen.stream(accepted):
+            if isinstance(event, Finished):
+                finished = event
+            elif no_stream:
+                pieces.append(event.t)
+            else:
+                sys.stdout.write(event.t)
+                sys.stdout.flush()
+        if no_stream:
+            sys.stdout.write("".join(pieces))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if finished is not None and ctx.verbose:
+            t = finished.timings
+            click.echo(
+                f"{accepted.job_id}: {finished.usage.completion_tokens} tokens, "
+                f"finish={finished.finish_reason}, ttft={t.ttft_ms:.0f} ms, "
+                f"{t.tokens_per_s:.1f} tokens/s",
+                err=True,
+            )

@@ -1,0 +1,75 @@
+"""``rbee queen``: run the queen daemon."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+import trio
+
+from rbee.cli import Context, pass_context
+from rbee.config import QueenConfig, override
+from rbee.errors import RbeeError
+
+__all__ = ["queen"]
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1; others need a token).")
+@click.option("--port", type=int, help="Port to listen on (default 7833; 0 picks a free one).")
+@click.option("--db", help="SQLite database file (default ~/.local/share/rbee/queen.db).")
+@click.option(
+    "--policy",
+    help="Scheduling policy: first-available, least-loaded, round-robin, most-vram-free, or a "
+    "policy file (hot-reloaded; see docs/policies.md).",
+)
+@click.option(
+    "--policy-locked/--policy-unlocked",
+    default=None,
+    help="Platform mode: never reload the policy file.",
+)
+@click.option("--token", help="API token clients must send as 'Authorization: Bearer <token>'.")
+@pass_context
+def queen(
+    ctx: Context,
+    host: str | None,
+    port: int | None,
+    db: str | None,
+    policy: str | None,
+    policy_locked: bool | None,
+    token: str | None,
+) -> None:
+    """Run the queen daemon: scheduling, job queue, API.
+
+    Prints 'rbee queen listening on http://HOST:PORT' once it accepts connections, and drains on
+    SIGTERM: no new jobs, running ones get queen.drain_grace_s to finish, waiting ones stay queued
+    in the database for the next start.
+    """
+    from rbee.queen.daemon import check_exposure, first_of, run_queen
+    from rbee.queen.scheduler import make_scheduler
+
+    config: QueenConfig = override(
+        ctx.config.queen,
+        host=host,
+        port=port,
+        db=db,
+        policy=policy,
+        policy_locked=policy_locked,
+        token=token,
+    )
+    check_exposure(config)
+    scheduler = make_scheduler(config.policy, locked=config.policy_locked)
+    try:
+        trio.run(functools.partial(run_queen, config, scheduler=scheduler, task_status=_Announce()))
+    except BaseExceptionGroup as group:
+        # The daemon's nurseries wrap what went wrong; a user needs the one error, not the tree.
+        raise first_of(group, RbeeError) or group from None
+
+
+class _Announce(trio.TaskStatus[str]):
+    """Prints the bound address once the queen accepts connections (parents read this line)."""
+
+    def started(self, value: str | None = None) -> None:
+        click.echo(f"rbee queen listening on {value}")
+        sys.stdout.flush()

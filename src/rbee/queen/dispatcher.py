@@ -1,0 +1,621 @@
+"""Admission, scheduling, retries and cancellation: what the queen does with a job.
+
+A job is admitted into the `AdmissionQueue` and the queue is pumped at once: each waiting job, in
+serving order, is shown to the scheduler with the registry's snapshot. `Route` starts an attempt
+on that worker, `Queue` leaves it (and every later job for the same model) waiting, `Spawn` asks
+the `Provisioner` for a worker (with none configured it is the clear "no worker serves model X"
+error), `Reject` fails it. The queue is pumped again whenever a slot may have freed up: a heartbeat,
+an attempt ending, a worker exiting, and every housekeeping tick (which also enforces deadlines and
+takes silent hives offline).
+
+An attempt that fails before the first token is retried elsewhere after an exponential backoff,
+at most ``queen.max_attempts`` times in all; after the first token a failure ends the job. Every
+attempt and every decision (but only the first `Queue` or `Spawn` of a job) is recorded.
+
+A policy that raises (`PolicyError`, or any bug in it) does not stop the queen: the fallback policy
+(``queen.policy_fallback``; ``"reject"`` rejects) decides instead, and the error is logged, counted
+and kept for ``rbee status``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sqlite3
+import time
+import uuid
+from typing import Literal, Protocol
+
+import trio
+
+from rbee import __version__, sse, wire
+from rbee.config import QueenConfig
+from rbee.errors import ApiError
+from rbee.log import kv
+from rbee.queen.http11 import Pool
+from rbee.queen.jobs import AdmissionQueue, Job
+from rbee.queen.metrics import Labels, Metrics
+from rbee.queen.registry import STALE_INTERVALS, Registry
+from rbee.queen.relay import AttemptError, Outcome, cancel_on_worker, run_attempt
+from rbee.queen.scheduler import (
+    Decision,
+    Queue,
+    Reject,
+    Route,
+    Scheduler,
+    Spawn,
+    make_fallback,
+)
+from rbee.queen.store import HiveStore, JobStore
+from rbee.wire.queen import (
+    DecisionRecord,
+    HiveHeartbeat,
+    JobRequest,
+    QueenStatus,
+    RecentError,
+    Snapshot,
+    WorkerExited,
+)
+
+__all__ = ["Dispatcher", "NoWorkerError", "Provisioner", "QueueFullError"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.1
+FINISHED_KEPT = 512
+CANCEL_TIMEOUT_S = 2.0
+
+
+class Provisioner(Protocol):
+    """Starts a worker for ``model`` on ``hive`` (``device`` e.g. ``cpu`` or ``cuda:0``).
+
+    Returns once the hive has started it or raises an `RbeeError` saying why it could not; the
+    queen routes to the worker when the hive's heartbeat lists it.
+    """
+
+    async def spawn(self, hive: str, model: str, device: str) -> None: ...
+
+
+class QueueFullError(ApiError):
+    """Every slot is busy and the admission queue is full (429, retry after ``retry_after`` s)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class NoWorkerError(ApiError):
+    """No worker serves the model and none can be started for it (404, OpenAI's model_not_found)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=404)
+
+
+Finished = Literal["completed", "failed", "cancelled"]
+
+
+class Dispatcher:
+    """Owns the queue, the running jobs and their records; `run` hosts its tasks."""
+
+    def __init__(
+        self,
+        config: QueenConfig,
+        conn: sqlite3.Connection,
+        scheduler: Scheduler,
+        provisioner: Provisioner | None = None,
+    ) -> None:
+        self.config = config
+        self.records = JobStore(conn)
+        self.hive_records = HiveStore(conn)
+        self.registry = Registry(trio.current_time)
+        self.scheduler = scheduler
+        self.fallback = make_fallback(config.policy_fallback)
+        self.provisioner = provisioner
+        self.metrics = Metrics()
+        self.queue = AdmissionQueue()
+        self.jobs: dict[str, Job] = {}
+        self.running: dict[str, Job] = {}
+        self.recent_errors: collections.deque[RecentError] = collections.deque(maxlen=20)
+        self.last_policy_error: str | None = None
+        self.draining = False
+        self._finished: collections.deque[str] = collections.deque()
+        self._spawns: dict[tuple[str, str], float] = {}
+        self._seq = 0
+        self._started_at = 0.0
+        self._nursery: trio.Nursery | None = None
+        self._pool: Pool | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
+        pool = Pool()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._pool = pool
+                self._nursery = nursery
+                self._started_at = trio.current_time()
+                self._seq = self.records.next_seq()
+                self._readmit()
+                nursery.start_soon(self._housekeeping)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+
+    def _readmit(self) -> None:
+        now, t = time.time(), trio.current_time()
+        for stored in self.records.unfinished():
+            if stored.state == "running":
+                self.records.update(
+                    stored.id,
+                    state="failed",
+                    finished_at=now,
+                    error="interrupted: the queen stopped while the job ran",
+                )
+                continue
+            deadline = None if stored.deadline_at is None else t + (stored.deadline_at - now)
+            job = Job(
+                id=stored.id,
+                seq=stored.seq,
+                request=stored.request,
+                created_at=stored.created_at,
+                admitted_at=t,
+                deadline=deadline,
+                attempts=stored.attempts,
+                readmitted=True,
+            )
+            job.worker_body = wire.encode(stored.request.to_worker())
+            self.jobs[job.id] = job
+            self.queue.push(job)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop admitting, let running jobs finish for ``grace_s``, then stop the rest.
+
+        Waiting jobs stay queued in the database and are re-admitted at the next start; so is a
+        running job stopped before its first token.
+        """
+        self.draining = True
+        for job in self.queue.in_order():
+            job.stream.close(
+                sse.error_marker("the queen is shutting down; the job runs when it restarts")
+            )
+        with trio.move_on_after(grace_s):
+            await self._idle.wait()
+        for job in list(self.running.values()):
+            job.stop_reason = "shutdown"
+            if job.scope is not None:
+                job.scope.cancel()
+        with trio.move_on_after(CANCEL_TIMEOUT_S + 1):
+            await self._idle.wait()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(TICK_S)
+            for name in self.registry.expire():
+                self.hive_records.offline(name, time.time())
+                self._error(f"hive {name}", f"no heartbeat for {STALE_INTERVALS} intervals")
+            now = trio.current_time()
+            for job in self.queue.in_order():
+                if job.deadline is not None and now > job.deadline:
+                    self.queue.remove(job.id)
+                    deadline_s = job.request.deadline_s or 0.0
+                    self._finish(
+                        job,
+                        "failed",
+                        error=f"deadline of {deadline_s:g} s passed while the job waited for a slot",
+                    )
+            if len(self.queue):
+                self.pump()
+
+    # --- admission -------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> Job:
+        """Admit a job; raise `QueueFullError`, `NoWorkerError` or 503 while draining."""
+        if self.draining:
+            raise ApiError("the queen is shutting down and admits no new jobs", 503)
+        t = trio.current_time()
+        self._seq += 1
+        job = Job(
+            id=f"job-{uuid.uuid4()}",
+            seq=self._seq,
+            request=request,
+            created_at=time.time(),
+            admitted_at=t,
+            deadline=None if request.deadline_s is None else t + request.deadline_s,
+        )
+        job.worker_body = wire.encode(request.to_worker())
+        deadline_at = None if request.deadline_s is None else job.created_at + request.deadline_s
+        with self.records.batch():
+            self.records.insert(job.id, job.seq, request, job.created_at, deadline_at)
+            self.jobs[job.id] = job
+            self.queue.push(job)
+            self.pump()
+        if job.state == "failed":
+            self.metrics.rejected.inc(reason="no_worker")
+            raise NoWorkerError(job.error or f"no worker serves model {request.model!r}")
+        if job.state == "queued" and len(self.queue) > self.config.queue_size:
+            self.queue.remove(job.id)
+            self.jobs.pop(job.id, None)
+            self.records.delete(job.id)
+            self.metrics.rejected.inc(reason="queue_full")
+            raise QueueFullError(
+                f"every worker for model {request.model!r} is busy and the queue is full "
+                f"({self.config.queue_size} jobs waiting): retry later",
+                retry_after=1,
+            )
+        return job
+
+    def pump(self) -> None:
+        """Place waiting jobs, in serving order, until each model's head job has to wait."""
+        if self.draining or not len(self.queue):
+            return
+        with self.records.batch():
+            self._pump()
+
+    def _pump(self) -> None:
+        blocked: set[str] = set()
+        for job in self.queue.in_order():
+            if job.model in blocked:
+                continue
+            decision = self._decide(job)
+            if isinstance(decision, Route):
+                worker = self.registry.get(decision.worker_id)
+                if worker is None or worker.slots_free <= 0 or worker.status.model != job.model:
+                    self._error("scheduler", f"chose unusable worker {decision.worker_id!r}")
+                    blocked.add(job.model)
+                    continue
+                self._start(job, worker.id, worker.status.url)
+            elif isinstance(decision, Queue):
+                blocked.add(job.model)
+            elif self._in_restart_grace(job):
+                # Hives re-announce their workers within a few heartbeats of a restart.
+                blocked.add(job.model)
+            elif isinstance(decision, Spawn):
+                blocked.add(job.model)
+                self._spawn(job, decision)
+            else:
+                self.queue.remove(job.id)
+                self._finish(job, "failed", error=decision.reason)
+
+    def _in_restart_grace(self, job: Job) -> bool:
+        grace = STALE_INTERVALS * self.config.heartbeat_interval_s
+        return job.readmitted and trio.current_time() < self._started_at + grace
+
+    def _decide(self, job: Job) -> Decision:
+        snapshot = self.registry.snapshot()
+        if job.tried:
+            others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
+            if others:
+                snapshot = Snapshot(
+                    workers=tuple(w for w in snapshot.workers if w.id not in job.tried),
+                    hives=snapshot.hives,
+                )
+        view = job.view()
+        policy = self.scheduler.name
+        error: str | None = None
+        try:
+            decision = self.scheduler.schedule(view, snapshot)
+        except Exception as err:  # PolicyError, or a bug in a policy: neither may stop the queen
+            error = str(err)
+            self.last_policy_error = error
+            self.metrics.policy_errors.inc(policy=policy)
+            self._error(f"policy {policy}", error)
+            if self.fallback is None:
+                policy = "reject"
+                decision = Reject(f"the scheduling policy failed: {error}")
+            else:
+                policy = self.fallback.name
+                decision = self.fallback.schedule(view, snapshot)
+        kind, target, reasons = _describe(decision)
+        self.metrics.decisions.inc(kind=kind, policy=policy)
+        # A job waits through many pumps; its first queue (or spawn) decision explains the wait.
+        if kind in ("route", "reject") or kind not in job.logged:
+            job.logged.add(kind)
+            record = DecisionRecord(
+                job_id=job.id,
+                at=time.time(),
+                policy=policy,
+                job=view,
+                snapshot=snapshot,
+                kind=kind,
+                target=target,
+                reasons=reasons,
+                error=error,
+            )
+            self.records.update(job.id, decision_id=self.records.add_decision(record))
+        return decision
+
+    def _spawn(self, job: Job, decision: Spawn) -> None:
+        if self.provisioner is None:
+            self.queue.remove(job.id)
+            self._finish(
+                job,
+                "failed",
+                error=f"no worker serves model {job.model!r}: start one on a hive "
+                f"(this queen has no way to start workers itself)",
+            )
+            return
+        key = (decision.hive, decision.model)
+        started = self._spawns.get(key)
+        now = trio.current_time()
+        if started is None:
+            self._spawns[key] = now
+            assert self._nursery is not None
+            self._nursery.start_soon(self._provision, decision)
+        elif now - started > self.config.spawn_timeout_s:
+            self.queue.remove(job.id)
+            self._finish(
+                job,
+                "failed",
+                error=f"no worker for model {job.model!r} came up on hive {decision.hive} "
+                f"within {self.config.spawn_timeout_s:g} s",
+            )
+
+    async def _provision(self, decision: Spawn) -> None:
+        assert self.provisioner is not None
+        try:
+            await self.provisioner.spawn(decision.hive, decision.model, decision.device)
+        except Exception as err:  # a provisioner's failure fails the jobs, never the queen
+            self._spawns.pop((decision.hive, decision.model), None)
+            message = f"could not start a worker for {decision.model!r} on {decision.hive}: {err}"
+            self._error(f"hive {decision.hive}", message)
+            for job in self.queue.in_order():
+                if job.model == decision.model:
+                    self.queue.remove(job.id)
+                    self._finish(job, "failed", error=message)
+
+    # --- attempts --------------------------------------------------------------------------
+
+    def _start(self, job: Job, worker_id: str, url: str) -> None:
+        self.queue.remove(job.id)
+        self.registry.acquire(worker_id)
+        job.state = "running"
+        job.attempts += 1
+        job.worker = worker_id
+        job.tried.add(worker_id)
+        now = time.time()
+        fields: dict[str, object] = {"state": "running", "worker": worker_id}
+        fields["attempts"] = job.attempts
+        if not job.started:
+            job.started = True
+            wait = trio.current_time() - job.admitted_at
+            self.metrics.queue_wait.observe(wait)
+            fields.update(started_at=now, queue_wait_ms=wait * 1000)
+        self.records.update(job.id, **fields)
+        self.records.start_attempt(job.id, job.attempts, worker_id, now)
+        self.running[job.id] = job
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, job, worker_id, url)
+
+    def _first_token(self, job: Job) -> None:
+        job.first_token_at = trio.current_time()
+        self.metrics.ttft.observe(job.first_token_at - job.admitted_at)
+
+    async def _run(self, job: Job, worker_id: str, url: str) -> None:
+        assert self._pool is not None
+        outcome: Outcome | None = None
+        failure: AttemptError | None = None
+        with trio.CancelScope() as scope:
+            job.scope = scope
+            if job.stop_reason:
+                scope.cancel()
+            try:
+                outcome = await run_attempt(
+                    self._pool, worker_id, url, job, lambda: self._first_token(job)
+                )
+            except AttemptError as err:
+                failure = err
+        job.scope = None
+        self.registry.release(worker_id)
+        now = time.time()
+        if outcome is None and failure is None:
+            await self._stopped(job, url)
+        elif outcome is not None:
+            self.records.end_attempt(job.id, job.attempts, now, None)
+            self._not_running(job)
+            self._finish(job, "completed", outcome=outcome)
+        elif failure is not None:
+            message = str(failure)
+            self.records.end_attempt(job.id, job.attempts, now, message)
+            self.metrics.attempts_failed.inc(retried=str(failure.retryable).lower())
+            self._error(f"worker {worker_id}", message)
+            retry = failure.retryable and job.attempts < self.config.max_attempts
+            if retry and self.draining:
+                self._not_running(job)
+                self._back_to_queue_for_restart(job)
+            elif retry and not job.stop_reason:
+                await self._retry_later(job)
+            else:
+                self._not_running(job)
+                if failure.retryable and job.attempts > 1:
+                    message = f"gave up after {job.attempts} attempts; last: {message}"
+                self._finish(job, "failed", error=message)
+        self.pump()
+
+    async def _stopped(self, job: Job, url: str) -> None:
+        """The attempt was cancelled: by a client, or by the shutdown."""
+        if job.worker_job_url is not None and self._pool is not None:
+            with trio.move_on_after(CANCEL_TIMEOUT_S) as cleanup:
+                cleanup.shield = True
+                await cancel_on_worker(self._pool, url, job.worker_job_url)
+        self.records.end_attempt(job.id, job.attempts, time.time(), job.stop_reason)
+        self._not_running(job)
+        if job.stop_reason == "shutdown" and job.first_token_at is None:
+            self._back_to_queue_for_restart(job)
+        elif job.stop_reason == "shutdown":
+            self._finish(job, "failed", error="the queen shut down while the job ran")
+        else:
+            self._finish(job, "cancelled")
+
+    def _back_to_queue_for_restart(self, job: Job) -> None:
+        job.state = "queued"
+        self.records.update(job.id, state="queued", worker=None)
+        job.stream.close(
+            sse.error_marker("the queen is shutting down; the job runs when it restarts")
+        )
+
+    async def _retry_later(self, job: Job) -> None:
+        job.state = "queued"
+        job.worker = None
+        job.worker_job_url = None
+        self.records.update(job.id, state="queued", worker=None)
+        backoff = self.config.retry_backoff_s * 2 ** (job.attempts - 1)
+        with trio.CancelScope() as scope:
+            job.scope = scope
+            await trio.sleep(backoff)
+        job.scope = None
+        self._not_running(job)
+        if scope.cancelled_caught:
+            if job.stop_reason == "shutdown":
+                self._back_to_queue_for_restart(job)
+            else:
+                self._finish(job, "cancelled")
+            return
+        self.queue.push(job)
+
+    def _not_running(self, job: Job) -> None:
+        self.running.pop(job.id, None)
+        if not self.running:
+            self._idle.set()
+
+    # --- ending ----------------------------------------------------------------------------
+
+    def _finish(
+        self, job: Job, state: Finished, *, error: str | None = None, outcome: Outcome | None = None
+    ) -> None:
+        with self.records.batch():
+            self._record_end(job, state, error, outcome)
+
+    def _record_end(
+        self, job: Job, state: Finished, error: str | None, outcome: Outcome | None
+    ) -> None:
+        job.state = state
+        job.error = error
+        if state == "completed":
+            job.stream.close(sse.DONE)
+        elif state == "cancelled":
+            job.stream.close(sse.CANCELLED)
+        else:
+            job.stream.close(sse.error_marker(error or "failed"))
+        ttft_ms = None
+        if job.first_token_at is not None:
+            ttft_ms = (job.first_token_at - job.admitted_at) * 1000
+        fields: dict[str, object] = {
+            "state": state,
+            "finished_at": time.time(),
+            "ttft_ms": ttft_ms,
+            "error": error,
+        }
+        if outcome is not None:
+            fields.update(
+                tokens_in=outcome.tokens_in,
+                tokens_out=outcome.tokens_out,
+                finish_reason=outcome.finish_reason,
+            )
+            self.metrics.tokens.inc(outcome.tokens_out)
+        self.records.update(job.id, **fields)
+        self.metrics.jobs.inc(state=state)
+        job.done.set()
+        self._finished.append(job.id)
+        while len(self._finished) > FINISHED_KEPT:
+            self.jobs.pop(self._finished.popleft(), None)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a waiting or running job (a no-op for a finished one); None if not held here."""
+        job = self.jobs.get(job_id)
+        if job is None or job.done.is_set():
+            return job
+        if self.queue.remove(job_id) is not None:
+            self._finish(job, "cancelled")
+            return job
+        job.stop_reason = job.stop_reason or "cancelled"
+        if job.scope is not None:
+            job.scope.cancel()
+        return job
+
+    # --- hives -----------------------------------------------------------------------------
+
+    def heartbeat(self, hb: HiveHeartbeat) -> None:
+        came_online, _ = self.registry.heartbeat(hb)
+        if came_online:
+            capabilities = {
+                "host": wire.to_builtins(hb.host),
+                "labels": hb.labels,
+                "models": hb.models,
+            }
+            self.hive_records.seen(hb.hive, hb.url, capabilities, time.time())
+        if self._spawns:
+            served = {w.status.model for w in self.registry.workers()}
+            for key in [k for k in self._spawns if k[1] in served]:
+                del self._spawns[key]
+        self.pump()
+
+    def worker_exited(self, exited: WorkerExited) -> None:
+        self.registry.remove_worker(exited.worker_id)
+        tail = " | ".join(exited.log_tail[-3:])
+        self._error(
+            f"worker {exited.worker_id}",
+            f"exited with code {exited.exit_code} on hive {exited.hive}"
+            + (f": {tail}" if tail else ""),
+        )
+        self.pump()
+
+    # --- reporting -------------------------------------------------------------------------
+
+    def _error(self, what: str, message: str) -> None:
+        self.recent_errors.append(RecentError(at=time.time(), what=what, message=message))
+        log.warning(message, extra=kv(source=what))
+
+    def status(self) -> QueenStatus:
+        return QueenStatus(
+            version=__version__,
+            policy=self.scheduler.name,
+            draining=self.draining,
+            queue_depth=len(self.queue),
+            running=sum(1 for j in self.running.values() if j.state == "running"),
+            workers=self.registry.worker_entries(),
+            hives=self.registry.hive_entries(),
+            recent_errors=list(self.recent_errors),
+            last_policy_error=self.last_policy_error,
+        )
+
+    def gauges(self) -> dict[str, tuple[str, dict[Labels, float]]]:
+        """The metrics read from state at scrape time."""
+        depth: dict[Labels, float] = {
+            (("priority", "interactive"),): 0,
+            (("priority", "batch"),): 0,
+        }
+        for job in self.queue.in_order():
+            key: Labels = (("priority", job.request.priority),)
+            depth[key] += 1
+        workers: dict[Labels, float] = {}
+        for w in self.registry.workers():
+            key = (("state", w.status.state),)
+            workers[key] = workers.get(key, 0) + 1
+        hives: dict[Labels, float] = {}
+        for h in self.registry.hives():
+            key = (("status", "online" if h.online else "offline"),)
+            hives[key] = hives.get(key, 0) + 1
+        return {
+            "rbee_queue_depth": ("Jobs waiting for a slot.", depth),
+            "rbee_jobs_running": ("Jobs running on a worker.", {(): float(len(self.running))}),
+            "rbee_workers": ("Workers in the registry, by state.", workers),
+            "rbee_hives": ("Hives heard from, by status.", hives),
+        }
+
+
+def _describe(
+    decision: Decision,
+) -> tuple[Literal["route", "spawn", "queue", "reject"], str | None, list[str]]:
+    if isinstance(decision, Route):
+        return "route", decision.worker_id, list(decision.reasons)
+    if isinstance(decision, Spawn):
+        return "spawn", decision.hive, list(decision.reasons)
+    if isinstance(decision, Queue):
+        return "queue", None, list(decision.reasons)
+    return "reject", None, [*decision.reasons, decision.reason]

@@ -1,0 +1,136 @@
+"""The hive's HTTP API: workers and models on one host.
+
+Workers
+    ``GET /v1/workers`` -> `WorkerList`; ``GET /v1/workers/{id}`` -> `rbee.wire.queen.WorkerStatus`;
+    ``POST /v1/workers`` takes a `SpawnRequest` and answers 202 with the new worker's
+    `WorkerStatus` (state ``loading``), or 201 with state ``ready`` when ``wait`` is true;
+    ``DELETE /v1/workers/{id}`` retires it (SIGTERM, the grace period, then SIGKILL) and answers
+    `WorkerRetired` once the process is gone; ``GET /v1/workers/{id}/log`` -> `WorkerLog`.
+Models
+    ``GET /v1/models`` -> `ModelList`; ``DELETE /v1/models/{name}`` -> `ModelRemoved`;
+    ``POST /v1/models/pull`` takes a `PullRequest` and streams SSE: one `PullProgress` per file now
+    and then (`Importing` steps for a ``.gguf`` source), one `Pulled`, then ``[DONE]`` (or
+    ``[ERROR] <message>``).
+Status
+    ``GET /v1/status`` -> the `rbee.wire.queen.HiveHeartbeat` the hive would send now.
+
+The hive also serves its store read-only for peers under ``/v1/store`` (`rbee.models.http`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from rbee.models.store import FileEntry
+from rbee.wire.queen import WorkerStatus
+
+__all__ = [
+    "Importing",
+    "ModelInfo",
+    "ModelList",
+    "ModelRemoved",
+    "PullEvent",
+    "PullProgress",
+    "PullRequest",
+    "Pulled",
+    "SpawnRequest",
+    "WorkerList",
+    "WorkerLog",
+    "WorkerRetired",
+]
+
+
+class SpawnRequest(Struct, frozen=True, kw_only=True):
+    """Start a worker for ``model`` on ``device`` (``cpu`` or ``cuda:N``).
+
+    ``slots`` and ``threads`` default to the worker's own settings; ``wait`` blocks the answer until
+    the worker is ready (or failed) instead of answering at once with state ``loading``.
+    """
+
+    model: Annotated[str, Meta(min_length=1, max_length=80)]
+    device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
+    slots: Annotated[int, Meta(ge=1, le=256)] | None = None
+    threads: Annotated[int, Meta(ge=0, le=1024)] | None = None
+    wait: bool = False
+
+
+class WorkerList(Struct, frozen=True):
+    workers: list[WorkerStatus]
+
+
+class WorkerRetired(Struct, frozen=True, kw_only=True):
+    """A retired worker; ``killed`` is true when it ignored SIGTERM for the whole grace period."""
+
+    id: str
+    exit_code: int | None
+    killed: bool = False
+
+
+class WorkerLog(Struct, frozen=True):
+    """The last lines a worker wrote (stdout and stderr together) and where the full log is."""
+
+    id: str
+    lines: list[str]
+    path: str
+
+
+class ModelInfo(Struct, frozen=True, kw_only=True):
+    """One model in a hive's store."""
+
+    name: str
+    architecture: str
+    context_length: int
+    precisions: list[str]
+    size_bytes: int
+    files: dict[str, FileEntry]
+
+
+class ModelList(Struct, frozen=True):
+    models: list[ModelInfo]
+
+
+class ModelRemoved(Struct, frozen=True):
+    name: str
+
+
+class PullRequest(Struct, frozen=True, kw_only=True):
+    """Install model ``name`` from ``source``.
+
+    ``source`` is a local model directory (with its ``rbee-model.toml``), a local ``.gguf`` file
+    (imported: converted to ONNX on this host), or the http(s) URL of a peer's store (``http://queen:7833`` or
+    ``http://queen:7833/v1/store``). Expected sizes and sha256 come from the source's manifest.
+    """
+
+    name: Annotated[str, Meta(min_length=1, max_length=80)]
+    source: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class PullProgress(Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):
+    """Bytes of ``file`` present so far (``resumed`` of them kept from an earlier attempt)."""
+
+    file: str
+    done: int
+    total: int
+    resumed: int = 0
+
+
+class Importing(Struct, frozen=True, kw_only=True, tag="import", tag_field="type"):
+    """A ``.gguf`` source is being converted: ``step`` of ``steps`` done."""
+
+    file: str
+    step: int
+    steps: int
+
+
+class Pulled(Struct, frozen=True, kw_only=True, tag="pulled", tag_field="type"):
+    """The model is installed and every file matched its sha256."""
+
+    name: str
+    size_bytes: int
+    downloaded_bytes: int
+    resumed_bytes: int
+
+
+PullEvent = PullProgress | Importing | Pulled

@@ -1,0 +1,140 @@
+"""The worker's HTTP API (see `rbee.wire.worker`): the dual call, cancel, health and info.
+
+The app exists before the model is loaded: ``/health`` says ``loading`` and inference answers 503
+until `WorkerState.ready` is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from rbee import __version__, server, sse, wire
+from rbee.errors import ApiError, UsageError
+from rbee.wire.worker import Health, InferenceAccepted, InferenceRequest, WorkerInfo
+from rbee.worker.interfaces import TokenizerLike
+from rbee.worker.prompt import prompt_ids
+from rbee.worker.scheduler import Ended, Job, QueueFull, Scheduler
+
+__all__ = ["WorkerState", "create_worker_app"]
+
+RETRY_AFTER_S = 1
+CANCEL_WAIT_S = 30.0
+
+
+@dataclasses.dataclass
+class WorkerState:
+    """What the routes read: the model's identity, and once loaded, its scheduler."""
+
+    model: str
+    precision: str
+    device: str
+    slots: int
+    provider: str = ""
+    context_length: int = 0
+    scheduler: Scheduler | None = None
+    tokenizer: TokenizerLike | None = None
+
+    def ready(self, scheduler: Scheduler, tokenizer: TokenizerLike, provider: str) -> None:
+        self.scheduler, self.tokenizer, self.provider = scheduler, tokenizer, provider
+        self.context_length = scheduler.engine.context_length
+
+    def loaded(self) -> tuple[Scheduler, TokenizerLike]:
+        if self.scheduler is None or self.tokenizer is None:
+            raise ApiError(f"worker is still loading model {self.model}; retry shortly", 503)
+        return self.scheduler, self.tokenizer
+
+    def info(self) -> WorkerInfo:
+        scheduler = self.scheduler
+        return WorkerInfo(
+            model=self.model,
+            precision=self.precision,
+            provider=self.provider,
+            device=self.device,
+            context_length=self.context_length,
+            slots_total=self.slots,
+            slots_free=scheduler.slots_free if scheduler else 0,
+            queue_depth=scheduler.queue_depth if scheduler else 0,
+            pid=os.getpid(),
+            version=__version__,
+        )
+
+
+def _stream_payload(item: object) -> str:
+    if isinstance(item, Ended):
+        if item.how == "done":
+            return sse.DONE
+        if item.how == "cancelled":
+            return sse.CANCELLED
+        return sse.error_marker(item.message)
+    return wire.encode(item).decode()
+
+
+def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
+    """The routes of one worker, reading ``state`` on every request."""
+    app = server.create_app("rbee-worker", token)
+
+    @app.errorhandler(QueueFull)
+    async def _queue_full(err: QueueFull) -> Response:
+        return server.error_response(
+            str(err), 429, "rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
+
+    @app.get("/health")
+    async def health() -> Response:
+        return server.json_response(Health("ready" if state.scheduler else "loading"))
+
+    @app.get("/v1/info")
+    async def info() -> Response:
+        return server.json_response(state.info())
+
+    @app.post("/v1/inference")
+    async def start() -> Response:
+        body = wire.decode(await request.get_data(), InferenceRequest)
+        if body.model is not None and body.model != state.model:
+            raise UsageError(
+                f"invalid request body: this worker serves model {state.model!r}, not {body.model!r}"
+            )
+        scheduler, tokenizer = state.loaded()
+        ids = await trio.to_thread.run_sync(prompt_ids, tokenizer, body, state.context_length)
+        job = scheduler.submit(ids, body.sampling())
+        accepted = InferenceAccepted(job_id=job.id, sse_url=f"/v1/inference/{job.id}/stream")
+        return server.json_response(accepted, status=202)
+
+    @app.get("/v1/inference/<job_id>/stream")
+    async def stream(job_id: str) -> Response:
+        scheduler, _ = state.loaded()
+        job = scheduler.open(job_id)
+        response = Response(_events(scheduler, job), headers=sse.SSE_HEADERS)
+        response.timeout = None
+        return response
+
+    @app.delete("/v1/inference/<job_id>")
+    async def cancel(job_id: str) -> Response:
+        scheduler, _ = state.loaded()
+        job = scheduler.get(job_id)
+        scheduler.cancel(job)
+        # Answer once the slot is free again, so that a caller can rely on it.
+        with trio.move_on_after(CANCEL_WAIT_S):
+            await job.released.wait()
+        if not job.opened:
+            scheduler.forget(job)
+        return Response(b"", status=204)
+
+    return app
+
+
+async def _events(scheduler: Scheduler, job: Job) -> AsyncIterator[bytes]:
+    """The SSE body; a reader that goes away cancels the job (the ``finally``)."""
+    try:
+        async for item in job.receive:
+            yield sse.event(_stream_payload(item))
+            if isinstance(item, Ended):
+                return
+    finally:
+        scheduler.forget(job)

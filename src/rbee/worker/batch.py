@@ -1,0 +1,213 @@
+"""Continuous batching, the synchronous part: one `Batch.step` advances every active sequence.
+
+A step first feeds each running sequence its last token in one batched ``engine.decode`` and samples
+the next, then runs the prompts of newly admitted sequences (``engine.prefill``) and samples their
+first token. A sequence leaves the batch (its slot released) the moment it finishes or is cancelled,
+without waiting for the others. Each sequence has its own random generator, and batched logits equal
+single-sequence logits, so a sequence's text does not depend on what else shares the batch.
+
+The scheduler calls `step` from a worker thread, one step at a time; nothing here touches trio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+
+from rbee.log import kv
+from rbee.wire.worker import Finished, SamplingParams, Started, Timings, Token, Usage
+from rbee.worker.interfaces import EngineLike, Logits, TokenizerLike
+from rbee.worker.sampling import make_rng, sample
+from rbee.worker.text import Detokenizer, StopMatcher
+
+__all__ = ["Admit", "Batch", "Event", "StepOutput"]
+
+log = logging.getLogger(__name__)
+
+Event = Started | Token | Finished
+
+
+@dataclasses.dataclass(frozen=True)
+class Admit:
+    """A request that got ``slot``; ``submitted`` is its arrival on the ``time.perf_counter`` clock."""
+
+    key: str
+    slot: int
+    prompt_ids: Sequence[int]
+    params: SamplingParams
+    submitted: float
+
+
+@dataclasses.dataclass
+class StepOutput:
+    """What one step produced, by request key, and which slots it gave back."""
+
+    events: dict[str, list[Event]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    cancelled: list[str] = dataclasses.field(default_factory=list)
+    freed: list[int] = dataclasses.field(default_factory=list)
+
+    def emit(self, key: str, event: Event) -> None:
+        self.events.setdefault(key, []).append(event)
+
+
+@dataclasses.dataclass
+class _Sequence:
+    key: str
+    slot: int
+    params: SamplingParams
+    rng: np.random.Generator
+    seen: set[int]
+    detokenizer: Detokenizer
+    stops: StopMatcher
+    prompt_tokens: int
+    submitted: float
+    admitted: float
+    prefilled: float = 0.0
+    generated: int = 0
+    pieces: int = 0
+    pending: int = -1
+
+
+class Batch:
+    """The sequences currently holding a slot of ``engine``."""
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        tokenizer: TokenizerLike,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._stop_ids = frozenset(tokenizer.stop_token_ids)
+        self._clock = clock
+        self._active: dict[str, _Sequence] = {}
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def reset(self) -> None:
+        """Drop every sequence and release its slot (after a failure left the batch unknown)."""
+        for seq in self._active.values():
+            self._release(seq, StepOutput())
+        self._active.clear()
+
+    def step(self, admit: Sequence[Admit] = (), cancel: Sequence[str] = ()) -> StepOutput:
+        """Drop ``cancel``, decode one token for every running sequence, then start ``admit``."""
+        out = StepOutput()
+        for key in cancel:
+            seq = self._active.pop(key, None)
+            if seq is not None:
+                self._release(seq, out)
+                out.cancelled.append(key)
+        self._decode(out)
+        for request in admit:
+            self._prefill(request, out)
+        return out
+
+    def _decode(self, out: StepOutput) -> None:
+        running = list(self._active.values())
+        if not running:
+            return
+        try:
+            logits = self._engine.decode([s.slot for s in running], [s.pending for s in running])
+        except Exception as err:
+            log.exception("decode failed", extra=kv(sequences=len(running)))
+            for seq in running:
+                self._fail(seq, f"decode failed: {err}", out)
+            return
+        for seq, row in zip(running, logits, strict=True):
+            self._advance(seq, row, out)
+
+    def _prefill(self, request: Admit, out: StepOutput) -> None:
+        now = self._clock()
+        seq = _Sequence(
+            key=request.key,
+            slot=request.slot,
+            params=request.params,
+            rng=make_rng(request.params.seed),
+            seen=set(request.prompt_ids),
+            detokenizer=Detokenizer(self._tokenizer),
+            stops=StopMatcher(request.params.stop),
+            prompt_tokens=len(request.prompt_ids),
+            submitted=request.submitted,
+            admitted=now,
+        )
+        self._active[seq.key] = seq
+        out.emit(seq.key, Started())
+        try:
+            logits = self._engine.prefill(seq.slot, request.prompt_ids)
+        except Exception as err:
+            log.exception("prefill failed", extra=kv(job=seq.key, prompt_tokens=seq.prompt_tokens))
+            self._fail(seq, f"prefill failed: {err}", out)
+            return
+        seq.prefilled = self._clock()
+        self._advance(seq, logits, out)
+
+    def _advance(self, seq: _Sequence, logits: Logits, out: StepOutput) -> None:
+        """Sample one token for ``seq``, emit its text, and finish the sequence if it is done."""
+        token = sample(logits, seq.params, seq.rng, seq.seen)
+        seq.generated += 1
+        if token in self._stop_ids:
+            self._finish(seq, "stop", out)
+            return
+        seq.seen.add(token)
+        self._emit(seq, seq.stops.feed(seq.detokenizer.push(token)), out)
+        if seq.stops.stopped:
+            self._finish(seq, "stop", out)
+        elif (
+            seq.generated >= seq.params.max_tokens
+            or self._engine.length(seq.slot) >= self._engine.context_length
+        ):
+            self._finish(seq, "length", out)
+        else:
+            seq.pending = token
+
+    def _emit(self, seq: _Sequence, text: str, out: StepOutput) -> None:
+        if text:
+            out.emit(seq.key, Token(t=text, i=seq.pieces))
+            seq.pieces += 1
+
+    def _finish(self, seq: _Sequence, reason: Literal["stop", "length"], out: StepOutput) -> None:
+        # Text held back as a possible stop-string start, or a cut character, is still owed.
+        tail = seq.stops.feed(seq.detokenizer.flush())
+        if seq.stops.stopped:
+            reason = "stop"
+        else:
+            tail += seq.stops.flush()
+        self._emit(seq, tail, out)
+        end = self._clock()
+        decode_s = end - seq.prefilled
+        timings = Timings(
+            queue_ms=1000 * (seq.admitted - seq.submitted),
+            prefill_ms=1000 * (seq.prefilled - seq.admitted),
+            ttft_ms=1000 * (seq.prefilled - seq.submitted),
+            decode_ms=1000 * decode_s,
+            tokens_per_s=(seq.generated - 1) / decode_s if seq.generated > 1 and decode_s else 0.0,
+        )
+        usage = Usage(
+            prompt_tokens=seq.prompt_tokens,
+            completion_tokens=seq.generated,
+            total_tokens=seq.prompt_tokens + seq.generated,
+        )
+        out.emit(seq.key, Finished(finish_reason=reason, usage=usage, timings=timings))
+        del self._active[seq.key]
+        self._release(seq, out)
+
+    def _fail(self, seq: _Sequence, message: str, out: StepOutput) -> None:
+        self._active.pop(seq.key, None)
+        out.errors[seq.key] = message
+        self._release(seq, out)
+
+    def _release(self, seq: _Sequence, out: StepOutput) -> None:
+        try:
+            self._engine.release(seq.slot)
+        except Exception:
+            log.exception("releasing a slot failed", extra=kv(slot=seq.slot))
+        out.freed.append(seq.slot)

@@ -1,0 +1,237 @@
+"""The ONNX Runtime session of one model, with a KV cache of ``slots`` sequences.
+
+The cache of layer ``i`` is one buffer per keys/values shaped ``[slots, Hkv, C, D]`` (see
+`rbee.models.graph` for the graph's inputs). Each step binds the rows it needs, by pointer, as
+both ``past`` and ``present``, so GroupQueryAttention appends the new positions in place and
+nothing is copied. A batched decode runs the contiguous range of rows from the lowest to the
+highest slot asked for; rows in that range that were not asked for ride along writing only their
+scratch position (their next free one, at most ``context_length``, hence ``C = context + 1``) and
+keep their length, so decoding any subset of slots is one run and never disturbs the others.
+
+Memory: the cache is reserved for the full context (about 380 MB of address space per slot for
+the default model) but only pages that hold tokens become resident, about 46 KB per token.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from rbee.errors import InferenceError, ModelError
+from rbee.models.graph import cache_capacity
+from rbee.models.store import Manifest
+
+__all__ = ["Engine"]
+
+F32 = np.float32
+
+
+def _providers(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], str, int]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"], "cpu", 0
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ModelError(f"unknown device {device!r}: use 'cpu' or 'cuda:N'")
+    device_id = int(index or 0)
+    return (
+        [("CUDAExecutionProvider", {"device_id": str(device_id)}), "CPUExecutionProvider"],
+        "cuda",
+        device_id,
+    )
+
+
+class Engine:
+    """Runs prompts and batched single-token steps of one model on one device.
+
+    Not thread-safe: one caller (the worker's batching loop) drives it. ``InferenceError`` for a
+    request it cannot serve (context full, bad slot or token), ``ModelError`` when the graph
+    cannot be loaded or the device is not available.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        *,
+        precision: str = "int4",
+        device: str = "cpu",
+        threads: int = 0,
+        slots: int = 4,
+    ) -> None:
+        if slots < 1:
+            raise ModelError(f"slots must be at least 1, not {slots}")
+        path = model_dir / manifest.graph_file(precision)
+        if not path.is_file():
+            raise ModelError(f"model {manifest.name}: {path} is missing; import the model again")
+        providers, self._device_type, self._device_id = _providers(device)
+        if (
+            self._device_type == "cuda"
+            and "CUDAExecutionProvider" not in ort.get_available_providers()
+        ):
+            raise ModelError(self._no_cuda(device))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # ORT raises its own exception types for any load failure
+            raise ModelError(f"cannot load {path}: {err}") from None
+        self.provider: str = self._session.get_providers()[0]
+        if self._device_type == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise ModelError(self._no_cuda(device))
+        self.device = device
+        self.precision = precision
+        self.context_length = manifest.context_length
+        self.vocab_size = manifest.vocab_size
+        self.slots = slots
+        self._layers = sum(1 for i in self._session.get_inputs() if i.name.startswith("past_key."))
+        shape = next(i.shape for i in self._session.get_inputs() if i.name == "past_key.0")
+        self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
+        self._capacity = cache_capacity(self.context_length)
+        self._row_elems = self._kv_heads * self._capacity * self._head_dim
+        self._cache = self._allocate_cache()
+        self._lengths = [0] * slots
+        self._logits = np.zeros((slots, self.vocab_size), F32)
+        self._binding = self._session.io_binding()
+        self._bound_rows: tuple[int, int] | None = None
+
+    @staticmethod
+    def _no_cuda(device: str) -> str:
+        # ORT falls back to CPU silently when the CUDA provider cannot start (no GPU, no driver,
+        # missing CUDA libraries): a worker that asked for a GPU must not run on the CPU unnoticed.
+        return (
+            f"device {device} asked for, but CUDA is not available to ONNX Runtime here "
+            f"(providers: {', '.join(ort.get_available_providers())}); use the CUDA build "
+            "of rbee on a host with an NVIDIA GPU and its driver, or device cpu"
+        )
+
+    def _allocate_cache(self) -> list[tuple[int, object]]:
+        """One (pointer, owner) per layer and keys/values; pages are touched only as they fill."""
+        shape = (self.slots, self._kv_heads, self._capacity, self._head_dim)
+        buffers: list[tuple[int, object]] = []
+        for _ in range(2 * self._layers):
+            if self._device_type == "cpu":
+                # Anonymous memory without huge pages: a sequence touches 4 KiB pages as it
+                # grows (numpy would ask for 2 MiB pages, making every slot fully resident).
+                memory = mmap.mmap(-1, int(np.prod(shape)) * 4)
+                if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                    memory.madvise(mmap.MADV_NOHUGEPAGE)
+                array = np.frombuffer(memory, F32).reshape(shape)
+                buffers.append((int(array.ctypes.data), (memory, array)))
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(
+                    list(shape), F32, "cuda", self._device_id
+                )
+                buffers.append((int(value.data_ptr()), value))
+        return buffers
+
+    def length(self, slot: int) -> int:
+        """Tokens currently cached for ``slot``."""
+        return self._lengths[self._check_slot(slot)]
+
+    def release(self, slot: int) -> None:
+        """Forget ``slot``'s sequence; its cache rows are reused by the next prefill."""
+        self._lengths[self._check_slot(slot)] = 0
+
+    def prefill(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Reset ``slot``, run the prompt, return the float32 logits ``[vocab]`` of its last position."""
+        last: npt.NDArray[np.float32] = self._prompt(slot, token_ids, 1)[0]
+        return last
+
+    def score(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Like `prefill`, but the logits of every position ``[len(token_ids), vocab]``."""
+        return self._prompt(slot, token_ids, len(token_ids))
+
+    def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Feed one token to each of ``slots`` in one batched run; logits ``[len(slots), vocab]``."""
+        if len(slots) != len(token_ids) or not slots:
+            raise InferenceError(
+                f"decode needs one token per slot (got {len(slots)} slots, {len(token_ids)} tokens)"
+            )
+        if len(set(slots)) != len(slots):
+            raise InferenceError(f"decode got a slot twice: {list(slots)}")
+        for slot in slots:
+            self._check_room(self._check_slot(slot), 1)
+        lo, hi = min(slots), max(slots)
+        rows = hi - lo + 1
+        ids = np.zeros((rows, 1), np.int64)
+        # Idle rows write their next free position, which is scratch until they decode again.
+        seqlens = np.array(self._lengths[lo : hi + 1], np.int32)
+        for slot, token in zip(slots, token_ids, strict=True):
+            ids[slot - lo, 0] = self._check_token(token)
+        logits = self._run(lo, ids, seqlens, 1)
+        for slot in slots:
+            self._lengths[slot] += 1
+        return logits[[slot - lo for slot in slots], 0].copy()
+
+    def _prompt(self, slot: int, token_ids: Sequence[int], keep: int) -> npt.NDArray[np.float32]:
+        self._check_slot(slot)
+        if not token_ids:
+            raise InferenceError("the prompt is empty")
+        self._lengths[slot] = 0
+        self._check_room(slot, len(token_ids))
+        ids = np.array([[self._check_token(t) for t in token_ids]], np.int64)
+        logits = self._run(slot, ids, np.array([len(token_ids) - 1], np.int32), keep)
+        self._lengths[slot] = len(token_ids)
+        rows: npt.NDArray[np.float32] = logits[0].copy()
+        return rows
+
+    def _run(
+        self, first: int, ids: npt.NDArray[np.int64], seqlens: npt.NDArray[np.int32], keep: int
+    ) -> npt.NDArray[np.float32]:
+        rows = ids.shape[0]
+        binding = self._binding
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("seqlens_k", seqlens)
+        binding.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
+        binding.bind_cpu_input("num_logits", np.array([keep], np.int64))
+        if self._bound_rows != (first, rows):
+            self._bind_cache(first, rows)
+        if rows * keep <= self._logits.shape[0]:
+            out = self._logits.reshape(-1)[: rows * keep * self.vocab_size].reshape(
+                rows, keep, self.vocab_size
+            )
+        else:
+            out = np.empty((rows, keep, self.vocab_size), F32)
+        binding.bind_output("logits", "cpu", 0, F32, list(out.shape), int(out.ctypes.data))
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as err:  # ORT's runtime errors have no common public base class
+            raise InferenceError(f"inference failed: {err}") from None
+        return out
+
+    def _bind_cache(self, first: int, rows: int) -> None:
+        shape = [rows, self._kv_heads, self._capacity, self._head_dim]
+        offset = first * self._row_elems * 4
+        for layer in range(self._layers):
+            for j, kind in enumerate(("key", "value")):
+                pointer = self._cache[2 * layer + j][0] + offset
+                for name in (f"past_{kind}.{layer}", f"present_{kind}.{layer}"):
+                    bind = self._binding.bind_input if name[1] == "a" else self._binding.bind_output
+                    bind(name, self._device_type, self._device_id, F32, shape, pointer)
+        self._bound_rows = (first, rows)
+
+    def _check_slot(self, slot: int) -> int:
+        if not 0 <= slot < self.slots:
+            raise InferenceError(f"slot {slot} does not exist (this engine has {self.slots})")
+        return slot
+
+    def _check_token(self, token: int) -> int:
+        if not 0 <= token < self.vocab_size:
+            raise InferenceError(
+                f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})"
+            )
+        return int(token)
+
+    def _check_room(self, slot: int, new: int) -> None:
+        if self._lengths[slot] + new > self.context_length:
+            raise InferenceError(
+                f"context length exceeded: slot {slot} holds {self._lengths[slot]} tokens and "
+                f"{new} more would pass the model's limit of {self.context_length}"
+            )

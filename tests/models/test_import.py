@@ -1,0 +1,165 @@
+"""GGUF import: the default model's store entry, and clear errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rbee.errors import ModelError, UsageError
+from rbee.models import importer
+from rbee.models.gguf_file import open_gguf
+from rbee.models.importer import (
+    DEFAULT_MODEL,
+    default_model_path,
+    ensure_model,
+    import_gguf,
+    name_from_path,
+)
+from rbee.models.nbits import to_nbits
+from rbee.models.store import ModelStore
+from tests.models.helpers import write_tiny_gguf
+
+
+def assert_nothing_left(root: Path) -> None:
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_default_model_in_store_is_complete_and_verified(model_store: Path) -> None:
+    store = ModelStore(model_store)
+    manifest = store.get(DEFAULT_MODEL)
+    assert manifest.architecture == "llama"
+    assert manifest.context_length == 8192
+    assert manifest.vocab_size == 49152
+    assert manifest.precisions == ["int4", "fp32"]
+    assert manifest.stop_token_ids == [0, 2]
+    assert "<|im_start|>" in manifest.chat_template
+    assert set(manifest.files) == {
+        "tokenizer.json",
+        "model.int4.onnx",
+        "model.int4.onnx.data",
+        "model.fp32.onnx",
+        "model.fp32.onnx.data",
+    }
+    store.verify(DEFAULT_MODEL)
+    assert not [p for p in model_store.iterdir() if p.name.startswith(".staging")]
+
+
+@pytest.mark.slow
+def test_ensure_model_finds_the_default_and_refuses_unknown_names(model_store: Path) -> None:
+    store = ModelStore(model_store)
+    assert ensure_model(store, DEFAULT_MODEL).name == DEFAULT_MODEL
+    with pytest.raises(ModelError, match="rbee model import"):
+        ensure_model(store, "no-such-model")
+
+
+def test_default_model_path_is_the_packaged_gguf() -> None:
+    path = default_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.is_file()
+
+
+@pytest.mark.parametrize(
+    ("filename", "expected"),
+    [
+        ("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct.q4_1"),
+        ("My Model (v2)!.gguf", "my-model-v2"),
+        ("__x__.GGUF", "x"),
+    ],
+)
+def test_name_from_path(filename: str, expected: str) -> None:
+    assert name_from_path(Path("/somewhere") / filename) == expected
+
+
+def test_bad_name_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="invalid model name"):
+        import_gguf(ModelStore(tmp_path / "store"), default_model_path(), name="../evil")
+
+
+def test_random_bytes_are_not_a_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "random.gguf"
+    bad.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ModelError, match="is not a GGUF file"):
+        import_gguf(ModelStore(tmp_path / "store"), bad)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="cannot read"):
+        import_gguf(ModelStore(tmp_path / "store"), tmp_path / "absent.gguf")
+    assert_nothing_left(tmp_path / "store")
+
+
+@pytest.mark.parametrize("keep", [100, 50_000_000])
+def test_truncated_gguf(tmp_path: Path, keep: int) -> None:
+    cut = tmp_path / "cut.gguf"
+    with default_model_path().open("rb") as src:
+        cut.write_bytes(src.read(keep))
+    with pytest.raises(ModelError, match="truncated"):
+        import_gguf(ModelStore(tmp_path / "store"), cut)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_unsupported_architecture(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "mamba.gguf", arch="mamba")
+    with pytest.raises(ModelError, match="unsupported architecture 'mamba'"):
+        import_gguf(ModelStore(tmp_path / "store"), path)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_unsupported_tensor_type(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "q5.gguf", odd_tensor="blk.0.ffn_up.weight")
+    with pytest.raises(ModelError, match=r"blk\.0\.ffn_up\.weight has unsupported type Q5_0"):
+        import_gguf(ModelStore(tmp_path / "store"), path)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_full_disk_is_named_and_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(*args: object) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(importer, "build_graph", no_space)
+    with pytest.raises(ModelError, match="out of disk space"):
+        import_gguf(ModelStore(tmp_path / "store"), default_model_path(), name="m")
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_failed_import_keeps_the_previous_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    old = store.dir("m")
+    old.mkdir(parents=True)
+    (old / "rbee-model.toml").write_text("kept")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 10)
+    with pytest.raises(ModelError):
+        import_gguf(store, bad, name="m")
+    assert (old / "rbee-model.toml").read_text() == "kept"
+    shutil.rmtree(old)
+    assert_nothing_left(store.root)
+
+
+def test_q4_1_blocks_in_matmulnbits_layout_are_exact() -> None:
+    """Codes, scales, rounded zero points and the residual rebuild the Q4_1 weights exactly."""
+    model = open_gguf(default_model_path())
+    blocks = model.blocks("blk.0.attn_v.weight")
+    exact = blocks.dequantize()
+    nb = to_nbits(blocks)
+    assert nb.zero_points is not None
+    assert nb.residual is not None
+    low, high = nb.packed & 0x0F, nb.packed >> 4
+    codes = np.stack([low, high], axis=-1).reshape(nb.n, nb.k // 32, 32).astype(np.float32)
+    zp_pairs = np.stack([nb.zero_points & 0x0F, nb.zero_points >> 4], axis=-1)
+    zp = zp_pairs.reshape(nb.n, -1)[:, : nb.k // 32].astype(np.float32)
+    scales = nb.scales.reshape(nb.n, nb.k // 32)
+    rebuilt = scales[..., None] * (codes - zp[..., None]) + nb.residual.T[..., None]
+    np.testing.assert_allclose(rebuilt.reshape(nb.n, nb.k), exact, rtol=0, atol=1e-6)
+    # The residual is what is left of the float offset: at most half a step.
+    assert np.all(np.abs(nb.residual.T) <= np.abs(scales) * 0.5 + np.abs(blocks.m) * 1e-6 + 1e-7)

@@ -1,0 +1,167 @@
+"""A fake worker for the queen's fast tests: a real HTTP server that speaks the worker API.
+
+It generates ``tokens`` tokens ``tok0 tok1 ...``, one every ``delay`` seconds, and can misbehave on
+demand (``mode``), or ``hold`` every generation until an event is set: ``refuse`` answers 500 to every POST, ``busy`` 429, ``drop`` closes the stream
+after ``started`` without a token, ``error`` sends ``[ERROR]`` before the first token, ``die``
+fails after the first token. It records what it was asked (`posts`, `deletes`) and which
+generations were stopped early (`stopped`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import httpx
+import trio
+from quart import Response, request
+
+from rbee import sse, wire
+from rbee.server import create_app, json_response, serve
+from rbee.wire import worker as ww
+from rbee.wire.queen import HiveHeartbeat, HostTelemetry, WorkerStatus
+
+Mode = Literal["ok", "refuse", "busy", "drop", "error", "die"]
+
+_ids = itertools.count()
+
+
+@dataclasses.dataclass
+class FakeWorker:
+    model: str = "fake-model"
+    tokens: int = 5
+    delay: float = 0.0
+    slots: int = 4
+    mode: Mode = "ok"
+    hold: trio.Event | None = None
+    id: str = dataclasses.field(default_factory=lambda: f"fake-{next(_ids)}")
+    url: str = ""
+    posts: list[ww.InferenceRequest] = dataclasses.field(default_factory=list)
+    deletes: list[str] = dataclasses.field(default_factory=list)
+    stopped: list[str] = dataclasses.field(default_factory=list)
+    finished: list[str] = dataclasses.field(default_factory=list)
+    _cancel: dict[str, trio.Event] = dataclasses.field(default_factory=dict)
+    _requests: dict[str, ww.InferenceRequest] = dataclasses.field(default_factory=dict)
+
+    def status(self, slots_free: int | None = None) -> WorkerStatus:
+        return WorkerStatus(
+            id=self.id,
+            pid=1,
+            model=self.model,
+            device="cpu",
+            url=self.url,
+            state="ready",
+            slots_total=self.slots,
+            slots_free=self.slots if slots_free is None else slots_free,
+        )
+
+    async def _generate(self, gen_id: str) -> AsyncIterator[bytes]:
+        req = self._requests[gen_id]
+        cancel = self._cancel[gen_id]
+        done = False
+        try:
+            yield sse.event(wire.encode(ww.Started()))
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.mode == "drop":
+                done = True
+                return
+            if self.mode == "error":
+                done = True
+                yield sse.event(sse.error_marker("the fake engine failed"))
+                return
+            n = min(self.tokens, req.max_tokens)
+            for i in range(n):
+                if self.delay:
+                    with trio.move_on_after(self.delay):
+                        await cancel.wait()
+                if cancel.is_set():
+                    done = True
+                    self.stopped.append(gen_id)
+                    yield sse.event(sse.CANCELLED)
+                    return
+                yield sse.event(wire.encode(ww.Token(f"tok{i} ", i)))
+                if self.mode == "die":
+                    done = True
+                    return
+            usage = ww.Usage(
+                len((req.prompt or "").split()), n, len((req.prompt or "").split()) + n
+            )
+            timings = ww.Timings(0.0, 1.0, 1.0, 1.0, 100.0)
+            reason: ww.FinishReason = "length" if n == req.max_tokens else "stop"
+            yield sse.event(wire.encode(ww.Finished(reason, usage, timings)))
+            yield sse.event(sse.DONE)
+            done = True
+            self.finished.append(gen_id)
+        finally:
+            if not done:
+                self.stopped.append(gen_id)
+
+    def app(self) -> object:
+        app = create_app(f"fake-worker-{self.id}")
+
+        @app.post("/v1/inference")
+        async def start() -> Response:
+            req = wire.decode(await request.get_data(), ww.InferenceRequest)
+            self.posts.append(req)
+            if self.mode == "refuse":
+                return json_response({"error": {"message": "engine exploded"}}, status=500)
+            if self.mode == "busy":
+                return json_response({"error": {"message": "all slots busy"}}, status=429)
+            gen_id = f"gen-{self.id}-{len(self.posts)}"
+            self._requests[gen_id] = req
+            self._cancel[gen_id] = trio.Event()
+            return json_response(
+                ww.InferenceAccepted(gen_id, f"/v1/inference/{gen_id}/stream"), status=202
+            )
+
+        @app.get("/v1/inference/<gen_id>/stream")
+        async def stream(gen_id: str) -> Response:
+            return Response(self._generate(gen_id), headers=sse.SSE_HEADERS)
+
+        @app.delete("/v1/inference/<gen_id>")
+        async def cancel(gen_id: str) -> Response:
+            self.deletes.append(gen_id)
+            if gen_id in self._cancel:
+                self._cancel[gen_id].set()
+            return Response(b"", status=204)
+
+        @app.get("/health")
+        async def health() -> Response:
+            return json_response(ww.Health("ready"))
+
+        return app
+
+    async def start(self, nursery: trio.Nursery) -> FakeWorker:
+        """Serve on a free loopback port until ``nursery`` is cancelled."""
+        self.url = await nursery.start(
+            functools.partial(serve, self.app(), "127.0.0.1", 0, shutdown=trio.sleep_forever)  # type: ignore[arg-type]
+        )
+        return self
+
+
+def heartbeat(
+    hive: str, workers: list[WorkerStatus], *, interval_s: float = 3600.0
+) -> HiveHeartbeat:
+    """One hive's report; a long interval keeps it fresh for a whole test."""
+    return HiveHeartbeat(
+        hive=hive,
+        url="http://127.0.0.1:1",
+        host=HostTelemetry(cpu_count=2, load_1m=0.0, ram_total_mb=4096, ram_free_mb=2048),
+        workers=workers,
+        models=sorted({w.model for w in workers}),
+        interval_s=interval_s,
+    )
+
+
+async def register(queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus) -> None:
+    """Announce ``workers`` (all on ``hive``) to the queen."""
+    statuses = [w.status() if isinstance(w, FakeWorker) else w for w in workers]
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{queen_url}/v1/heartbeat", content=wire.encode(heartbeat(hive, statuses))
+        )
+        assert response.status_code == 204, response.text

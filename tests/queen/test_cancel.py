@@ -1,0 +1,72 @@
+"""Cancellation reaches the worker: by DELETE, and when the client goes away."""
+
+from __future__ import annotations
+
+import h11
+import httpx
+import trio
+
+from tests.queen.conftest import QueenHandle, read_stream, wait_for
+from tests.queen.fake_worker import FakeWorker, register
+
+BODY = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 1000}
+
+
+async def test_delete_cancels_at_the_worker(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=1000, delay=0.01).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    job_id = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
+    payloads: list[str] = []
+
+    async def follow() -> None:
+        payloads.extend(await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream"))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(follow)
+        await wait_for(lambda: len(worker.posts) == 1)
+        await trio.sleep(0.05)
+        record = (await http.delete(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert record["state"] == "cancelled"
+    assert payloads[-1] == "[CANCELLED]"
+    assert len(worker.deletes) == 1
+    await wait_for(lambda: len(worker.stopped) == 1)
+    assert worker.finished == []
+
+
+async def test_cancelling_a_waiting_job_never_reaches_a_worker(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(slots=1, tokens=1000, delay=0.01).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    running = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
+    waiting = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
+    record = (await http.delete(f"{queen.url}/v1/jobs/{waiting}")).json()
+    assert record["state"] == "cancelled"
+    assert await read_stream(http, f"{queen.url}/v1/jobs/{waiting}/stream") == ["[CANCELLED]"]
+    await http.delete(f"{queen.url}/v1/jobs/{running}")
+    assert len(worker.posts) == 1
+
+
+async def test_a_client_that_disconnects_cancels_its_job(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=1000, delay=0.01).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    job_id = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
+    # A raw connection, so that the test closes it exactly when it wants.
+    host, port = queen.url.removeprefix("http://").split(":")
+    conn = h11.Connection(h11.CLIENT)
+    async with await trio.open_tcp_stream(host, int(port)) as sock:
+        request = h11.Request(
+            method="GET", target=f"/v1/jobs/{job_id}/stream", headers=[("Host", host)]
+        )
+        await sock.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        received = b""
+        while b'"type":"token"' not in received:
+            received += await sock.receive_some(4096)
+    await wait_for(lambda: len(worker.deletes) == 1)
+    await wait_for(lambda: len(worker.stopped) == 1)
+    record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert record["state"] == "cancelled"

@@ -1,0 +1,175 @@
+"""The jobs API end to end through a real queen and fake workers over real HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import trio
+
+from tests.queen.conftest import QueenHandle, read_stream
+from tests.queen.fake_worker import FakeWorker, register
+
+
+async def submit(http: httpx.AsyncClient, queen: QueenHandle, **body: object) -> httpx.Response:
+    payload = {"operation": "infer", "model": "fake-model", "prompt": "hello there", **body}
+    return await http.post(f"{queen.url}/v1/jobs", json=payload)
+
+
+async def test_job_is_relayed_and_recorded(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=5).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    response = await submit(http, queen, max_tokens=50, seed=7, stop=["x"])
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["job_id"].startswith("job-")
+    assert accepted["sse_url"] == f"/v1/jobs/{accepted['job_id']}/stream"
+
+    payloads = await read_stream(http, queen.url + accepted["sse_url"])
+    events = [json.loads(p) for p in payloads[:-1]]
+    assert payloads[-1] == "[DONE]"
+    assert [e["type"] for e in events] == ["started"] + ["token"] * 5 + ["finished"]
+    assert "".join(e["t"] for e in events if e["type"] == "token") == "tok0 tok1 tok2 tok3 tok4 "
+    assert events[-1]["usage"]["completion_tokens"] == 5
+    sent = worker.posts[0]
+    assert (sent.prompt, sent.max_tokens, sent.seed, sent.stop) == ("hello there", 50, 7, ["x"])
+
+    record = (await http.get(f"{queen.url}/v1/jobs/{accepted['job_id']}")).json()
+    assert record["state"] == "completed"
+    assert record["worker"] == worker.id
+    assert record["attempts"] == 1
+    assert (record["tokens_in"], record["tokens_out"]) == (2, 5)
+    assert record["finish_reason"] == "stop"
+    assert record["ttft_ms"] is not None
+    assert record["queue_wait_ms"] is not None
+    assert record["decision"]["kind"] == "route"
+    assert record["decision"]["target"] == worker.id
+    assert any("first-available chose" in r for r in record["decision"]["reasons"])
+    assert record["attempt_log"][0]["worker"] == worker.id
+
+
+async def test_bad_bodies_are_400_naming_the_field(
+    queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    cases: dict[str, dict[str, object]] = {
+        "temperature": {"temperature": 5},
+        "max_tokens": {"max_tokens": 0},
+        "priority": {"priority": "urgent"},
+        "operation": {"operation": "dance"},
+        "prompt": {"messages": [{"role": "user", "content": "hi"}]},
+    }
+    for field, body in cases.items():
+        response = await submit(http, queen, **body)
+        assert response.status_code == 400, (field, response.text)
+        error = response.json()["error"]
+        assert field in error["message"], (field, error)
+        assert error["type"] == "invalid_request_error"
+    missing = await http.post(f"{queen.url}/v1/jobs", json={"operation": "infer"})
+    assert missing.status_code == 400
+    assert "model" in missing.json()["error"]["message"]
+    not_json = await http.post(f"{queen.url}/v1/jobs", content=b"{nope")
+    assert not_json.status_code == 400
+    assert "not valid JSON" in not_json.json()["error"]["message"]
+    bad_beat = await http.post(f"{queen.url}/v1/heartbeat", json={"hive": "h", "url": "x"})
+    assert bad_beat.status_code == 400
+    assert "host" in bad_beat.json()["error"]["message"]
+    bad_state = await http.get(f"{queen.url}/v1/jobs", params={"state": "lost"})
+    assert bad_state.status_code == 400
+    assert "state" in bad_state.json()["error"]["message"]
+
+
+async def test_unknown_job_is_404(queen: QueenHandle, http: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("GET", "/v1/jobs/job-nope"),
+        ("GET", "/v1/jobs/job-nope/stream"),
+        ("DELETE", "/v1/jobs/job-nope"),
+    ]:
+        response = await http.request(method, queen.url + path)
+        assert response.status_code == 404, (method, path)
+        assert "job-nope" in response.json()["error"]["message"]
+
+
+async def test_a_model_nobody_serves_is_a_clear_error_at_once(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    await register(queen.url, "hive-a", await FakeWorker(model="other").start(nursery))
+    response = await submit(http, queen, model="llama-70b")
+    assert response.status_code == 404
+    assert "no worker serves model 'llama-70b'" in response.json()["error"]["message"]
+    failed = (await http.get(f"{queen.url}/v1/jobs", params={"state": "failed"})).json()["jobs"]
+    assert [j["model"] for j in failed] == ["llama-70b"]
+
+
+async def test_waiting_jobs_are_served_interactive_first_then_in_order(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(slots=1, tokens=3, hold=trio.Event()).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    order = [
+        ("first", "interactive"),
+        ("b1", "batch"),
+        ("i1", "interactive"),
+        ("b2", "batch"),
+        ("i2", "interactive"),
+    ]
+    ids = []
+    for prompt, priority in order:
+        response = await submit(http, queen, prompt=prompt, priority=priority)
+        assert response.status_code == 202
+        ids.append(response.json()["job_id"])
+    queued = (await http.get(f"{queen.url}/v1/jobs", params={"state": "queued"})).json()["jobs"]
+    assert len(queued) == 4
+    status = (await http.get(f"{queen.url}/v1/status")).json()
+    assert (status["queue_depth"], status["running"]) == (4, 1)
+    await trio.sleep(0.03)
+    assert worker.hold is not None
+    worker.hold.set()
+    for job_id in ids:
+        payloads = await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream")
+        assert payloads[-1] == "[DONE]"
+    assert [p.prompt for p in worker.posts] == ["first", "i1", "i2", "b1", "b2"]
+    waited = (await http.get(f"{queen.url}/v1/jobs/{ids[-1]}")).json()
+    assert waited["queue_wait_ms"] > 20
+    assert waited["decision"]["kind"] == "route"
+
+
+async def test_a_full_queue_answers_429_with_retry_after(
+    nursery: trio.Nursery, queen_config: object, http: httpx.AsyncClient
+) -> None:
+    import dataclasses
+
+    from rbee.config import QueenConfig
+    from tests.queen.conftest import start_queen
+
+    assert isinstance(queen_config, QueenConfig)
+    queen = await start_queen(nursery, dataclasses.replace(queen_config, queue_size=2))
+    worker = await FakeWorker(slots=1, tokens=50, delay=0.02).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    accepted = [await submit(http, queen) for _ in range(3)]
+    assert [r.status_code for r in accepted] == [202, 202, 202]
+    refused = await submit(http, queen)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert "queue is full" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["code"] == "queue_full"
+    jobs = (await http.get(f"{queen.url}/v1/jobs")).json()["jobs"]
+    assert len(jobs) == 3
+    for r in accepted:
+        await http.delete(f"{queen.url}/v1/jobs/{r.json()['job_id']}")
+
+
+async def test_deadline_fails_a_job_that_waited_too_long(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(slots=1, tokens=100, delay=0.01).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    busy = (await submit(http, queen)).json()["job_id"]
+    late = (await submit(http, queen, deadline_s=0.2)).json()["job_id"]
+    payloads = await read_stream(http, f"{queen.url}/v1/jobs/{late}/stream")
+    assert payloads[-1].startswith("[ERROR] deadline of 0.2 s passed")
+    record = (await http.get(f"{queen.url}/v1/jobs/{late}")).json()
+    assert record["state"] == "failed"
+    assert len(worker.posts) == 1
+    await http.delete(f"{queen.url}/v1/jobs/{busy}")

@@ -1,0 +1,156 @@
+"""The official ``openai`` package against the queen's OpenAI-compatible API (fake workers).
+
+The clients run in a worker thread (the async one in its own asyncio loop) while the queen runs
+in the test's trio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+import trio
+
+from tests.queen.conftest import QueenHandle
+from tests.queen.fake_worker import FakeWorker, register
+
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hello"},
+]
+
+
+def client(queen: QueenHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{queen.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+async def worker(nursery: trio.Nursery, queen: QueenHandle) -> FakeWorker:
+    fake = await FakeWorker(tokens=4).start(nursery)
+    await register(queen.url, "hive-a", fake)
+    return fake
+
+
+async def test_models(queen: QueenHandle, worker: FakeWorker) -> None:
+    def call() -> list[str]:
+        with client(queen) as c:
+            return [m.id for m in c.models.list().data]
+
+    assert await trio.to_thread.run_sync(call) == ["fake-model"]
+
+
+async def test_chat_completion(queen: QueenHandle, worker: FakeWorker) -> None:
+    def call() -> openai.types.chat.ChatCompletion:
+        with client(queen) as c:
+            return c.chat.completions.create(
+                model="fake-model",
+                messages=MESSAGES,
+                max_tokens=3,
+                temperature=0.2,
+                top_p=0.9,
+                seed=11,
+                stop=["END"],
+            )
+
+    completion = await trio.to_thread.run_sync(call)
+    assert completion.choices[0].message.content == "tok0 tok1 tok2 "
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3
+    sent = worker.posts[0]
+    assert sent.messages is not None
+    assert [(m.role, m.content) for m in sent.messages] == [
+        ("system", "be brief"),
+        ("user", "hello"),
+    ]
+    assert (sent.max_tokens, sent.temperature, sent.top_p, sent.seed, sent.stop) == (
+        3,
+        0.2,
+        0.9,
+        11,
+        ["END"],
+    )
+
+
+async def test_chat_completion_stream_with_usage(queen: QueenHandle, worker: FakeWorker) -> None:
+    def call() -> tuple[str, list[str | None], int]:
+        text, usage = "", 0
+        reasons: list[str | None] = []
+        with client(queen) as c:
+            stream = c.chat.completions.create(
+                model="fake-model",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = list(stream)
+        for chunk in chunks:
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                reasons.append(choice.finish_reason)
+        return text, reasons, usage
+
+    text, reasons, usage = await trio.to_thread.run_sync(call)
+    assert text == "tok0 tok1 tok2 tok3 "
+    assert reasons[-1] == "stop"
+    assert usage == 4
+
+
+async def test_completions_stream_and_not(queen: QueenHandle, worker: FakeWorker) -> None:
+    def call() -> tuple[str, str]:
+        with client(queen) as c:
+            return both(c)
+
+    def both(c: openai.OpenAI) -> tuple[str, str]:
+        whole = c.completions.create(model="fake-model", prompt="once upon", max_tokens=2)
+        streamed = "".join(
+            choice.text
+            for chunk in c.completions.create(model="fake-model", prompt="once upon", stream=True)
+            for choice in chunk.choices
+        )
+        assert whole.usage is not None
+        assert whole.usage.prompt_tokens == 2
+        return whole.choices[0].text, streamed
+
+    whole, streamed = await trio.to_thread.run_sync(call)
+    assert whole == "tok0 tok1 "
+    assert streamed == "tok0 tok1 tok2 tok3 "
+    assert worker.posts[0].prompt == "once upon"
+
+
+async def test_async_client(queen: QueenHandle, worker: FakeWorker) -> None:
+    async def main() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{queen.url}/v1", api_key="unused", max_retries=0
+        ) as c:
+            whole = await c.chat.completions.create(model="fake-model", messages=MESSAGES)
+            parts: list[str] = []
+            stream = await c.chat.completions.create(
+                model="fake-model", messages=MESSAGES, stream=True
+            )
+            async for chunk in stream:
+                parts.extend(choice.delta.content or "" for choice in chunk.choices)
+            return whole.choices[0].message.content or "", "".join(parts)
+
+    whole, streamed = await trio.to_thread.run_sync(lambda: asyncio.run(main()))
+    assert whole == streamed == "tok0 tok1 tok2 tok3 "
+
+
+async def test_errors_in_openai_shape(queen: QueenHandle, worker: FakeWorker) -> None:
+    def unknown_model() -> None:
+        with client(queen) as c:
+            c.chat.completions.create(model="nope", messages=MESSAGES)
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        await trio.to_thread.run_sync(unknown_model)
+    assert "no worker serves model 'nope'" in missing.value.message
+
+    def bad_temperature() -> None:
+        client(queen).chat.completions.create(model="fake-model", messages=MESSAGES, temperature=9)
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        await trio.to_thread.run_sync(bad_temperature)
+    assert "temperature" in bad.value.message

@@ -1,0 +1,147 @@
+"""The synchronous batching core, on the fake engine: joins, leaves, stops, and batch independence."""
+
+from __future__ import annotations
+
+import pytest
+
+from rbee.wire.worker import Finished, SamplingParams, Started, Token
+from rbee.worker.batch import Admit, Batch, StepOutput
+from tests.worker.fakes import EOS, FakeEngine, FakeTokenizer
+
+
+def params(**kw: object) -> SamplingParams:
+    return SamplingParams(**{"temperature": 0.0, "max_tokens": 8, **kw})  # type: ignore[arg-type]
+
+
+def admit(key: str, slot: int, prompt: str, p: SamplingParams) -> Admit:
+    return Admit(key, slot, FakeTokenizer().encode(prompt), p, submitted=0.0)
+
+
+class Collector:
+    """Runs steps and gathers each request's text and finish."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.batch = Batch(engine, FakeTokenizer())
+        self.text: dict[str, str] = {}
+        self.finished: dict[str, Finished] = {}
+        self.indices: dict[str, list[int]] = {}
+        self.outputs: list[StepOutput] = []
+
+    def step(self, admits: list[Admit] = [], cancel: list[str] = []) -> StepOutput:  # noqa: B006
+        out = self.batch.step(admits, cancel)
+        self.outputs.append(out)
+        for key, events in out.events.items():
+            for event in events:
+                if isinstance(event, Token):
+                    self.text[key] = self.text.get(key, "") + event.t
+                    self.indices.setdefault(key, []).append(event.i)
+                elif isinstance(event, Finished):
+                    self.finished[key] = event
+        return out
+
+    def drain(self) -> None:
+        while len(self.batch):
+            self.step()
+
+
+def run_alone(prompt: str, p: SamplingParams, flat: bool = False) -> str:
+    c = Collector(FakeEngine(slots=1, flat=flat))
+    c.step([admit("x", 0, prompt, p)])
+    c.drain()
+    return c.text.get("x", "")
+
+
+def test_greedy_follows_the_fake_model_and_stops_at_max_tokens() -> None:
+    c = Collector(FakeEngine())
+    out = c.step([admit("a", 0, "a", params(max_tokens=4))])
+    assert isinstance(out.events["a"][0], Started)
+    c.drain()
+    assert c.text["a"] == "bcde"
+    assert c.indices["a"] == [0, 1, 2, 3]
+    done = c.finished["a"]
+    assert done.finish_reason == "length"
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (1, 4)
+
+
+def test_eos_finishes_with_stop_and_multibyte_text_arrives_whole() -> None:
+    c = Collector(FakeEngine())
+    c.step([admit("a", 0, "x", params(max_tokens=20))])
+    c.drain()
+    # x(23) -> y z, then the two bytes of é, a space, two silent tokens, then EOS (31).
+    assert c.text["a"] == "yzé "
+    assert c.finished["a"].finish_reason == "stop"
+    assert c.finished["a"].usage.completion_tokens == 8
+    assert EOS not in FakeTokenizer().encode(c.text["a"])
+
+
+def test_stop_string_spanning_tokens_is_cut() -> None:
+    c = Collector(FakeEngine())
+    c.step([admit("a", 0, "a", params(max_tokens=20, stop=["def"]))])
+    c.drain()
+    assert c.text["a"] == "bc"
+    assert c.finished["a"].finish_reason == "stop"
+
+
+def test_context_full_finishes_with_length() -> None:
+    c = Collector(FakeEngine(context_length=5))
+    c.step([admit("a", 0, "abc", params(max_tokens=50))])
+    c.drain()
+    assert c.finished["a"].finish_reason == "length"
+    assert c.finished["a"].usage.total_tokens == 6
+
+
+def test_a_request_joining_mid_way_does_not_disturb_the_others() -> None:
+    engine = FakeEngine()
+    c = Collector(engine)
+    c.step([admit("a", 0, "a", params(max_tokens=10))])
+    c.step()
+    c.step([admit("b", 1, "k", params(max_tokens=3))])
+    c.step()
+    c.drain()
+    assert c.text["a"] == run_alone("a", params(max_tokens=10)) == "bcdefghijk"
+    assert c.text["b"] == "lmn"
+    # b joined and left while a kept going: batch sizes 1, 1, 2, 2, then a alone again.
+    assert engine.batch_sizes[:4] == [1, 1, 2, 2]
+    assert engine.batch_sizes[-1] == 1
+    assert sorted(engine.released) == [0, 1]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_equals_one_at_a_time_with_seeds(temperature: float) -> None:
+    requests = {
+        "a": ("a", params(temperature=temperature, seed=1, max_tokens=12)),
+        "b": ("hello", params(temperature=temperature, seed=2, max_tokens=7)),
+        "c": ("q", params(temperature=temperature, seed=3, max_tokens=9, top_k=5)),
+        "d": ("zz", params(temperature=temperature, seed=4, max_tokens=12, top_p=0.9)),
+    }
+    c = Collector(FakeEngine(flat=temperature > 0))
+    c.step([admit(k, i, prompt, p) for i, (k, (prompt, p)) in enumerate(requests.items())])
+    c.drain()
+    for key, (prompt, p) in requests.items():
+        assert c.text.get(key, "") == run_alone(prompt, p, flat=temperature > 0), key
+    if temperature > 0:
+        assert len(set(c.text.values())) == len(requests)
+
+
+def test_cancel_frees_the_slot_at_the_next_step() -> None:
+    engine = FakeEngine()
+    c = Collector(engine)
+    c.step([admit("a", 0, "a", params(max_tokens=20)), admit("b", 1, "a", params(max_tokens=20))])
+    out = c.step(cancel=["a"])
+    assert out.cancelled == ["a"]
+    assert out.freed == [0]
+    assert "a" not in out.events
+    assert engine.released == [0]
+    assert len(c.batch) == 1
+
+
+def test_a_decode_failure_ends_every_running_sequence_with_an_error() -> None:
+    engine = FakeEngine()
+    c = Collector(engine)
+    c.step([admit("a", 0, "a", params()), admit("b", 1, "b", params())])
+    engine.fail_decode = True
+    out = c.step()
+    assert set(out.errors) == {"a", "b"}
+    assert "fake decode failure" in out.errors["a"]
+    assert sorted(out.freed) == [0, 1]
+    assert len(c.batch) == 0

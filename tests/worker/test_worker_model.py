@@ -1,0 +1,184 @@
+"""The real worker process on the real model (SmolLM2-135M-Instruct, int4, CPU), over HTTP.
+
+One worker process serves the whole module; each test leaves every slot free again.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+SLOTS = 4
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[str], url: str, ready_line: str) -> None:
+        self.process = process
+        self.url = url
+        self.ready_line = ready_line
+
+
+def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+
+
+@pytest.fixture(scope="module")
+def worker(model_store: Path) -> Iterator[WorkerProcess]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rbee",
+            "worker",
+            "--model",
+            MODEL,
+            "--models-dir",
+            str(model_store),
+            "--port",
+            "0",
+            "--slots",
+            str(SLOTS),
+            "--threads",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        listening = lines.get(timeout=60)
+        assert listening.startswith("rbee worker listening on http://127.0.0.1:")
+        url = listening.rsplit(" ", 1)[1]
+        assert httpx.get(f"{url}/health").json()["status"] in ("loading", "ready")
+        ready = lines.get(timeout=120)
+        yield WorkerProcess(process, url, ready)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        reader.join(timeout=5)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+async def generate(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Start a generation, read its stream; the text and the finished event."""
+    r = await client.post("/v1/inference", json=body)
+    assert r.status_code == 202, r.text
+    text, finished = "", {}
+    async with client.stream("GET", r.json()["sse_url"]) as stream:
+        payloads = [line[6:] async for line in stream.aiter_lines() if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]", payloads[-1]
+    for payload in payloads[:-1]:
+        event = json.loads(payload)
+        if event["type"] == "token":
+            text += event["t"]
+        elif event["type"] == "finished":
+            finished = event
+    return text, finished
+
+
+def chat(question: str, **sampling: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": question}], **sampling}
+
+
+PROMPTS = [
+    "What is the capital of France? Answer in one word.",
+    "Name three colours.",
+    "Write one sentence about the sea.",
+    "What is 2 + 2?",
+]
+
+
+def test_ready_line_and_info(worker: WorkerProcess) -> None:
+    assert worker.ready_line == f"rbee worker ready model={MODEL} provider=CPUExecutionProvider"
+    assert httpx.get(f"{worker.url}/health").json() == {"status": "ready"}
+    info = httpx.get(f"{worker.url}/v1/info").json()
+    assert info["provider"] == "CPUExecutionProvider"
+    assert (info["model"], info["precision"], info["device"]) == (MODEL, "int4", "cpu")
+    assert (info["slots_total"], info["slots_free"], info["queue_depth"]) == (SLOTS, SLOTS, 0)
+    assert info["context_length"] >= 2048
+    assert info["pid"] == worker.process.pid
+
+
+async def test_greedy_chat_answers_paris(worker: WorkerProcess) -> None:
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        text, finished = await generate(client, chat(PROMPTS[0], temperature=0, max_tokens=16))
+    assert "Paris" in text
+    assert finished["finish_reason"] == "stop"
+    assert finished["usage"]["prompt_tokens"] > 10
+    assert finished["timings"]["ttft_ms"] > 0
+
+
+async def test_a_stop_string_spanning_tokens_is_never_emitted(worker: WorkerProcess) -> None:
+    body = chat(PROMPTS[0], temperature=0, max_tokens=16)
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        full, _ = await generate(client, body)
+        cut = full.index("Paris") + 2
+        text, finished = await generate(client, {**body, "stop": [full[cut - 5 : cut]]})
+    assert text == full[: cut - 5]
+    assert finished["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 11}])
+async def test_four_concurrent_streams_equal_one_at_a_time(
+    worker: WorkerProcess, sampling: dict[str, Any]
+) -> None:
+    bodies = [chat(p, max_tokens=24, **sampling) for p in PROMPTS]
+    async with httpx.AsyncClient(base_url=worker.url, timeout=120) as client:
+        alone = [(await generate(client, body))[0] for body in bodies]
+        together: list[str] = [""] * len(bodies)
+
+        async def one(i: int) -> None:
+            together[i] = (await generate(client, bodies[i]))[0]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(bodies)):
+                nursery.start_soon(one, i)
+    assert together == alone
+    assert len(set(alone)) == len(alone)
+
+
+async def test_same_seed_same_text_other_seed_other_text(worker: WorkerProcess) -> None:
+    body = chat("Tell me a short story about a fox.", temperature=1.0, max_tokens=20)
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        a = (await generate(client, {**body, "seed": 1}))[0]
+        b = (await generate(client, {**body, "seed": 1}))[0]
+        c = (await generate(client, {**body, "seed": 2}))[0]
+    assert a == b
+    assert a != c
+
+
+async def test_delete_frees_the_slot(worker: WorkerProcess) -> None:
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        r = await client.post(
+            "/v1/inference", json={"prompt": "Once upon a time", "max_tokens": 4000}
+        )
+        job_id = r.json()["job_id"]
+        assert (await client.get("/v1/info")).json()["slots_free"] == SLOTS - 1
+        d = await client.delete(f"/v1/inference/{job_id}")
+        assert d.status_code == 204
+        assert (await client.get("/v1/info")).json()["slots_free"] == SLOTS
+        assert (await client.get(f"/v1/inference/{job_id}/stream")).status_code == 404
+
+
+async def test_a_prompt_longer_than_the_context_is_400(worker: WorkerProcess) -> None:
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        r = await client.post("/v1/inference", json={"prompt": "hello " * 20000})
+    assert r.status_code == 400
+    assert "longer than the model's context" in r.json()["error"]["message"]
