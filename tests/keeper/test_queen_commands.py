@@ -65,6 +65,7 @@ async def test_infer_prints_the_tokens(
         "fake-model",
         "-p",
         "hello",
+        "--raw",
         "--max-tokens",
         "7",
         "--temperature",

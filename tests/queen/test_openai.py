@@ -149,7 +149,8 @@ async def test_errors_in_openai_shape(queen: QueenHandle, worker: FakeWorker) ->
     assert "no worker serves model 'nope'" in missing.value.message
 
     def bad_temperature() -> None:
-        client(queen).chat.completions.create(model="fake-model", messages=MESSAGES, temperature=9)
+        with client(queen) as c:
+            c.chat.completions.create(model="fake-model", messages=MESSAGES, temperature=9)
 
     with pytest.raises(openai.BadRequestError) as bad:
         await trio.to_thread.run_sync(bad_temperature)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from rbee.cli import Context
+from rbee.keeper import hives as manage
 
 __all__ = ["hive"]
 
@@ -55,10 +56,12 @@ def hive(
     CPU, memory and GPUs in a heartbeat every second, and keeps the host's model store. It prints
     'rbee hive listening on http://HOST:PORT' once bound and stops its workers on SIGTERM/SIGINT.
     """
-    if click_ctx.invoked_subcommand is not None:
-        return
     ctx = click_ctx.find_object(Context)
     assert ctx is not None
+    if click_ctx.invoked_subcommand is not None:
+        # 'rbee hive --queen URL list' means that queen too.
+        ctx.queen_url = queen_url or ctx.queen_url
+        return
     _run_daemon(
         ctx,
         queen_url=queen_url or ctx.queen_url,
@@ -88,3 +91,6 @@ def _run_daemon(ctx: Context, **flags: object) -> None:
         else config_mod.default_data_dir() / "hive"
     )
     trio.run(partial(run_hive, settings, models_dir, state_dir, worker_defaults=ctx.config.worker))
+
+
+hive.add_command(manage.list_)

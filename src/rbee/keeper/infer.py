@@ -9,14 +9,21 @@ import click
 from rbee.cli import Context, pass_context
 from rbee.keeper.api import client_for, token_option
 from rbee.wire.queen import InferOperation
-from rbee.wire.worker import Finished
+from rbee.wire.worker import ChatMessage, Finished
 
 __all__ = ["infer"]
 
 
 @click.command()
 @click.option("--model", "-m", required=True, help="The model to run (as workers serve it).")
-@click.option("--prompt", "-p", required=True, help="The prompt (raw text, no chat template).")
+@click.option("--prompt", "-p", required=True, help="The prompt (a user message; see --raw).")
+@click.option(
+    "--chat/--raw",
+    default=True,
+    show_default=True,
+    help="Send the prompt as one user chat message (the model's chat template applies, which an "
+    "instruct model needs), or as raw text to continue.",
+)
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.7, show_default=True)
 @click.option("--seed", type=int, help="Fix the sampling seed (same seed, same text).")
@@ -34,6 +41,7 @@ def infer(
     ctx: Context,
     model: str,
     prompt: str,
+    chat: bool,
     max_tokens: int,
     temperature: float,
     seed: int | None,
@@ -44,7 +52,8 @@ def infer(
     """Send a prompt to the queen and print the tokens."""
     job = InferOperation(
         model=model,
-        prompt=prompt,
+        prompt=None if chat else prompt,
+        messages=[ChatMessage(role="user", content=prompt)] if chat else None,
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,

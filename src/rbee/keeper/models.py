@@ -1,6 +1,7 @@
-"""``rbee model ...``: the models on this machine's store.
+"""``rbee model ...``: the models on this machine's store and on the queen's hives.
 
-``rbee model import FILE.gguf`` converts a GGUF file into the local store (no queen needed).
+``rbee model import FILE.gguf`` converts a GGUF file into the local store (no queen needed);
+``list``, ``pull`` and ``rm`` act on the hives through the queen (`rbee.keeper.cluster_api`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from rbee.cli import Context, pass_context
+from rbee.cli import Context, json_option, pass_context
+from rbee.keeper.api import token_option
 
 __all__ = ["model"]
 
@@ -76,3 +78,76 @@ def import_(
         f"imported {manifest.name} ({', '.join(manifest.precisions)}, {size_mb:.0f} MB) "
         f"into {store.dir(manifest.name)}"
     )
+
+
+@model.command("list")
+@click.option("--hive", help="Only this hive (default: every online hive).")
+@json_option
+@token_option
+@pass_context
+def list_(ctx: Context, hive: str | None, as_json: bool, token: str | None) -> None:
+    """List the models in the hives' stores."""
+    from rbee.keeper.cluster_api import cluster_for
+    from rbee.keeper.output import emit_json, table
+
+    with cluster_for(ctx, token) as queen:
+        names = [hive] if hive else [h.name for h in queen.hives() if h.status == "online"]
+        found = {name: queen.models(name) for name in names}
+    if as_json:
+        emit_json([{"hive": name, "models": models} for name, models in found.items()])
+        return
+    rows = [
+        {
+            "hive": name,
+            "model": m.name,
+            "architecture": m.architecture,
+            "context": m.context_length,
+            "precisions": m.precisions,
+            "size_mb": m.size_bytes / 1e6,
+        }
+        for name, models in found.items()
+        for m in models
+    ]
+    columns = ["hive", "model", "architecture", "context", "precisions", "size_mb"]
+    table(rows, columns, empty="no models on " + (f"hive {hive}" if hive else "any online hive"))
+
+
+@model.command()
+@click.argument("name")
+@click.option("--hive", required=True, help="The hive to install it on.")
+@token_option
+@pass_context
+def pull(ctx: Context, name: str, hive: str, token: str | None) -> None:
+    """Install model NAME on HIVE from the queen's own store (resumable, sha256-checked)."""
+    from rbee.keeper.cluster_api import cluster_for
+    from rbee.wire.hive import Importing, Pulled, PullProgress
+
+    bars: dict[str, _ProgressBar] = {}
+    with cluster_for(ctx, token) as queen:
+        for event in queen.pull(hive, name):
+            if isinstance(event, PullProgress):
+                bar = bars.setdefault(event.file, _ProgressBar(f"{name}/{event.file}"))
+                bar(event.done, event.total)
+            elif isinstance(event, Importing):
+                bar = bars.setdefault(event.file, _ProgressBar(f"importing {event.file}"))
+                bar(event.step, event.steps)
+            elif isinstance(event, Pulled):
+                click.echo(
+                    f"pulled {event.name} onto hive {hive}: {event.size_bytes / 1e6:.1f} MB, "
+                    f"{event.downloaded_bytes / 1e6:.1f} MB downloaded, "
+                    f"{event.resumed_bytes / 1e6:.1f} MB resumed, sha256 verified"
+                )
+
+
+@model.command("rm")
+@click.argument("name")
+@click.option("--hive", required=True, help="The hive to remove it from.")
+@token_option
+@pass_context
+def rm(ctx: Context, name: str, hive: str, token: str | None) -> None:
+    """Remove model NAME from HIVE's store (refused while a worker serves it)."""
+    from rbee.keeper.cluster_api import cluster_for
+
+    with cluster_for(ctx, token) as queen:
+        removed = queen.remove_model(hive, name)
+    click.echo(f"removed {removed.name} from hive {hive}")

@@ -30,6 +30,22 @@ __all__ = ["queen"]
     help="Platform mode: never reload the policy file.",
 )
 @click.option("--token", help="API token clients must send as 'Authorization: Bearer <token>'.")
+@click.option(
+    "--local-hive/--no-local-hive",
+    default=None,
+    help="Run a hive on this machine too (default: queen.local_hive, on).",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False),
+    help="The queen's model store, served to hives (default ~/.cache/rbee/models).",
+)
+@click.option(
+    "--keep-alive",
+    "keep_alive_s",
+    type=click.FloatRange(0.1),
+    help="Seconds a worker may stay idle before it is retired (default 600).",
+)
 @pass_context
 def queen(
     ctx: Context,
@@ -39,13 +55,19 @@ def queen(
     policy: str | None,
     policy_locked: bool | None,
     token: str | None,
+    local_hive: bool | None,
+    models_dir: str | None,
+    keep_alive_s: float | None,
 ) -> None:
     """Run the queen daemon: scheduling, job queue, API.
 
-    Prints 'rbee queen listening on http://HOST:PORT' once it accepts connections, and drains on
+    Prints 'rbee queen listening on http://HOST:PORT' once it accepts connections and, once its
+    local hive has reported (at once with --no-local-hive), 'rbee queen ready'. Workers are started
+    on the hives when a job needs one and retired after queen.keep_alive_s idle. Drains on
     SIGTERM: no new jobs, running ones get queen.drain_grace_s to finish, waiting ones stay queued
-    in the database for the next start.
+    in the database for the next start; then the local hive stops its workers.
     """
+    from rbee.hive.supervisor import rbee_command
     from rbee.queen.daemon import check_exposure, first_of, run_queen
     from rbee.queen.scheduler import make_scheduler
 
@@ -57,11 +79,25 @@ def queen(
         policy=policy,
         policy_locked=policy_locked,
         token=token,
+        local_hive=local_hive,
+        models_dir=models_dir,
+        keep_alive_s=keep_alive_s,
     )
     check_exposure(config)
     scheduler = make_scheduler(config.policy, locked=config.policy_locked)
     try:
-        trio.run(functools.partial(run_queen, config, scheduler=scheduler, task_status=_Announce()))
+        trio.run(
+            functools.partial(
+                run_queen,
+                config,
+                scheduler=scheduler,
+                provision=True,
+                store_dir=ctx.config.models_dir(config.models_dir),
+                local_hive=rbee_command() if config.local_hive else None,
+                on_ready=_ready,
+                task_status=_Announce(),
+            )
+        )
     except BaseExceptionGroup as group:
         # The daemon's nurseries wrap what went wrong; a user needs the one error, not the tree.
         raise first_of(group, RbeeError) or group from None
@@ -73,3 +109,8 @@ class _Announce(trio.TaskStatus[str]):
     def started(self, value: str | None = None) -> None:
         click.echo(f"rbee queen listening on {value}")
         sys.stdout.flush()
+
+
+def _ready() -> None:
+    click.echo("rbee queen ready")
+    sys.stdout.flush()

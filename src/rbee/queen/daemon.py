@@ -2,23 +2,31 @@
 
 On SIGTERM/SIGINT (or ``shutdown`` returning) the queen drains: it admits no new jobs, lets the
 running ones finish within ``queen.drain_grace_s``, stops the rest, lets the last streams end, and
-exits. Jobs still waiting stay queued in the database and run after the next start.
+exits. Jobs still waiting stay queued in the database and run after the next start. The local
+hive, if the queen runs one, is stopped after the drain (it retires its workers) and before the
+queen stops serving.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import trio
 
 from rbee.config import QueenConfig, default_data_dir
 from rbee.errors import ConfigError
+from rbee.models.http import store_blueprint
+from rbee.models.store import ModelStore
+from rbee.queen import cluster_api
 from rbee.queen.app import build_app
 from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
+from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
+from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Scheduler, Watched, make_scheduler
 from rbee.server import is_loopback, serve, until_signal
 
@@ -26,6 +34,7 @@ __all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
 
 # After the drain every job stream has ended; what is left are idle keep-alive connections.
 CLOSE_GRACE_S = 1.0
+HIVE_CALL_TIMEOUT_S = 10.0
 # How often a policy file is checked for changes (hot reload).
 POLICY_CHECK_INTERVAL_S = 1.0
 
@@ -81,23 +90,44 @@ async def run_queen(
     *,
     scheduler: Scheduler | None = None,
     provisioner: Provisioner | None = None,
+    provision: bool = False,
+    store_dir: Path | None = None,
+    local_hive: Sequence[str] | None = None,
+    on_ready: Callable[[], None] | None = None,
     shutdown: Callable[[], Awaitable[None]] = until_signal,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the queen until ``shutdown`` returns; report its base URL through ``task_status``.
 
     ``scheduler`` defaults to `make_scheduler` of ``config.policy``; ``provisioner`` is what starts
-    workers on a `Spawn` decision (none: such a decision is a "no worker serves model" error).
+    workers on a `Spawn` decision (none: such a decision is a "no worker serves model" error,
+    unless ``provision`` makes the queen start them on its hives itself and retire them after
+    ``config.keep_alive_s`` idle). ``store_dir`` is the model store the queen serves to its hives
+    under ``/v1/store``. ``local_hive`` is the command (`rbee_command`) that runs a hive on this
+    machine, started once the queen is bound; ``on_ready`` is called after that hive's first
+    heartbeat (at once without one).
     """
     check_exposure(config)
     conn = open_db(db_path(config))
+    control = httpx.AsyncClient(timeout=httpx.Timeout(HIVE_CALL_TIMEOUT_S))
+    # Spawns that wait for a model to load and pull streams: bounded per read, not in total.
+    transfer = httpx.AsyncClient(timeout=httpx.Timeout(config.spawn_timeout_s, connect=5.0))
     try:
         scheduler = scheduler or make_scheduler(config.policy, locked=config.policy_locked)
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
         app = build_app(dispatcher, config.token)
+        hives = _hives(config, dispatcher, control, transfer, store_dir)
+        if provision and provisioner is None:
+            dispatcher.provisioner = hives
+        hives.before_retire = dispatcher.close_idle_connections
+        cluster_api.add_routes(app, hives)
+        if hives.store is not None:
+            app.register_blueprint(store_blueprint(hives.store))
         stop_serving = trio.Event()
-        async with trio.open_nursery() as nursery:
+        async with control, transfer, trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
+            if provision:
+                nursery.start_soon(hives.keep_alive)
             if isinstance(scheduler, Watched):
                 nursery.start_soon(scheduler.watch, POLICY_CHECK_INTERVAL_S)
             async with trio.open_nursery() as http:
@@ -113,10 +143,50 @@ async def run_queen(
                         graceful_timeout=CLOSE_GRACE_S,
                     ),
                 )
+                hives.queen_url = url
                 task_status.started(url)
+                hive: LocalHive | None = None
+                if local_hive is not None:
+                    hive = LocalHive(
+                        local_hive,
+                        url,
+                        token=config.token,
+                        models_dir=str(store_dir) if config.models_dir and store_dir else "",
+                        heartbeat_interval_s=config.heartbeat_interval_s,
+                    )
+                    await nursery.start(hive.run)
+                    if on_ready is not None:
+                        nursery.start_soon(_when_online, dispatcher, LOCAL_HIVE, on_ready)
+                elif on_ready is not None:
+                    on_ready()
                 await shutdown()
                 await dispatcher.drain(config.drain_grace_s)
+                if hive is not None:
+                    await dispatcher.close_idle_connections()
+                    await hive.stop()
                 stop_serving.set()
             nursery.cancel_scope.cancel()
     finally:
         conn.close()
+
+
+def _hives(
+    config: QueenConfig,
+    dispatcher: Dispatcher,
+    control: httpx.AsyncClient,
+    transfer: httpx.AsyncClient,
+    store_dir: Path | None,
+) -> Hives:
+    return Hives(
+        dispatcher.registry,
+        control,
+        transfer,
+        token=config.token,
+        store=ModelStore(store_dir) if store_dir is not None else None,
+        keep_alive_s=config.keep_alive_s,
+    )
+
+
+async def _when_online(dispatcher: Dispatcher, name: str, then: Callable[[], None]) -> None:
+    await dispatcher.wait_for_hive(name)
+    then()

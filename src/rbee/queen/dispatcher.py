@@ -6,7 +6,8 @@ on that worker, `Queue` leaves it (and every later job for the same model) waiti
 the `Provisioner` for a worker (with none configured it is the clear "no worker serves model X"
 error), `Reject` fails it. The queue is pumped again whenever a slot may have freed up: a heartbeat,
 an attempt ending, a worker exiting, and every housekeeping tick (which also enforces deadlines and
-takes silent hives offline).
+takes silent hives offline: their workers leave the registry and the attempts running on them
+end as failures, retried elsewhere by the rule below).
 
 An attempt that fails before the first token is retried elsewhere after an exponential backoff,
 at most ``queen.max_attempts`` times in all; after the first token a failure ends the job. Every
@@ -126,6 +127,8 @@ class Dispatcher:
         self._pool: Pool | None = None
         self._idle = trio.Event()
         self._idle.set()
+        self._heard = trio.Event()
+        self._lost: dict[str, str] = {}
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -171,6 +174,15 @@ class Dispatcher:
             self.jobs[job.id] = job
             self.queue.push(job)
 
+    async def close_idle_connections(self) -> None:
+        """Close the kept-alive connections to workers that no attempt is using.
+
+        A worker told to stop waits for its open connections to close (up to its server's grace
+        period); closing ours first lets it stop at once.
+        """
+        if self._pool is not None:
+            await self._pool.aclose()
+
     async def drain(self, grace_s: float) -> None:
         """Stop admitting, let running jobs finish for ``grace_s``, then stop the rest.
 
@@ -194,7 +206,15 @@ class Dispatcher:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(TICK_S)
+            hive_of = {
+                job.id: record.hive
+                for job in self.running.values()
+                if job.worker is not None and (record := self.registry.get(job.worker))
+            }
             for name in self.registry.expire():
+                for job_id, hive in hive_of.items():
+                    if hive == name:
+                        self._interrupt(self.running[job_id], f"hive {name} went offline")
                 self.hive_records.offline(name, time.time())
                 self._error(f"hive {name}", f"no heartbeat for {STALE_INTERVALS} intervals")
             now = trio.current_time()
@@ -366,6 +386,9 @@ class Dispatcher:
                 if job.model == decision.model:
                     self.queue.remove(job.id)
                     self._finish(job, "failed", error=message)
+        else:
+            # A provisioner may have put the new worker in the registry already.
+            self.pump()
 
     # --- attempts --------------------------------------------------------------------------
 
@@ -392,6 +415,12 @@ class Dispatcher:
         assert self._nursery is not None
         self._nursery.start_soon(self._run, job, worker_id, url)
 
+    def _interrupt(self, job: Job, reason: str) -> None:
+        """End a running attempt as failed (retried if no token came yet), e.g. its hive is gone."""
+        if job.state == "running" and job.scope is not None and not job.stop_reason:
+            self._lost[job.id] = reason
+            job.scope.cancel()
+
     def _first_token(self, job: Job) -> None:
         job.first_token_at = trio.current_time()
         self.metrics.ttft.observe(job.first_token_at - job.admitted_at)
@@ -411,6 +440,9 @@ class Dispatcher:
             except AttemptError as err:
                 failure = err
         job.scope = None
+        lost = self._lost.pop(job.id, None)
+        if outcome is None and failure is None and lost is not None and not job.stop_reason:
+            failure = AttemptError(lost, retryable=job.first_token_at is None)
         self.registry.release(worker_id)
         now = time.time()
         if outcome is None and failure is None:
@@ -540,8 +572,15 @@ class Dispatcher:
 
     # --- hives -----------------------------------------------------------------------------
 
+    async def wait_for_hive(self, name: str) -> None:
+        """Return once hive ``name`` is online (at once if it is)."""
+        while (record := self.registry.hive(name)) is None or not record.online:
+            await self._heard.wait()
+
     def heartbeat(self, hb: HiveHeartbeat) -> None:
         came_online, _ = self.registry.heartbeat(hb)
+        self._heard.set()
+        self._heard = trio.Event()
         if came_online:
             capabilities = {
                 "host": wire.to_builtins(hb.host),
@@ -556,13 +595,25 @@ class Dispatcher:
         self.pump()
 
     def worker_exited(self, exited: WorkerExited) -> None:
-        self.registry.remove_worker(exited.worker_id)
+        record = self.registry.remove_worker(exited.worker_id)
         tail = " | ".join(exited.log_tail[-3:])
-        self._error(
-            f"worker {exited.worker_id}",
-            f"exited with code {exited.exit_code} on hive {exited.hive}"
-            + (f": {tail}" if tail else ""),
+        message = f"exited with code {exited.exit_code} on hive {exited.hive}" + (
+            f": {tail}" if tail else ""
         )
+        self._error(f"worker {exited.worker_id}", message)
+        spawning = self._spawns.pop((exited.hive, exited.model), None) is not None
+        starting = record is None or record.status.state == "loading"
+        if (spawning or starting) and not self.registry.by_model(exited.model):
+            # It died while loading: spawning it again would most likely fail the same way, so
+            # the jobs that waited for it fail now with its last words, not at the spawn timeout.
+            for job in self.queue.in_order():
+                if job.model == exited.model:
+                    self.queue.remove(job.id)
+                    self._finish(
+                        job,
+                        "failed",
+                        error=f"the worker started for model {exited.model!r} {message}",
+                    )
         self.pump()
 
     # --- reporting -------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class WorkerRecord:
     inflight: int = 0
     external_busy: int = 0
     last_used: float = 0.0
+    # Added by `Registry.add_worker` and not yet listed by a heartbeat of its hive.
+    pending: bool = False
 
     @property
     def id(self) -> str:
@@ -124,8 +126,14 @@ class Registry:
         came_online = previous is None or not previous.online
         self._hives[hb.hive] = HiveRecord(hb, now)
         reported = {w.id for w in hb.workers}
+        # A heartbeat the hive built before it started a worker must not drop that worker.
+        patience = STALE_INTERVALS * hb.interval_s
         dropped = [
-            wid for wid, w in self._workers.items() if w.hive == hb.hive and wid not in reported
+            wid
+            for wid, w in self._workers.items()
+            if w.hive == hb.hive
+            and wid not in reported
+            and not (w.pending and now - w.seen_at < patience)
         ]
         for wid in dropped:
             del self._workers[wid]
@@ -136,12 +144,20 @@ class Registry:
                 record = self._workers[status.id]
             record.status = status
             record.seen_at = now
+            record.pending = False
             busy = status.slots_total - status.slots_free
             record.external_busy = max(busy - record.inflight, 0)
             if not record.idle:
                 record.last_used = now
         self._snapshot = None
         return came_online, dropped
+
+    def add_worker(self, hive: str, status: WorkerStatus) -> None:
+        """Take in a worker its hive just started, before the hive's next heartbeat lists it."""
+        if hive in self._hives and status.id not in self._workers:
+            now = self._clock()
+            self._workers[status.id] = WorkerRecord(status, hive, now, last_used=now, pending=True)
+            self._snapshot = None
 
     def remove_worker(self, worker_id: str) -> WorkerRecord | None:
         """Forget a worker at once (it exited); its hive's next report may not list it yet."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams
@@ -26,6 +27,7 @@ __all__ = [
     "GpuTelemetry",
     "HiveEntry",
     "HiveHeartbeat",
+    "HiveList",
     "HiveView",
     "HostTelemetry",
     "InferOperation",
@@ -35,20 +37,18 @@ __all__ = [
     "JobRequest",
     "JobState",
     "JobView",
+    "ModelPullRequest",
     "Priority",
     "QueenStatus",
     "RecentError",
     "Snapshot",
     "WorkerEntry",
+    "WorkerEntryList",
     "WorkerExited",
+    "WorkerSpawn",
     "WorkerState",
     "WorkerStatus",
     "WorkerView",
-    # The cluster routes (hives, their workers and models, through the queen)
-    "HiveList",
-    "ModelPullRequest",
-    "WorkerEntryList",
-    "WorkerSpawn",
 ]
 
 WorkerState = Literal["loading", "ready", "busy", "stopping"]
@@ -215,7 +215,7 @@ class InferOperation(SamplingParams, frozen=True, kw_only=True, tag="infer", tag
     labels: Annotated[
         dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=256)]],
         Meta(max_length=32),
-    ] = {}
+    ] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -12,6 +12,7 @@ import re
 import click
 
 from rbee.cli import Context
+from rbee.keeper import workers as manage
 
 __all__ = ["worker"]
 
@@ -91,3 +92,8 @@ def _run_daemon(ctx: Context, model: str, **flags: object) -> None:
     settings = config_mod.override(ctx.config.worker, **flags)
     models_dir = ctx.config.models_dir(settings.models_dir)
     trio.run(run_worker, validate_name(model), settings, models_dir)
+
+
+worker.add_command(manage.spawn)
+worker.add_command(manage.list_)
+worker.add_command(manage.retire)

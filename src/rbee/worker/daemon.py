@@ -58,6 +58,9 @@ def load_model(
     return engine, ModelTokenizer.load(directory, manifest), engine.provider
 
 
+SERVE_GRACE_S = 1.0
+
+
 async def run_worker(
     model: str,
     config: WorkerConfig,
@@ -81,7 +84,14 @@ async def run_worker(
 
         async def serve_then_stop(task_status: trio.TaskStatus[str]) -> None:
             await server.serve(
-                app, config.host, config.port, shutdown=shutdown, task_status=task_status
+                app,
+                config.host,
+                config.port,
+                shutdown=shutdown,
+                task_status=task_status,
+                # hypercorn waits out the whole grace for idle keep-alive connections, and the
+                # hive's telemetry poll always holds one: keep retiring a worker quick.
+                graceful_timeout=SERVE_GRACE_S,
             )
             nursery.cancel_scope.cancel()
 

@@ -1,0 +1,272 @@
+"""The main job with real processes: ``rbee queen`` starts its local hive, a job for the default
+model starts a worker on demand, the keep-alive retires it, and the keeper's cluster commands,
+crash detection and a pull from the queen's store to a second hive work through the queen.
+
+One queen (and its local hive) serves the whole module; every test leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from rbee.models.importer import DEFAULT_MODEL
+from rbee.models.store import sha256_file
+from tests.hive.fakes import make_model
+
+pytestmark = pytest.mark.slow
+
+KEEP_ALIVE_S = 5.0
+SECOND_INTERVAL_S = 0.3
+
+
+@dataclass
+class Cluster:
+    url: str
+    queen: subprocess.Popen[str]
+    root: Path
+    store: Path
+    env: dict[str, str]
+    stderr: Path
+
+    def rbee(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rbee", "--queen", self.url, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def rbee_json(self, *args: str) -> Any:
+        done = self.rbee(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def get(self, path: str) -> Any:
+        return httpx.get(f"{self.url}{path}", timeout=10).json()
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout} s"
+    return proc.stdout.readline().strip()
+
+
+def wait_for(predicate: Callable[[], bool], within: float, what: str) -> float:
+    """Poll ``predicate`` every 20 ms; return the seconds it took to hold."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < within, f"{what}: not within {within} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def environment(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+    env.update(XDG_CONFIG_HOME=str(root / "config"), XDG_DATA_HOME=str(root / "data"))
+    env["XDG_CACHE_HOME"] = str(root / "cache")
+    return env
+
+
+def link_default_model(store: Path, model_store: Path) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    (store / DEFAULT_MODEL).symlink_to(model_store / DEFAULT_MODEL, target_is_directory=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("main-job")
+    # The queen's store: the default model (the shared session store, never written to) and a
+    # small fabricated model for the pull test.
+    store = root / "queen-models"
+    link_default_model(store, model_store)
+    make_model(store / "tiny", "tiny", {"model.int4.onnx": 300_000, "tokenizer.json": 2_000})
+    env = environment(root)
+    stderr = root / "queen.err"
+    argv = [sys.executable, "-m", "rbee", "queen", "--port", "0", "--db", str(root / "q.db")]
+    argv += ["--models-dir", str(store), "--keep-alive", str(KEEP_ALIVE_S)]
+    with stderr.open("w") as err:
+        queen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    try:
+        first = read_line(queen, 30)
+        assert first.startswith("rbee queen listening on http://"), first
+        assert read_line(queen, 30) == "rbee queen ready"
+        yield Cluster(first.rsplit(" ", 1)[1], queen, root, store, env, stderr)
+    finally:
+        family = (
+            [*psutil.Process(queen.pid).children(recursive=True)] if queen.poll() is None else []
+        )
+        if queen.poll() is None:
+            queen.send_signal(signal.SIGTERM)
+            queen.wait(timeout=60)
+        assert queen.stdout is not None
+        queen.stdout.close()
+        _, alive = psutil.wait_procs(family, timeout=30)
+        for proc in alive:
+            proc.kill()
+        assert not alive, f"left behind: {alive}"
+
+
+def test_a_job_starts_a_worker_on_demand_and_the_keep_alive_retires_it(cluster: Cluster) -> None:
+    assert cluster.rbee_json("worker", "list") == []
+    hives = cluster.rbee_json("hive", "list")
+    assert [(h["name"], h["status"]) for h in hives] == [("local", "online")]
+
+    prompt = "What is the capital of France? Answer in one sentence."
+    done = cluster.rbee(
+        "infer", "-m", DEFAULT_MODEL, "-p", prompt, "--max-tokens", "24", "--temperature", "0"
+    )
+    assert done.returncode == 0, done.stderr + cluster.stderr.read_text()[-2000:]
+    assert "Paris" in done.stdout
+
+    workers = cluster.rbee_json("worker", "list")
+    assert len(workers) == 1
+    entry = workers[0]
+    assert (entry["hive"], entry["worker"]["model"]) == ("local", DEFAULT_MODEL)
+    assert entry["worker"]["rss_mb"] > 0
+    assert entry["worker"]["state"] == "ready"
+    process = psutil.Process(entry["worker"]["pid"])
+    assert "worker" in process.cmdline()
+
+    # Idle for the keep-alive, then SIGTERM (the worker may take a few seconds to stop).
+    wait_for(lambda: cluster.get("/v1/workers")["workers"] == [], KEEP_ALIVE_S + 20, "retired")
+    process.wait(timeout=15)
+    assert cluster.rbee_json("worker", "list") == []
+
+
+def test_keeper_worker_commands(cluster: Cluster) -> None:
+    spawned = cluster.rbee_json("worker", "spawn", "--hive", "local", "--model", DEFAULT_MODEL)
+    assert spawned["state"] == "ready"
+    assert spawned["model"] == DEFAULT_MODEL
+    listed = cluster.rbee("worker", "list")
+    assert listed.returncode == 0
+    assert spawned["id"] in listed.stdout
+    retired = cluster.rbee("worker", "retire", spawned["id"])
+    assert retired.returncode == 0, retired.stderr
+    assert retired.stdout.startswith(f"retired worker {spawned['id']}")
+    assert not psutil.pid_exists(spawned["pid"]) or psutil.Process(spawned["pid"]).status() == (
+        psutil.STATUS_ZOMBIE
+    )
+    assert cluster.rbee_json("worker", "list") == []
+
+    unknown = cluster.rbee("worker", "spawn", "--hive", "nope", "--model", DEFAULT_MODEL)
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("rbee: error: ")
+    assert "no hive named 'nope' (known hives: local)" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
+    gone = cluster.rbee("worker", "retire", "w-000000000000")
+    assert (gone.returncode, gone.stderr.count("\n")) == (1, 1)
+    assert "no worker 'w-000000000000'" in gone.stderr
+    # The hive's own refusal passes through with its message.
+    bad = cluster.rbee("worker", "spawn", "--hive", "local", "--model", "absent-model")
+    assert bad.returncode == 1
+    assert "is not on hive local" in bad.stderr
+
+    models = cluster.rbee_json("model", "list", "--hive", "local")
+    assert [m["name"] for m in models[0]["models"]] == [DEFAULT_MODEL, "tiny"]
+    everywhere = cluster.rbee("model", "list")  # every online hive
+    assert everywhere.returncode == 0
+    assert any(line.split()[:2] == ["local", "tiny"] for line in everywhere.stdout.splitlines())
+
+
+def test_a_worker_that_cannot_start_fails_its_job_at_once_with_the_reason(
+    cluster: Cluster,
+) -> None:
+    # "tiny" is in the store with a manifest, but its graph is random bytes.
+    started = time.monotonic()
+    done = cluster.rbee("infer", "-m", "tiny", "-p", "hello", "--max-tokens", "4")
+    assert done.returncode == 1
+    assert "could not start a worker for 'tiny' on local" in done.stderr
+    assert time.monotonic() - started < 60  # the spawn timeout is 120 s
+    assert cluster.get("/v1/workers")["workers"] == []
+
+
+def test_a_killed_worker_leaves_the_registry_within_a_second(cluster: Cluster) -> None:
+    body = {"hive": "local", "model": DEFAULT_MODEL, "wait": True}
+    status = httpx.post(f"{cluster.url}/v1/workers", json=body, timeout=180).json()
+    wait_for(lambda: len(cluster.get("/v1/workers")["workers"]) == 1, 5, "listed")
+    os.kill(status["pid"], signal.SIGKILL)
+    took = wait_for(lambda: cluster.get("/v1/workers")["workers"] == [], 5, "gone")
+    assert took < 1.0
+
+
+def test_pull_to_a_second_hive_and_its_death(cluster: Cluster, model_store: Path) -> None:
+    other = cluster.root / "second-models"
+    link_default_model(other, model_store)  # so that a worker can run there without a pull
+    argv = [sys.executable, "-m", "rbee", "hive", "--queen", cluster.url, "--name", "second"]
+    argv += ["--port", "0", "--models-dir", str(other), "--state-dir", str(cluster.root / "s2")]
+    argv += ["--heartbeat-interval", str(SECOND_INTERVAL_S)]
+    hive = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=cluster.env)
+    try:
+        assert read_line(hive, 30).startswith("rbee hive listening on")
+
+        def online() -> bool:
+            return any(h["name"] == "second" for h in cluster.get("/v1/hives")["hives"])
+
+        wait_for(online, 10, "second hive online")
+
+        pulled = cluster.rbee("model", "pull", "tiny", "--hive", "second")
+        assert pulled.returncode == 0, pulled.stderr
+        assert "pulled tiny onto hive second" in pulled.stdout
+        assert "sha256 verified" in pulled.stdout
+        assert "tiny/model.int4.onnx: 100%" in pulled.stderr
+        for name in ("model.int4.onnx", "tokenizer.json"):
+            assert sha256_file(other / "tiny" / name) == sha256_file(cluster.store / "tiny" / name)
+        listed = cluster.rbee_json("model", "list", "--hive", "second")
+        assert "tiny" in [m["name"] for m in listed[0]["models"]]
+        removed = cluster.rbee("model", "rm", "tiny", "--hive", "second")
+        assert removed.returncode == 0
+        assert not (other / "tiny").exists()
+        missing = cluster.rbee("model", "pull", "nothing-here", "--hive", "second")
+        assert missing.returncode == 1
+        assert "nor in the queen's store" in missing.stderr
+
+        spawned = cluster.rbee_json("worker", "spawn", "--hive", "second", "--model", DEFAULT_MODEL)
+        worker = psutil.Process(spawned["pid"])
+        hive.send_signal(signal.SIGKILL)
+        hive.wait()
+        killed_at = time.monotonic()
+
+        def offline() -> bool:
+            states = {h["name"]: h["status"] for h in cluster.get("/v1/hives")["hives"]}
+            return bool(states["second"] == "offline")
+
+        wait_for(offline, 5, "second hive offline")
+        # 3 missed intervals, plus the one that may have just begun and a housekeeping tick.
+        assert time.monotonic() - killed_at < 4 * SECOND_INTERVAL_S + 0.3
+        workers = cluster.get("/v1/workers")["workers"]
+        assert all(w["hive"] != "second" for w in workers)
+        shown = cluster.rbee("hive", "list")
+        assert any(line.split()[:2] == ["second", "offline"] for line in shown.stdout.splitlines())
+        worker.wait(timeout=15)  # the kernel's SIGTERM on the hive's death stops the worker
+    finally:
+        if hive.poll() is None:
+            hive.kill()
+            hive.wait()
+        assert hive.stdout is not None
+        hive.stdout.close()
+
+
+def test_a_killed_queen_takes_its_local_hive_along(cluster: Cluster) -> None:
+    family = psutil.Process(cluster.queen.pid).children(recursive=True)
+    assert len(family) == 1
+    assert "hive" in family[0].cmdline()
+    cluster.queen.send_signal(signal.SIGKILL)
+    cluster.queen.wait()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    assert alive == []
