@@ -113,6 +113,7 @@ class WorkerConfig:
     threads: int = 0
     precision: str = "int4"
     queue_size: int = 16
+    token: str = ""
     models_dir: str = ""
 
 

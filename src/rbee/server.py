@@ -21,9 +21,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from rbee import wire
-from rbee.errors import ApiError, RbeeError
+from rbee.errors import ApiError, ConfigError, RbeeError
 
-__all__ = ["create_app", "error_response", "is_loopback", "json_response", "serve"]
+__all__ = [
+    "create_app",
+    "error_response",
+    "is_loopback",
+    "json_response",
+    "require_token",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def require_token(host: str, token: str, what: str, setting: str) -> None:
+    """Refuse to serve ``what`` beyond this machine without an API token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve the {what} on {host} without an API token: anyone who can reach "
+            f"it could use it. Set --token (or {setting} in the config file), or listen on "
+            "127.0.0.1"
+        )
 
 
 def create_app(name: str, token: str = "") -> QuartTrio:

@@ -37,6 +37,7 @@ class FakeWorker:
     slots: int = 4
     mode: Mode = "ok"
     hold: trio.Event | None = None
+    token: str = ""
     id: str = dataclasses.field(default_factory=lambda: f"fake-{next(_ids)}")
     url: str = ""
     posts: list[ww.InferenceRequest] = dataclasses.field(default_factory=list)
@@ -101,7 +102,7 @@ class FakeWorker:
                 self.stopped.append(gen_id)
 
     def app(self) -> object:
-        app = create_app(f"fake-worker-{self.id}")
+        app = create_app(f"fake-worker-{self.id}", self.token)
 
         @app.post("/v1/inference")
         async def start() -> Response:

@@ -33,7 +33,7 @@ def test_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.startswith(
-        "rbee: error: refusing to listen on 0.0.0.0 without an API token"
+        "rbee: error: refusing to serve the queen on 0.0.0.0 without an API token"
     )
     assert "--token" in result.stderr
     assert "queen.token" in result.stderr

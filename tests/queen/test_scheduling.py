@@ -221,3 +221,19 @@ async def test_a_policy_file_is_reloaded_while_the_queen_runs(
     explained = (await http.get(f"{queen.url}/v1/decisions", params=params)).json()["decisions"]
     assert [d["job_id"] for d in explained] == [second["id"]]
     assert explained[0]["policy"] == "pick.rhai"
+
+
+async def test_the_queen_sends_its_token_to_workers(
+    nursery: trio.Nursery, queen_config: QueenConfig
+) -> None:
+    config = dataclasses.replace(queen_config, token="s3cret")
+    queen = await start_queen(nursery, config)
+    worker = await FakeWorker(token="s3cret").start(nursery)
+    headers = {"Authorization": "Bearer s3cret"}
+    async with httpx.AsyncClient(headers=headers) as http:
+        beat = heartbeat("hive-a", [worker.status()])
+        response = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(beat))
+        assert response.status_code == 204
+        record = await run(http, queen.url)
+    assert record["state"] == "completed"
+    assert len(worker.posts) == 1

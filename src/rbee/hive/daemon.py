@@ -22,6 +22,7 @@ import httpx
 import trio
 
 from rbee import server
+from rbee.client import auth_headers
 from rbee.config import HiveConfig, WorkerConfig
 from rbee.errors import ConfigError
 from rbee.hive.app import HiveState, create_hive_app
@@ -64,6 +65,7 @@ async def run_hive(
     ``worker_command`` replaces ``rbee`` itself as the program that workers are started with
     (``[*worker_command, "worker", ...]``); tests use it for a stand-in worker.
     """
+    server.require_token(config.host, config.token, "hive", "hive.token")
     name = config.name or default_hive_name()
     if not _NAME.match(name):
         raise ConfigError(f"invalid hive name {name!r}: letters, digits, '.', '_', '-' (max 63)")
@@ -81,8 +83,10 @@ async def run_hive(
         default_slots=(worker_defaults or WorkerConfig()).slots,
         ready_timeout_s=config.worker_ready_timeout_s,
         stop_grace_s=config.worker_stop_grace_s,
+        token=config.token,
     )
-    control = httpx.AsyncClient(timeout=httpx.Timeout(2.0))
+    # The same token guards the queen, this hive and its workers.
+    control = httpx.AsyncClient(timeout=httpx.Timeout(2.0), headers=auth_headers(config.token))
     transfer = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
     try:
         async with control, transfer, trio.open_nursery() as nursery:

@@ -177,6 +177,7 @@ class Supervisor:
         default_slots: int = 4,
         ready_timeout_s: float = 120.0,
         stop_grace_s: float = 10.0,
+        token: str = "",
     ) -> None:
         self.hive = hive
         self.store = store
@@ -188,6 +189,8 @@ class Supervisor:
         self.default_slots = default_slots
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
+        # Workers take the hive's token through the environment, so that `ps` never shows it.
+        self._env = {**os.environ, "RBEE_WORKER_TOKEN": token} if token else None
         self.log_dir = state_dir / "logs"
         self.workers: dict[str, Worker] = {}
         send, self.exits = trio.open_memory_channel[WorkerExited](math.inf)
@@ -254,6 +257,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            env=self._env,
             # Its own process group: a Ctrl-C at the hive's terminal reaches the hive only, which
             # then retires the workers in order instead of seeing them all "crash" at once.
             process_group=0,

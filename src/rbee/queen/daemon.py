@@ -28,7 +28,7 @@ from rbee.queen.dispatcher import Dispatcher, Provisioner
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Scheduler, Watched, make_scheduler
-from rbee.server import is_loopback, serve, until_signal
+from rbee.server import require_token, serve, until_signal
 
 __all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
 
@@ -46,12 +46,7 @@ def db_path(config: QueenConfig) -> Path:
 
 def check_exposure(config: QueenConfig) -> None:
     """Refuse to serve beyond this machine without a token."""
-    if not is_loopback(config.host) and not config.token:
-        raise ConfigError(
-            f"refusing to listen on {config.host} without an API token: anyone who can reach it "
-            "could run jobs. Set --token (or queen.token in the config file), or listen on "
-            "127.0.0.1"
-        )
+    require_token(config.host, config.token, "queen", "queen.token")
 
 
 E = TypeVar("E", bound=BaseException)

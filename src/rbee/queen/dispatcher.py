@@ -134,7 +134,7 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
-        pool = Pool()
+        pool = Pool(self.config.token)
         try:
             async with trio.open_nursery() as nursery:
                 self._pool = pool

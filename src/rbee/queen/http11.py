@@ -96,8 +96,10 @@ class Response:
 class Pool:
     """Idle keep-alive connections per ``host:port``; requests for base URLs ``http://host:port``."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str = "") -> None:
         self._idle: dict[tuple[str, int], collections.deque[_Conn]] = {}
+        # Workers share the cluster's token (their hive passes it on to them).
+        self._auth = [("Authorization", f"Bearer {token}")] if token else []
 
     def _put(self, key: tuple[str, int], conn: _Conn) -> None:
         idle = self._idle.setdefault(key, collections.deque())
@@ -117,7 +119,7 @@ class Pool:
         if parts.scheme != "http" or parts.hostname is None:
             raise OSError(f"unsupported URL {base_url!r} (plain http://host:port only)")
         key = (parts.hostname, parts.port or 80)
-        headers = [("Host", parts.netloc), ("Accept", accept)]
+        headers = [("Host", parts.netloc), ("Accept", accept), *self._auth]
         if body or method in ("POST", "PUT"):
             headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         idle = self._idle.get(key)

@@ -43,6 +43,10 @@ def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     type=click.Path(file_okay=False),
     help="Model store directory (default ~/.cache/rbee/models).",
 )
+@click.option(
+    "--token",
+    help="API token callers must send (the hive passes its own as RBEE_WORKER_TOKEN).",
+)
 @click.pass_context
 def worker(
     click_ctx: click.Context,
@@ -55,6 +59,7 @@ def worker(
     precision: str | None,
     queue_size: int | None,
     models_dir: str | None,
+    token: str | None,
 ) -> None:
     """Run a worker daemon (one model on one device), or manage workers.
 
@@ -79,6 +84,7 @@ def worker(
         precision=precision,
         queue_size=queue_size,
         models_dir=models_dir,
+        token=token,
     )
 
 

@@ -77,7 +77,8 @@ async def run_worker(
     state = WorkerState(
         model=model, precision=config.precision, device=config.device, slots=config.slots
     )
-    app = create_worker_app(state)
+    server.require_token(config.host, config.token, "worker", "worker.token")
+    app = create_worker_app(state, config.token)
     failure: RbeeError | None = None
 
     async with trio.open_nursery() as nursery:
