@@ -93,6 +93,20 @@ def _error_frame(message: str) -> bytes:
     return sse.event(wire.encode(body))
 
 
+async def _collect(dispatcher: Dispatcher, job: Job) -> tuple[str, ww.Finished]:
+    """The whole text of a job and its final event (for the non-streaming answers)."""
+    text: list[str] = []
+    finished: ww.Finished | None = None
+    async with contextlib.aclosing(_pieces(dispatcher, job)) as events:
+        async for event in events:
+            if isinstance(event, ww.Token):
+                text.append(event.t)
+            else:
+                finished = event
+    assert finished is not None
+    return "".join(text), finished
+
+
 def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
     """Add the OpenAI-compatible routes to the queen's ``app``."""
 
@@ -110,19 +124,11 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
                 _chat_stream(dispatcher, job, body, cid, created),
                 headers=sse.SSE_HEADERS,
             )
-        text: list[str] = []
-        finished: ww.Finished | None = None
         try:
-            async with contextlib.aclosing(_pieces(dispatcher, job)) as events:
-                async for event in events:
-                    if isinstance(event, ww.Token):
-                        text.append(event.t)
-                    else:
-                        finished = event
+            text, finished = await _collect(dispatcher, job)
         except _Failed as err:
             return error_response(str(err), 502, "server_error")
-        assert finished is not None
-        message = oa.ChatMessageOut("".join(text))
+        message = oa.ChatMessageOut(text)
         choice = oa.ChatChoice(0, message, _FINISH[finished.finish_reason])
         completion = oa.ChatCompletion(
             id=cid, created=created, model=body.model, choices=[choice], usage=_usage(finished)
@@ -139,19 +145,11 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
                 _completion_stream(dispatcher, job, body, cid, created),
                 headers=sse.SSE_HEADERS,
             )
-        text: list[str] = []
-        finished: ww.Finished | None = None
         try:
-            async with contextlib.aclosing(_pieces(dispatcher, job)) as events:
-                async for event in events:
-                    if isinstance(event, ww.Token):
-                        text.append(event.t)
-                    else:
-                        finished = event
+            text, finished = await _collect(dispatcher, job)
         except _Failed as err:
             return error_response(str(err), 502, "server_error")
-        assert finished is not None
-        choice = oa.CompletionChoice(0, "".join(text), _FINISH[finished.finish_reason])
+        choice = oa.CompletionChoice(0, text, _FINISH[finished.finish_reason])
         completion = oa.Completion(
             id=cid, created=created, model=body.model, choices=[choice], usage=_usage(finished)
         )
