@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from rbee import wire
+from rbee.wire.queen import WorkerEntry
 
-__all__ = ["emit_json", "table"]
+__all__ = ["emit_json", "table", "worker_row"]
 
 
 def emit_json(obj: Any) -> None:
@@ -38,3 +39,23 @@ def table(rows: Iterable[Mapping[str, object]], columns: Sequence[str], empty: s
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(columns))]
     for row in [header, *cells]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def worker_row(entry: WorkerEntry) -> dict[str, object]:
+    """Every column a worker table may show; each command picks its own."""
+    w = entry.worker
+    return {
+        "worker": w.id,
+        "hive": entry.hive,
+        "model": w.model,
+        "device": w.device,
+        "state": w.state,
+        "slots": f"{w.slots_free}/{w.slots_total}",
+        "inflight": entry.inflight,
+        "pid": w.pid,
+        "cpu%": w.cpu_pct,
+        "rss_mb": w.rss_mb,
+        "vram_mb": w.vram_mb,
+        "uptime_s": w.uptime_s,
+        "seen_s": entry.last_seen_s,
+    }

@@ -8,7 +8,7 @@ import click
 
 from rbee.cli import Context, json_option, pass_context
 from rbee.keeper.api import client_for, token_option
-from rbee.keeper.output import emit_json, table
+from rbee.keeper.output import emit_json, table, worker_row
 
 __all__ = ["status"]
 
@@ -24,22 +24,7 @@ def status(ctx: Context, as_json: bool, token: str | None) -> None:
     if as_json:
         emit_json(report)
         return
-    rows = [
-        {
-            "worker": w.worker.id,
-            "hive": w.hive,
-            "model": w.worker.model,
-            "device": w.worker.device,
-            "state": w.worker.state,
-            "slots": f"{w.worker.slots_free}/{w.worker.slots_total}",
-            "inflight": w.inflight,
-            "cpu%": w.worker.cpu_pct,
-            "rss_mb": w.worker.rss_mb,
-            "vram_mb": w.worker.vram_mb,
-            "seen_s": w.last_seen_s,
-        }
-        for w in report.workers
-    ]
+    rows = [worker_row(w) for w in report.workers]
     table(
         rows,
         [

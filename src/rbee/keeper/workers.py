@@ -61,29 +61,14 @@ def spawn(
 def list_(ctx: Context, as_json: bool, token: str | None) -> None:
     """List the workers every hive reports, with their telemetry."""
     from rbee.keeper.cluster_api import cluster_for
-    from rbee.keeper.output import emit_json, table
+    from rbee.keeper.output import emit_json, table, worker_row
 
     with cluster_for(ctx, token) as queen:
         workers = queen.workers()
     if as_json:
         emit_json(workers)
         return
-    rows = [
-        {
-            "worker": w.worker.id,
-            "hive": w.hive,
-            "model": w.worker.model,
-            "device": w.worker.device,
-            "state": w.worker.state,
-            "slots": f"{w.worker.slots_free}/{w.worker.slots_total}",
-            "pid": w.worker.pid,
-            "cpu%": w.worker.cpu_pct,
-            "rss_mb": w.worker.rss_mb,
-            "vram_mb": w.worker.vram_mb,
-            "uptime_s": w.worker.uptime_s,
-        }
-        for w in workers
-    ]
+    rows = [worker_row(w) for w in workers]
     columns = ["worker", "hive", "model", "device", "state", "slots", "pid", "cpu%", "rss_mb"]
     table(rows, [*columns, "vram_mb", "uptime_s"], empty="no workers")
 
