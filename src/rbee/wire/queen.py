@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams
+from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, sampling_fields
 
 __all__ = [
     "AttemptRecord",
@@ -227,13 +227,7 @@ class InferOperation(SamplingParams, frozen=True, kw_only=True, tag="infer", tag
             model=self.model,
             prompt=self.prompt,
             messages=self.messages,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop,
+            **sampling_fields(self),
         )
 
 

@@ -10,7 +10,7 @@ the slot is free); ``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answer
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -28,6 +28,7 @@ __all__ = [
     "Token",
     "Usage",
     "WorkerInfo",
+    "sampling_fields",
     "stream_event_decoder",
 ]
 
@@ -53,6 +54,11 @@ class SamplingParams(Struct, frozen=True, kw_only=True):
     stop: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)] = []
 
 
+def sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """The `SamplingParams` fields of ``params`` (or of any struct that extends it)."""
+    return {name: getattr(params, name) for name in SamplingParams.__struct_fields__}
+
+
 class InferenceRequest(SamplingParams, frozen=True, kw_only=True):
     """Exactly one of ``prompt`` (raw text) or ``messages`` (chat, templated by the worker)."""
 
@@ -68,15 +74,7 @@ class InferenceRequest(SamplingParams, frozen=True, kw_only=True):
 
     def sampling(self) -> SamplingParams:
         """The sampling part alone."""
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=self.stop,
-        )
+        return SamplingParams(**sampling_fields(self))
 
 
 class InferenceAccepted(Struct, frozen=True):
