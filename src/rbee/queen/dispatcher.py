@@ -612,7 +612,8 @@ class Dispatcher:
                     self._finish(
                         job,
                         "failed",
-                        error=f"the worker started for model {exited.model!r} {message}",
+                        error=f"could not start a worker for {exited.model!r} on "
+                        f"{exited.hive}: worker {exited.worker_id} {message}",
                     )
         self.pump()
 
