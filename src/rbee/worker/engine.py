@@ -78,6 +78,10 @@ class Engine:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # ORT's pool threads spin between operators (that is most of its speed on small graphs)
+        # and, by default, for a while after each run too: an idle worker would then keep every
+        # core busy, slowing the queen, hive and HTTP handling that share the host.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for any load failure
