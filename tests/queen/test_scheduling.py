@@ -165,6 +165,40 @@ async def test_spawn_decisions_go_to_the_provisioner(
     assert [d["kind"] for d in spawn["decisions"]] == ["spawn", "route"]
 
 
+@dataclasses.dataclass
+class DyingProvisioner:
+    """A hive whose new worker dies while loading: it reports the exit, and its spawn hangs."""
+
+    http: httpx.AsyncClient
+    queen_url: str = ""
+
+    async def spawn(self, hive: str, model: str, device: str) -> None:
+        exited = WorkerExited(
+            hive=hive, worker_id="w-1", model=model, exit_code=1, log_tail=["bad graph"]
+        )
+        path = f"{self.queen_url}/v1/workers/w-1/exited"
+        assert (await self.http.post(path, content=wire.encode(exited))).status_code == 204
+        await trio.sleep_forever()
+
+
+async def test_a_worker_that_dies_while_loading_fails_the_waiting_jobs_at_once(
+    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient
+) -> None:
+    provisioner = DyingProvisioner(http)
+    queen = await start_queen(nursery, queen_config, provisioner=provisioner)
+    provisioner.queen_url = queen.url
+    empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["fake-model"])
+    await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))
+    job_id = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
+    with trio.fail_after(5):  # not the spawn timeout
+        events = await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream")
+    # The same words as when the hive refuses the spawn, with the worker's last line.
+    assert events[-1].startswith("[ERROR] could not start a worker for 'fake-model' on hive-a")
+    assert "worker w-1 exited with code 1 on hive hive-a: bad graph" in events[-1]
+    record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert record["state"] == "failed"
+
+
 HOSTILE = """fn schedule_job(job, workers) {
     if job.labels["evil"] == "yes" { range(0, 9999).map(|i| range(0, 9999).count(|j| j > i)); }
     return workers.with_model(job.model).available().last();
