@@ -4,7 +4,8 @@ Usage: ``python bench/queen.py [--models-dir DIR] [--requests 200] [--fakes 50] 
 
 1. Against one real worker (the default model, int4, CPU), alternating request by request:
    time to first token straight to the worker vs through the queen (p50/p99 of each and of the
-   paired difference), then decode tokens/s of long generations, direct vs relayed.
+   paired difference), in both calling styles: one call (the POST answers the stream) and
+   two (POST, then GET the stream); then decode tokens/s of long generations, direct vs relayed.
 2. With ``--fakes`` fast fake workers (a separate process answering the worker API at once, one
    token per job): the sustained rate of short jobs the queen admits, schedules and relays.
 
@@ -22,6 +23,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -58,13 +60,18 @@ class Conn:
                 return event
             self.h11.receive_data(await self.sock.receive_some(65536))
 
-    async def _send(self, method: str, path: str, body: bytes) -> int:
+    def _next_cycle(self) -> None:
+        # A server may close after some requests (hypercorn: 1,000); `_send` reconnects then.
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+
+    async def _send(self, method: str, path: str, body: bytes, accept: str = "*/*") -> int:
         if self.sock is None or self.h11.our_state is not h11.IDLE:
             if self.sock is not None:
                 await self.sock.aclose()
             self.sock = await trio.open_tcp_stream(self.host, self.port)
             self.h11 = h11.Connection(h11.CLIENT)
-        headers = [("Host", self.host), ("Content-Length", str(len(body)))]
+        headers = [("Host", self.host), ("Content-Length", str(len(body))), ("Accept", accept)]
         if body:
             headers.append(("Content-Type", "application/json"))
         data = self.h11.send(h11.Request(method=method, target=path, headers=headers))
@@ -81,12 +88,14 @@ class Conn:
         while not isinstance(event := await self._event(), h11.EndOfMessage):
             if isinstance(event, h11.Data):
                 out += event.data
-        self.h11.start_next_cycle()
+        self._next_cycle()
         return status, out
 
-    async def stream(self, path: str, on_data: Callable[[bytes], None]) -> None:
-        """GET an SSE stream, calling ``on_data`` with each ``data:`` payload."""
-        status = await self._send("GET", path, b"")
+    async def stream(
+        self, method: str, path: str, body: bytes, on_data: Callable[[bytes], None]
+    ) -> None:
+        """Read an SSE stream, calling ``on_data`` with each ``data:`` payload."""
+        status = await self._send(method, path, body, accept="text/event-stream")
         assert status == 200, status
         pending = b""
         while not isinstance(event := await self._event(), h11.EndOfMessage):
@@ -95,7 +104,7 @@ class Conn:
                 for line in lines:
                     if line.startswith(b"data: "):
                         on_data(line[6:])
-        self.h11.start_next_cycle()
+        self._next_cycle()
 
     async def close(self) -> None:
         if self.sock is not None:
@@ -103,12 +112,14 @@ class Conn:
 
 
 async def run_once(
-    conn: Conn, start_path: str, body: dict[str, object]
+    conn: Conn, start_path: str, body: dict[str, object], one_call: bool = False
 ) -> tuple[float, float, int]:
-    """Start a generation and follow it: (time to first token, decode seconds, tokens)."""
+    """Start a generation and follow it: (time to first token, decode seconds, tokens).
+
+    ``one_call``: the POST answers with the stream; otherwise POST, then GET the stream.
+    """
+    data = json.dumps(body).encode()
     t0 = time.perf_counter()
-    status, answer = await conn.request("POST", start_path, json.dumps(body).encode())
-    assert status in (200, 202), answer
     marks: list[float] = []
     last = [b""]
 
@@ -117,7 +128,12 @@ async def run_once(
             marks.append(time.perf_counter())
         last[0] = payload
 
-    await conn.stream(json.loads(answer)["sse_url"], on_data)
+    if one_call:
+        await conn.stream("POST", start_path, data, on_data)
+    else:
+        status, answer = await conn.request("POST", start_path, data)
+        assert status in (200, 202), answer
+        await conn.stream("GET", json.loads(answer)["sse_url"], b"", on_data)
     assert marks, f"no token; the stream ended with {last[0]!r}"
     return marks[0] - t0, marks[-1] - marks[0], len(marks)
 
@@ -175,33 +191,40 @@ def pct(values: list[float], q: float) -> float:
 # --- part 1: one real worker -----------------------------------------------------------------
 
 
+async def paired_ttft(
+    direct: Conn, via: Conn, requests: int, one_call: bool
+) -> tuple[list[float], list[float]]:
+    """Time to first token of a 1-token job, alternating direct and queen request by request."""
+    short = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    job = {"operation": "infer", "model": MODEL, **short}
+    order = [(direct, "/v1/inference", short), (via, "/v1/jobs", job)]
+    for _ in range(5):
+        for conn, path, body in order:
+            await run_once(conn, path, body, one_call)
+    ttft: tuple[list[float], list[float]] = ([], [])
+    for i in range(requests):
+        for k in (0, 1) if i % 2 else (1, 0):
+            conn, path, body = order[k]
+            ttft[k].append((await run_once(conn, path, body, one_call))[0] * 1000)
+    return ttft
+
+
 async def real_worker_figures(queen: str, worker: str, requests: int) -> None:
     direct, via = Conn(worker), Conn(queen)
     status, _ = await via.request("POST", "/v1/heartbeat", heartbeat([("w", MODEL, worker, 4)]))
     assert status == 204
-    short = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
-    job = {"operation": "infer", "model": MODEL, **short}
-    for _ in range(5):
-        await run_once(direct, "/v1/inference", short)
-        await run_once(via, "/v1/jobs", job)
-    d_ttft: list[float] = []
-    q_ttft: list[float] = []
-    for i in range(requests):
-        order = [(direct, "/v1/inference", short, d_ttft), (via, "/v1/jobs", job, q_ttft)]
-        for conn, path, body, out in order if i % 2 else order[::-1]:
-            out.append((await run_once(conn, path, body))[0] * 1000)
-    diff = [q - d for q, d in zip(q_ttft, d_ttft, strict=True)]
     print(f"time to first token over {requests} requests (ms):   p50      p99")
-    print(
-        f"  straight to the worker                      {pct(d_ttft, 0.5):7.2f}  {pct(d_ttft, 0.99):7.2f}"
-    )
-    print(
-        f"  through the queen                           {pct(q_ttft, 0.5):7.2f}  {pct(q_ttft, 0.99):7.2f}"
-    )
-    print(
-        f"  added by the queen (paired difference)      {pct(diff, 0.5):7.2f}  {pct(diff, 0.99):7.2f}"
-        "   (target < 2 / < 10)"
-    )
+    for one_call, how in [(True, "one call (POST answers the stream)"), (False, "two calls")]:
+        d_ttft, q_ttft = await paired_ttft(direct, via, requests, one_call)
+        diff = [q - d for q, d in zip(q_ttft, d_ttft, strict=True)]
+        print(f" {how}:")
+        for label, values in [
+            ("straight to the worker", d_ttft),
+            ("through the queen", q_ttft),
+            ("added by the queen (paired difference)", diff),
+        ]:
+            print(f"  {label:<42}  {pct(values, 0.5):7.2f}  {pct(values, 0.99):7.2f}", end="")
+            print("   (target < 2 / < 10)" if values is diff else "")
 
     story = [{"role": "user", "content": "Write a long story about a bee who learns to fly."}]
     long = {"messages": story, "max_tokens": 200, "temperature": 0}
@@ -211,7 +234,7 @@ async def real_worker_figures(queen: str, worker: str, requests: int) -> None:
             ("direct", direct, "/v1/inference", long),
             ("queen", via, "/v1/jobs", {"operation": "infer", "model": MODEL, **long}),
         ]:
-            _, seconds, tokens = await run_once(conn, path, body)
+            _, seconds, tokens = await run_once(conn, path, body, one_call=True)
             rates[name].append((tokens - 1) / seconds)
     d, q = statistics.median(rates["direct"]), statistics.median(rates["queen"])
     print(
@@ -226,7 +249,7 @@ async def real_worker_figures(queen: str, worker: str, requests: int) -> None:
 
 
 async def serve_fakes(count: int) -> None:
-    """Serve ``count`` fake workers that answer at once with one token; print their URLs."""
+    """Serve ``count`` fake workers that answer a POST at once with a one-token stream."""
     started = b'{"type":"started"}'
     token = b'{"type":"token","t":"x","i":0}'
     usage = b'{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}'
@@ -250,14 +273,14 @@ async def serve_fakes(count: int) -> None:
                 if isinstance(event, h11.Request):
                     target = event.target
                 elif isinstance(event, h11.EndOfMessage):
-                    if target == b"/v1/inference":
-                        body = b'{"job_id":"g","sse_url":"/v1/inference/g/stream"}'
-                        kind, status = b"application/json", 202
-                    else:
-                        body, kind, status = sse, b"text/event-stream", 200
-                    headers = [(b"Content-Type", kind), (b"Content-Length", b"%d" % len(body))]
-                    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-                    out += (conn.send(h11.Data(data=body)) or b"") + (
+                    assert target == b"/v1/inference", target
+                    headers = [
+                        (b"Content-Type", b"text/event-stream"),
+                        (b"Content-Length", b"%d" % len(sse)),
+                        (b"Rbee-Job-Id", b"g"),
+                    ]
+                    out = conn.send(h11.Response(status_code=200, headers=headers)) or b""
+                    out += (conn.send(h11.Data(data=sse)) or b"") + (
                         conn.send(h11.EndOfMessage()) or b""
                     )
                     await sock.send_all(out)
@@ -288,7 +311,7 @@ async def scheduling_rate(queen: str, fake_urls: list[str], seconds: float, lane
         c = Conn(queen)
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            await run_once(c, "/v1/jobs", body)
+            await run_once(c, "/v1/jobs", body, one_call=True)
             latencies.append(time.perf_counter() - t0)
             done += 1
         await c.close()
@@ -344,7 +367,7 @@ def main() -> None:
         with daemon(queen_cmd, "rbee queen listening on") as queen:
             if not args.skip_real:
                 store = model_store(args.models_dir, Path(tmp))
-                worker_cmd = [*rbee, "worker", "--model", MODEL, "--models-dir", str(store)]
+                worker_cmd = [*os.environ.get("WPRE", "").split(), *rbee, "worker", "--model", MODEL, "--models-dir", str(store)]
                 worker_cmd += ["--port", "0", "--slots", "4", "--threads", str(args.worker_threads)]
                 with daemon(worker_cmd, "rbee worker listening on", "rbee worker ready") as w:
                     trio.run(real_worker_figures, queen, w, args.requests)

@@ -115,6 +115,9 @@ class FakeWorker:
             gen_id = f"gen-{self.id}-{len(self.posts)}"
             self._requests[gen_id] = req
             self._cancel[gen_id] = trio.Event()
+            if sse.wants_stream(request.headers.get("Accept")):
+                headers = {**sse.SSE_HEADERS, sse.JOB_ID_HEADER: gen_id}
+                return Response(self._generate(gen_id), headers=headers)
             return json_response(
                 ww.InferenceAccepted(gen_id, f"/v1/inference/{gen_id}/stream"), status=202
             )

@@ -61,6 +61,11 @@ async def follow_job(
             dispatcher.cancel(job.id)
 
 
+def _stream_response(dispatcher: Dispatcher, job: Job) -> Response:
+    body = follow_job(dispatcher, job, job.stream.follow())
+    return Response(body, headers={**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id})
+
+
 def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
     """The queen's app around ``dispatcher``."""
     app = create_app("rbee-queen", token)
@@ -97,6 +102,8 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
         # Let the attempt send its request to the worker before this answer goes out: the
         # worker starts on the prompt while the client reads the answer and asks for the stream.
         await trio.lowlevel.checkpoint()
+        if sse.wants_stream(request.headers.get("Accept")):
+            return _stream_response(dispatcher, job)
         return json_response(JobAccepted(job.id, f"/v1/jobs/{job.id}/stream"), status=202)
 
     @app.get("/v1/jobs")
@@ -127,8 +134,7 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
                 f"GET /v1/jobs/{job_id} has its record",
                 410,
             )
-        body = follow_job(dispatcher, job, job.stream.follow())
-        return Response(body, headers=sse.SSE_HEADERS)
+        return _stream_response(dispatcher, job)
 
     @app.delete("/v1/jobs/<job_id>")
     async def cancel_job(job_id: str) -> Response:

@@ -1,6 +1,6 @@
 """The queen's HTTP/1.1 client for workers: keep-alive connections, h11 over trio sockets.
 
-Every job costs the queen a ``POST`` and a streamed ``GET`` on a worker, on its hot path; httpx
+Every job costs the queen a streamed ``POST`` on a worker, on its hot path; httpx
 (through anyio and httpcore) spends about a millisecond a request here, and its chain of async
 generators cannot be closed early when a relay is cancelled. This client keeps idle connections
 per worker, parses with h11, reads a body without generators, and closes a connection whose
@@ -42,15 +42,19 @@ class _Conn:
 class Response:
     """A response whose body is read with `read` (pieces) or `body` (all of it).
 
+    ``headers`` maps lower-case names to values, as bytes.
+
     Use it as an async context manager: leaving it returns the connection to the pool when the
     body was read to its end, and closes it otherwise.
     """
 
-    def __init__(self, pool: Pool, key: tuple[str, int], conn: _Conn, status: int) -> None:
+    def __init__(self, pool: Pool, key: tuple[str, int], conn: _Conn, head: h11.Response) -> None:
         self._pool = pool
         self._key = key
         self._conn: _Conn | None = conn
-        self.status = status
+        self.status = head.status_code
+        # h11 gives header names in lower case.
+        self.headers = dict(head.headers)
         self._ended = False
 
     async def read(self) -> bytes | None:
@@ -143,7 +147,7 @@ class Pool:
             except BaseException:
                 await trio.aclose_forcefully(conn.sock)
                 raise
-            return Response(self, key, conn, event.status_code)
+            return Response(self, key, conn, event)
 
     async def aclose(self) -> None:
         for idle in self._idle.values():

@@ -21,7 +21,6 @@ from rbee.wire import worker as wire_worker
 
 __all__ = ["AttemptError", "Outcome", "cancel_on_worker", "run_attempt"]
 
-_accepted = msgspec.json.Decoder(wire_worker.InferenceAccepted)
 _events = wire_worker.stream_event_decoder()
 _DONE = sse.DONE.encode()
 _CANCELLED = sse.CANCELLED.encode()
@@ -104,46 +103,45 @@ async def run_attempt(
 ) -> Outcome:
     """Run ``job`` on the worker at ``url`` until its stream ends; raise `AttemptError` if it fails.
 
-    Sets ``job.worker_job_url`` as soon as the worker accepted, so a cancel can reach it.
+    One call: the worker answers the ``POST`` with the stream. ``job.worker_job_url`` is set as
+    soon as the worker accepted, so that a cancel can reach it.
     """
     where = f"worker {worker_id} ({url})"
-    try:
-        async with await pool.request("POST", url, "/v1/inference", job.worker_body) as response:
-            answer = await response.body()
-    except TransportError as err:
-        raise AttemptError(f"cannot reach {where}: {err!r}", retryable=True) from None
-    if response.status == 429 or response.status >= 500:
-        raise AttemptError(
-            f"{where} answered {response.status}: {_error_message(response.status, answer)}",
-            retryable=True,
-        )
-    if not 200 <= response.status < 300:
-        message = _error_message(response.status, answer)
-        raise AttemptError(f"{where} refused the job: {message}", retryable=False)
-    try:
-        accepted = _accepted.decode(answer)
-    except msgspec.DecodeError as err:
-        raise AttemptError(f"{where} answered nonsense: {err}", retryable=True) from None
-    job.worker_job_url = f"/v1/inference/{accepted.job_id}"
     relay = _Relay(job, where, on_first_token)
     pending = b""
     try:
-        stream = await pool.request("GET", url, accepted.sse_url, accept="text/event-stream")
-        async with stream:
-            if stream.status != 200:
-                raise relay.fail(f"{where} answered {stream.status} to the stream")
-            while (chunk := await stream.read()) is not None:
+        response = await pool.request(
+            "POST", url, "/v1/inference", job.worker_body, accept="text/event-stream"
+        )
+    except TransportError as err:
+        raise AttemptError(f"cannot reach {where}: {err!r}", retryable=True) from None
+    try:
+        async with response:
+            if response.status != 200:
+                raise _refused(where, response.status, await response.body())
+            job_id = response.headers.get(sse.JOB_ID_HEADER.lower().encode())
+            if job_id is None:
+                raise relay.fail(f"{where} answered a stream without its job id")
+            job.worker_job_url = f"/v1/inference/{job_id.decode()}"
+            while (chunk := await response.read()) is not None:
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
                     if relay.line(line.rstrip(b"\r")):
                         assert relay.outcome is not None
                         # Read the (empty) rest, so that the connection goes back to the pool.
-                        while await stream.read() is not None:
+                        while await response.read() is not None:
                             pass
                         return relay.outcome
     except (*TransportError, msgspec.DecodeError) as err:
         raise relay.fail(f"the stream from {where} broke: {err!r}") from None
     raise relay.fail(f"{where} dropped the stream")
+
+
+def _refused(where: str, status: int, body: bytes) -> AttemptError:
+    message = _error_message(status, body)
+    if status == 429 or status >= 500:
+        return AttemptError(f"{where} answered {status}: {message}", retryable=True)
+    return AttemptError(f"{where} refused the job: {message}", retryable=False)
 
 
 async def cancel_on_worker(pool: Pool, url: str, worker_job_path: str) -> None:

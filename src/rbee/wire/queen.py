@@ -4,7 +4,8 @@
 in-memory worker registry from them. ``POST /v1/workers/{id}/exited`` (`WorkerExited`) reports a
 crash at once instead of at the next heartbeat.
 
-``POST /v1/jobs`` takes a `JobRequest` (tagged by ``"operation"``) and answers `JobAccepted`;
+``POST /v1/jobs`` takes a `JobRequest` (tagged by ``"operation"``) and answers `JobAccepted`, or
+with ``Accept: text/event-stream`` the job's stream itself (job id in ``Rbee-Job-Id``);
 ``GET /v1/jobs/{id}/stream`` relays the worker's stream (`rbee.wire.worker.StreamEvent` payloads,
 then ``[DONE]``, ``[ERROR] <message>`` or ``[CANCELLED]``); ``GET /v1/jobs/{id}`` is a `JobInfo`,
 ``GET /v1/jobs?state=`` a `JobList`, ``DELETE /v1/jobs/{id}`` cancels. ``GET /v1/status`` is a

@@ -4,7 +4,8 @@
 ``Retry-After`` when every slot and the wait queue are full, 503 while the model loads);
 ``GET /v1/inference/{id}/stream`` is SSE: `Started`, one `Token` per piece of text, one `Finished`,
 then ``[DONE]`` (or ``[ERROR] <message>`` / ``[CANCELLED]``); a stream can be read once, and a job
-whose stream is not opened within 30 s is dropped; ``DELETE /v1/inference/{id}`` cancels (204 once
+whose stream is not opened within 30 s is dropped. A ``POST`` with ``Accept: text/event-stream`` is
+answered with that stream at once (200, the job id in the ``Rbee-Job-Id`` header); ``DELETE /v1/inference/{id}`` cancels (204 once
 the slot is free); ``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answers `Health`.
 """
 

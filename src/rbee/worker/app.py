@@ -103,16 +103,15 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
         scheduler, tokenizer = state.loaded()
         ids = await trio.to_thread.run_sync(prompt_ids, tokenizer, body, state.context_length)
         job = scheduler.submit(ids, body.sampling())
+        if sse.wants_stream(request.headers.get("Accept")):
+            return _stream_response(scheduler, job)
         accepted = InferenceAccepted(job_id=job.id, sse_url=f"/v1/inference/{job.id}/stream")
         return server.json_response(accepted, status=202)
 
     @app.get("/v1/inference/<job_id>/stream")
     async def stream(job_id: str) -> Response:
         scheduler, _ = state.loaded()
-        job = scheduler.open(job_id)
-        response = Response(_events(scheduler, job), headers=sse.SSE_HEADERS)
-        response.timeout = None
-        return response
+        return _stream_response(scheduler, scheduler.get(job_id))
 
     @app.delete("/v1/inference/<job_id>")
     async def cancel(job_id: str) -> Response:
@@ -127,6 +126,14 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
         return Response(b"", status=204)
 
     return app
+
+
+def _stream_response(scheduler: Scheduler, job: Job) -> Response:
+    scheduler.open(job.id)
+    headers = {**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id}
+    response = Response(_events(scheduler, job), headers=headers)
+    response.timeout = None
+    return response
 
 
 async def _events(scheduler: Scheduler, job: Job) -> AsyncIterator[bytes]:
