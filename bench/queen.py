@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -367,7 +366,7 @@ def main() -> None:
         with daemon(queen_cmd, "rbee queen listening on") as queen:
             if not args.skip_real:
                 store = model_store(args.models_dir, Path(tmp))
-                worker_cmd = [*os.environ.get("WPRE", "").split(), *rbee, "worker", "--model", MODEL, "--models-dir", str(store)]
+                worker_cmd = [*rbee, "worker", "--model", MODEL, "--models-dir", str(store)]
                 worker_cmd += ["--port", "0", "--slots", "4", "--threads", str(args.worker_threads)]
                 with daemon(worker_cmd, "rbee worker listening on", "rbee worker ready") as w:
                     trio.run(real_worker_figures, queen, w, args.requests)
