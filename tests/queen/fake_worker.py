@@ -115,16 +115,11 @@ class FakeWorker:
             gen_id = f"gen-{self.id}-{len(self.posts)}"
             self._requests[gen_id] = req
             self._cancel[gen_id] = trio.Event()
-            if sse.wants_stream(request.headers.get("Accept")):
-                headers = {**sse.SSE_HEADERS, sse.JOB_ID_HEADER: gen_id}
-                return Response(self._generate(gen_id), headers=headers)
-            return json_response(
-                ww.InferenceAccepted(gen_id, f"/v1/inference/{gen_id}/stream"), status=202
-            )
-
-        @app.get("/v1/inference/<gen_id>/stream")
-        async def stream(gen_id: str) -> Response:
-            return Response(self._generate(gen_id), headers=sse.SSE_HEADERS)
+            # The queen starts every attempt in one call; a second call would fail the test.
+            if not sse.wants_stream(request.headers.get("Accept")):
+                return json_response({"error": {"message": "one call only"}}, status=400)
+            headers = {**sse.SSE_HEADERS, sse.JOB_ID_HEADER: gen_id}
+            return Response(self._generate(gen_id), headers=headers)
 
         @app.delete("/v1/inference/<gen_id>")
         async def cancel(gen_id: str) -> Response:

@@ -50,6 +50,35 @@ async def test_job_is_relayed_and_recorded(
     assert record["attempt_log"][0]["worker"] == worker.id
 
 
+async def test_one_call_answers_the_post_with_the_jobs_stream(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=3).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    body = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 10}
+    headers = {"Accept": "text/event-stream"}
+    async with http.stream("POST", f"{queen.url}/v1/jobs", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        job_id = r.headers["rbee-job-id"]
+        payloads = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]"
+    tokens = [json.loads(p)["t"] for p in payloads[:-1] if '"token"' in p]
+    assert "".join(tokens) == "tok0 tok1 tok2 "
+    record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert (record["state"], record["tokens_out"]) == ("completed", 3)
+
+
+async def test_one_call_errors_are_json_before_any_stream(
+    queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    body = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 0}
+    headers = {"Accept": "text/event-stream"}
+    r = await http.post(f"{queen.url}/v1/jobs", json=body, headers=headers)
+    assert r.status_code == 400
+    assert "max_tokens" in r.json()["error"]["message"]
+
+
 async def test_bad_bodies_are_400_naming_the_field(
     queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:

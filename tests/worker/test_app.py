@@ -121,6 +121,35 @@ async def test_dual_call_streams_started_tokens_finished_done(worker: Worker) ->
     assert r.status_code == 404
 
 
+async def test_one_call_answers_the_post_with_the_stream(worker: Worker) -> None:
+    body = {"prompt": "a", "max_tokens": 3, "temperature": 0}
+    headers = {"Accept": "text/event-stream"}
+    async with worker.client.stream("POST", "/v1/inference", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        job_id = r.headers["rbee-job-id"]
+        assert job_id.startswith("job-")
+        # The stream is claimed by this call: nobody else may read it.
+        assert (await worker.client.get(f"/v1/inference/{job_id}/stream")).status_code == 409
+        events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    tokens = [json.loads(e)["t"] for e in events[:-1] if '"token"' in e]
+    assert "".join(tokens) == "bcd"
+
+
+async def test_the_job_id_of_a_one_call_stream_cancels_it(slow_worker: Worker) -> None:
+    w = slow_worker
+    headers = {"Accept": "text/event-stream"}
+    async with w.client.stream("POST", "/v1/inference", json=LONG, headers=headers) as r:
+        lines = r.aiter_lines()
+        assert await anext(lines) == 'data: {"type":"started"}'
+        d = await w.client.delete(f"/v1/inference/{r.headers['rbee-job-id']}")
+        assert d.status_code == 204
+        rest = [line async for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [CANCELLED]"
+    assert (await w.info())["slots_free"] == 1
+
+
 async def test_chat_messages_and_stop_strings(worker: Worker) -> None:
     body = {"messages": [{"role": "user", "content": "a"}], "stop": ["ef"], "temperature": 0}
     events = await worker.events(await worker.start(body))

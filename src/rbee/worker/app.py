@@ -1,4 +1,4 @@
-"""The worker's HTTP API (see `rbee.wire.worker`): the dual call, cancel, health and info.
+"""The worker's HTTP API (see `rbee.wire.worker`): the dual call or one call, cancel, health, info.
 
 The app exists before the model is loaded: ``/health`` says ``loading`` and inference answers 503
 until `WorkerState.ready` is called.
