@@ -50,11 +50,26 @@ class ConfigError(RbeeError):
 
 
 class ApiError(RbeeError):
-    """A peer's HTTP API answered with an error status."""
+    """An HTTP API answered, or answers, with an error status.
 
-    def __init__(self, message: str, status: int = 500) -> None:
+    ``error_type`` and ``code`` fill the error body's ``type`` and ``code`` (OpenAI's shape);
+    ``headers`` go out with the answer (``Retry-After`` on a 429).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 500,
+        *,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.error_type = error_type
+        self.code = code
+        self.headers = headers or {}
 
 
 class NotFoundError(ApiError):

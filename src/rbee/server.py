@@ -24,7 +24,11 @@ from rbee import wire
 from rbee.errors import ApiError, ConfigError, RbeeError
 
 __all__ = [
+    "BAD_TOKEN",
+    "MAX_BODY_BYTES",
+    "bearer_ok",
     "create_app",
+    "error_parts",
     "error_response",
     "is_loopback",
     "json_response",
@@ -33,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+BAD_TOKEN = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -48,8 +55,27 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The one error shape every rbee API answers with."""
-    body = wire.ErrorBody(error=wire.ErrorDetail(message=message, type=type_, code=code))
-    return json_response(body, status=status, headers=headers)
+    body = _error_body(message, type_, code)
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+def error_parts(err: RbeeError) -> tuple[int, bytes, dict[str, str]]:
+    """The status, JSON body and headers that answer ``err`` (400 unless it is an `ApiError`)."""
+    if not isinstance(err, ApiError):
+        return 400, _error_body(str(err), "invalid_request_error", None), {}
+    return err.status, _error_body(str(err), err.error_type, err.code), err.headers
+
+
+def _error_body(message: str, type_: str, code: str | None) -> bytes:
+    return wire.encode(
+        wire.ErrorBody(error=wire.ErrorDetail(message=message, type=type_, code=code))
+    )
+
+
+def bearer_ok(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` (compared in constant time)."""
+    given = authorization.removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def is_loopback(host: str) -> bool:
@@ -81,12 +107,12 @@ def create_app(name: str, token: str = "") -> QuartTrio:
     # Token streams can run for minutes; quart's 60 s response timeout would cut them off.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 60
-    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.errorhandler(RbeeError)
     async def _rbee_error(err: RbeeError) -> Response:
-        status = err.status if isinstance(err, ApiError) else 400
-        return error_response(str(err), status)
+        status, body, headers = error_parts(err)
+        return Response(body, status=status, mimetype="application/json", headers=headers)
 
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException) -> Response:
@@ -104,13 +130,8 @@ def create_app(name: str, token: str = "") -> QuartTrio:
         async def _check_token() -> Response | None:
             if request.path == "/health":
                 return None
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return error_response(
-                    "missing or wrong API token: send 'Authorization: Bearer <token>'",
-                    401,
-                    "authentication_error",
-                )
+            if not bearer_ok(request.headers.get("Authorization", ""), token):
+                return error_response(BAD_TOKEN, 401, "authentication_error")
             return None
 
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h11
 import httpx
 import trio
@@ -66,6 +68,34 @@ async def test_a_client_that_disconnects_cancels_its_job(
         received = b""
         while b'"type":"token"' not in received:
             received += await sock.receive_some(4096)
+    await wait_for(lambda: len(worker.deletes) == 1)
+    await wait_for(lambda: len(worker.stopped) == 1)
+    record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert record["state"] == "cancelled"
+
+
+async def test_a_client_that_disconnects_from_a_one_call_stream_cancels_its_job(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=1000, delay=0.01).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    host, port = queen.url.removeprefix("http://").split(":")
+    body = json.dumps(BODY).encode()
+    conn = h11.Connection(h11.CLIENT)
+    headers = [
+        ("Host", host),
+        ("Accept", "text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+    ]
+    request = h11.Request(method="POST", target="/v1/jobs", headers=headers)
+    async with await trio.open_tcp_stream(host, int(port)) as sock:
+        data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+        await sock.send_all(data)
+        received = b""
+        while b'"type":"token"' not in received:
+            received += await sock.receive_some(4096)
+    job_id = received.split(b"rbee-job-id: ")[1].split(b"\r\n")[0].decode()
     await wait_for(lambda: len(worker.deletes) == 1)
     await wait_for(lambda: len(worker.stopped) == 1)
     record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()

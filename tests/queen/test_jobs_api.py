@@ -11,9 +11,15 @@ from tests.queen.conftest import QueenHandle, read_stream
 from tests.queen.fake_worker import FakeWorker, register
 
 
-async def submit(http: httpx.AsyncClient, queen: QueenHandle, **body: object) -> httpx.Response:
+async def submit(
+    http: httpx.AsyncClient,
+    queen: QueenHandle,
+    headers: dict[str, str] | None = None,
+    /,
+    **body: object,
+) -> httpx.Response:
     payload = {"operation": "infer", "model": "fake-model", "prompt": "hello there", **body}
-    return await http.post(f"{queen.url}/v1/jobs", json=payload)
+    return await http.post(f"{queen.url}/v1/jobs", json=payload, headers=headers)
 
 
 async def test_job_is_relayed_and_recorded(
@@ -124,11 +130,12 @@ async def test_a_model_nobody_serves_is_a_clear_error_at_once(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:
     await register(queen.url, "hive-a", await FakeWorker(model="other").start(nursery))
-    response = await submit(http, queen, model="llama-70b")
-    assert response.status_code == 404
-    assert "no worker serves model 'llama-70b'" in response.json()["error"]["message"]
+    for headers in ({}, {"Accept": "text/event-stream"}):
+        response = await submit(http, queen, headers, model="llama-70b")
+        assert response.status_code == 404
+        assert "no worker serves model 'llama-70b'" in response.json()["error"]["message"]
     failed = (await http.get(f"{queen.url}/v1/jobs", params={"state": "failed"})).json()["jobs"]
-    assert [j["model"] for j in failed] == ["llama-70b"]
+    assert [j["model"] for j in failed] == ["llama-70b", "llama-70b"]
 
 
 async def test_waiting_jobs_are_served_interactive_first_then_in_order(
@@ -179,10 +186,12 @@ async def test_a_full_queue_answers_429_with_retry_after(
     accepted = [await submit(http, queen) for _ in range(3)]
     assert [r.status_code for r in accepted] == [202, 202, 202]
     refused = await submit(http, queen)
-    assert refused.status_code == 429
-    assert refused.headers["Retry-After"] == "1"
-    assert "queue is full" in refused.json()["error"]["message"]
-    assert refused.json()["error"]["code"] == "queue_full"
+    streamed = await submit(http, queen, {"Accept": "text/event-stream"})
+    for r in (refused, streamed):
+        assert r.status_code == 429
+        assert r.headers["Retry-After"] == "1"
+        assert "queue is full" in r.json()["error"]["message"]
+        assert r.json()["error"]["code"] == "queue_full"
     jobs = (await http.get(f"{queen.url}/v1/jobs")).json()["jobs"]
     assert len(jobs) == 3
     for r in accepted:

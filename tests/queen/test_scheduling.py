@@ -269,5 +269,17 @@ async def test_the_queen_sends_its_token_to_workers(
         response = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(beat))
         assert response.status_code == 204
         record = await run(http, queen.url)
+        streamed = {"Accept": "text/event-stream"}
+        body = {"model": "fake-model", "prompt": "hi"}
+        async with http.stream("POST", f"{queen.url}/v1/jobs", json=body, headers=streamed) as r:
+            assert r.status_code == 200
+            assert "[DONE]" in (await r.aread()).decode()
     assert record["state"] == "completed"
-    assert len(worker.posts) == 1
+    assert len(worker.posts) == 2
+    async with httpx.AsyncClient() as stranger:
+        for headers in ({}, {"Authorization": "Bearer guess"}):
+            headers["Accept"] = "text/event-stream"
+            r = await stranger.post(f"{queen.url}/v1/jobs", json=body, headers=headers)
+            assert r.status_code == 401
+            assert r.json()["error"]["type"] == "authentication_error"
+    assert len(worker.posts) == 2

@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from rbee import sse, wire
 from rbee.errors import NotFoundError, UsageError
 from rbee.queen import openai_api
-from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher, QueueFullError
+from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
 from rbee.server import create_app, error_response, json_response
 from rbee.wire.queen import (
@@ -48,12 +48,10 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-async def follow_job(
-    dispatcher: Dispatcher, job: Job, frames: AsyncGenerator[bytes, None]
-) -> AsyncGenerator[bytes, None]:
-    """Yield ``frames``; a client that goes away before the job ends cancels it."""
+async def follow_job(dispatcher: Dispatcher, job: Job) -> AsyncGenerator[bytes, None]:
+    """The job's stream as SSE bytes; a client that goes away before the job ends cancels it."""
     try:
-        async with contextlib.aclosing(frames) as each:
+        async with contextlib.aclosing(job.stream.follow()) as each:
             async for frame in each:
                 yield frame
     finally:
@@ -62,19 +60,14 @@ async def follow_job(
 
 
 def _stream_response(dispatcher: Dispatcher, job: Job) -> Response:
-    body = follow_job(dispatcher, job, job.stream.follow())
-    return Response(body, headers={**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id})
+    return Response(
+        follow_job(dispatcher, job), headers={**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id}
+    )
 
 
 def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
     """The queen's app around ``dispatcher``."""
     app = create_app("rbee-queen", token)
-
-    @app.errorhandler(QueueFullError)
-    async def _queue_full(err: QueueFullError) -> Response:
-        return error_response(
-            str(err), 429, "rate_limit_error", "queue_full", {"Retry-After": str(err.retry_after)}
-        )
 
     @app.get("/health")
     async def health() -> Response:

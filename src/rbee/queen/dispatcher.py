@@ -81,7 +81,13 @@ class QueueFullError(ApiError):
     """Every slot is busy and the admission queue is full (429, retry after ``retry_after`` s)."""
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, status=429)
+        super().__init__(
+            message,
+            status=429,
+            error_type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(retry_after)},
+        )
         self.retry_after = retry_after
 
 

@@ -19,11 +19,10 @@ from rbee.errors import ApiError, UsageError
 from rbee.wire.worker import Health, InferenceAccepted, InferenceRequest, WorkerInfo
 from rbee.worker.interfaces import TokenizerLike
 from rbee.worker.prompt import prompt_ids
-from rbee.worker.scheduler import Ended, Job, QueueFull, Scheduler
+from rbee.worker.scheduler import Ended, Job, Scheduler
 
 __all__ = ["WorkerState", "create_worker_app"]
 
-RETRY_AFTER_S = 1
 CANCEL_WAIT_S = 30.0
 
 
@@ -78,12 +77,6 @@ def _stream_payload(item: object) -> str:
 def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
     """The routes of one worker, reading ``state`` on every request."""
     app = server.create_app("rbee-worker", token)
-
-    @app.errorhandler(QueueFull)
-    async def _queue_full(err: QueueFull) -> Response:
-        return server.error_response(
-            str(err), 429, "rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
 
     @app.get("/health")
     async def health() -> Response:

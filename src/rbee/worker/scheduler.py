@@ -35,11 +35,19 @@ __all__ = ["Ended", "Job", "QueueFull", "Scheduler", "StreamItem"]
 log = logging.getLogger(__name__)
 
 
+RETRY_AFTER_S = 1
+
+
 class QueueFull(ApiError):
-    """Every slot is busy and the wait queue is full (HTTP 429)."""
+    """Every slot is busy and the wait queue is full (HTTP 429, retry after a second)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, status=429)
+        super().__init__(
+            message,
+            status=429,
+            error_type="rate_limit_error",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
 
 @dataclasses.dataclass(frozen=True)

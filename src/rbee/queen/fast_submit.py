@@ -1,0 +1,146 @@
+"""``POST /v1/jobs`` answered with the job's stream, served as plain ASGI in front of quart.
+
+A streamed job starts with this one request, and it lies on the path to the first token. Quart's
+request and response machinery costs about 0.25 ms a request on a small machine, an eighth of all
+the queen may add to the time to first token (``bench/queen.py``), so this route does without it.
+
+It speeds up the way a job is accepted, nothing else: a request it would answer differently from
+the quart app (another route, no ``Accept: text/event-stream``, a wrong token, a body that is too
+large or does not decode) is handed to the quart app with its body, which answers it as it answers
+every request. Only a refusal by `Dispatcher.submit` (queue full, no worker, shutting down) is
+answered here, with `rbee.server.error_parts` like every other error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+import msgspec
+import trio
+from quart_trio import QuartTrio
+
+from rbee import sse
+from rbee.errors import RbeeError
+from rbee.queen.app import follow_job
+from rbee.queen.dispatcher import Dispatcher
+from rbee.queen.jobs import Job
+from rbee.server import MAX_BODY_BYTES, bearer_ok, error_parts
+from rbee.wire.queen import JobRequest
+
+__all__ = ["FastSubmit", "install"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_decoder = msgspec.json.Decoder(JobRequest)
+_SSE_HEADERS = [(k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()]
+
+
+def install(app: QuartTrio, dispatcher: Dispatcher, token: str) -> None:
+    """Serve the route in front of ``app``'s own."""
+    inner = cast(App, app.asgi_app)
+    app.asgi_app = cast(Any, FastSubmit(inner, dispatcher, token))  # type: ignore[method-assign]
+
+
+class FastSubmit:
+    """ASGI middleware: answers a streamed ``POST /v1/jobs`` itself, passes the rest to ``app``."""
+
+    def __init__(self, app: App, dispatcher: Dispatcher, token: str) -> None:
+        self.app = app
+        self.dispatcher = dispatcher
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._takes(scope):
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        request = None if more else _decode(body)
+        if request is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        try:
+            job = self.dispatcher.submit(request)
+        except RbeeError as err:
+            await _answer_error(send, err)
+            return
+        # As the quart route does: let the attempt reach the worker before answering.
+        await trio.lowlevel.checkpoint()
+        await _stream(self.dispatcher, job, receive, send)
+
+    def _takes(self, scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/jobs":
+            return False
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return False
+        if not sse.wants_stream(headers.get(b"accept", b"").decode("latin-1")):
+            return False
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        return not self.token or bearer_ok(given, self.token)
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request body; ``more`` when the client went away before sending all of it."""
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts), True
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts), False
+
+
+def _decode(body: bytes) -> JobRequest | None:
+    try:
+        return _decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body read already, then whatever ``receive`` gives."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent or more:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _answer_error(send: Send, err: RbeeError) -> None:
+    status, body, extra = error_parts(err)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _stream(dispatcher: Dispatcher, job: Job, receive: Receive, send: Send) -> None:
+    """Send the job's stream until it ends; a client that goes away cancels the job."""
+    headers = [*_SSE_HEADERS, (sse.JOB_ID_HEADER.lower().encode(), job.id.encode())]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with contextlib.aclosing(follow_job(dispatcher, job)) as frames:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
