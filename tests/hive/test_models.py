@@ -11,7 +11,7 @@ import trio
 
 from rbee import sse
 from rbee.models.store import ModelStore, write_manifest
-from rbee.wire.hive import Importing, ModelList, Pulled, PullEvent, PullProgress
+from rbee.wire.hive import QUEEN_STORE, Importing, ModelList, Pulled, PullEvent, PullProgress
 from tests.hive.conftest import MODEL, Hive
 from tests.hive.fakes import PeerStore, make_model
 
@@ -81,6 +81,21 @@ async def test_pull_from_a_peer_store(hive: Hive, peer: PeerStore) -> None:
     assert info.files == peer.store.get("m1").files
     assert info.size_bytes == sum(SIZES.values())
     assert info.precisions == ["int4"]
+
+
+async def test_the_queen_source_is_the_store_of_the_queen_the_hive_reports_to(
+    hive: Hive, peer: PeerStore
+) -> None:
+    # The hive reaches its queen at the address it heartbeats to, whatever the queen is bound to.
+    hive.state.queen_url = peer.url
+    events, end = await pull(hive, "m1", QUEEN_STORE)
+    assert end == sse.DONE
+    assert isinstance(events[-1], Pulled)
+    assert ModelStore(hive.store_root).get("m1").source == f"{peer.url}/v1/store/models/m1"
+    hive.state.queen_url = ""
+    response = await hive.client.post("/v1/models/pull", json={"name": "m2", "source": "queen:"})
+    assert response.status_code == 400
+    assert "reports to no queen" in response.json()["error"]["message"]
 
 
 async def test_an_interrupted_pull_resumes_with_a_range(hive: Hive, peer: PeerStore) -> None:

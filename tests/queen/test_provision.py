@@ -194,10 +194,9 @@ async def test_a_model_the_hive_lacks_is_pulled_from_the_queens_store_first(
 ) -> None:
     make_model(tmp_path / "store" / "new", "new", {"model.int4.onnx": 5})
     hives.store = ModelStore(tmp_path / "store")
-    hives.queen_url = "http://queen.test:7833"
     hives.registry.heartbeat(beat([], models=["other"]))
     await hives.spawn("h1", "new", "cpu")
-    assert fake_hive.pulls == [{"name": "new", "source": "http://queen.test:7833"}]
+    assert fake_hive.pulls == [{"name": "new", "source": "queen:"}]
     assert fake_hive.calls == [("POST", "/v1/models/pull"), ("POST", "/v1/workers")]
     # The default model is imported by the worker itself: no pull.
     fake_hive.calls.clear()

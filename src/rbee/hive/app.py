@@ -49,6 +49,7 @@ class HiveState:
     transfer: httpx.AsyncClient
     tasks: trio.Nursery
     token: str = ""
+    queen_url: str = ""
     interval_s: float = 1.0
     labels: dict[str, str] = field(default_factory=dict)
     pulling: set[str] = field(default_factory=set)
@@ -164,7 +165,7 @@ def create_hive_app(state: HiveState) -> QuartTrio:
         name = validate_name(req.name)
         if name in state.pulling:
             raise ApiError(f"model {name} is already being pulled", 409)
-        source = open_source(req.source, name, state.transfer, state.token)
+        source = open_source(req.source, name, state.transfer, state.token, state.queen_url)
         if not isinstance(source, GgufFile):
             # Fetched before the stream starts so that a wrong name or source is a plain 4xx.
             await source.manifest()

@@ -101,6 +101,7 @@ async def run_hive(
                 transfer=transfer,
                 tasks=nursery,
                 token=config.token,
+                queen_url=config.queen_url,
                 interval_s=config.heartbeat_interval_s,
             )
             stop_serving = trio.Event()

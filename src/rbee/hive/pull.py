@@ -36,7 +36,7 @@ from rbee.models.store import (
     validate_name,
     write_manifest,
 )
-from rbee.wire.hive import Importing, Pulled, PullEvent, PullProgress
+from rbee.wire.hive import QUEEN_STORE, Importing, Pulled, PullEvent, PullProgress
 
 __all__ = [
     "DirectorySource",
@@ -176,9 +176,16 @@ class GgufFile:
 
 
 def open_source(
-    source: str, name: str, client: httpx.AsyncClient, token: str = ""
+    source: str, name: str, client: httpx.AsyncClient, token: str = "", queen_url: str = ""
 ) -> Source | GgufFile:
-    """The `Source` (or `GgufFile`) that ``source`` names; `UsageError` for anything else."""
+    """The `Source` (or `GgufFile`) that ``source`` names; `UsageError` for anything else.
+
+    `QUEEN_STORE` is the store of the queen at ``queen_url``, the one this hive reports to.
+    """
+    if source == QUEEN_STORE:
+        if not queen_url:
+            raise UsageError("this hive reports to no queen, so it cannot pull from the queen")
+        source = queen_url
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
         scheme = source.split("://", 1)[0].lower()
         if scheme not in ("http", "https"):

@@ -139,7 +139,6 @@ async def run_queen(
                         graceful_timeout=CLOSE_GRACE_S,
                     ),
                 )
-                hives.queen_url = url
                 task_status.started(url)
                 hive: LocalHive | None = None
                 if local_hive is not None:

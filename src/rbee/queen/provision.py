@@ -26,7 +26,7 @@ from rbee.log import kv
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.models.store import ModelStore, validate_name
 from rbee.queen.registry import Registry
-from rbee.wire.hive import PullEvent, SpawnRequest, WorkerRetired
+from rbee.wire.hive import QUEEN_STORE, PullEvent, SpawnRequest, WorkerRetired
 
 __all__ = ["LOW_RAM_FRACTION", "Hives"]
 
@@ -40,8 +40,8 @@ class Hives:
     """Reaches the hives the registry knows, for spawning, retiring, and the cluster routes.
 
     ``control`` carries short calls (its timeouts bound them); ``transfer`` the long ones (a
-    pull's stream, a spawn that waits for the model to load). ``queen_url`` is where hives pull
-    the queen's ``store`` from; it is set once the queen is bound. ``before_retire`` runs
+    pull's stream, a spawn that waits for the model to load). Hives pull the queen's ``store``
+    from the queen they report to (`QUEEN_STORE`). ``before_retire`` runs
     before a worker is retired (the queen closes its idle connections, which the worker would
     otherwise wait out).
     """
@@ -62,7 +62,6 @@ class Hives:
         self.token = token
         self.store = store
         self.keep_alive_s = keep_alive_s
-        self.queen_url = ""
         self.before_retire: Callable[[], Awaitable[None]] | None = None
         self._retiring: set[str] = set()
 
@@ -113,7 +112,7 @@ class Hives:
     async def pull(self, hive: str, model: str) -> AsyncGenerator[PullEvent, None]:
         """Install ``model`` on ``hive`` from the queen's own store; yield the hive's progress."""
         client = self.check_pull(hive, model)
-        async for event in client.pull(model, self.queen_url):
+        async for event in client.pull(model, QUEEN_STORE):
             yield event
 
     async def retire(self, worker_id: str) -> WorkerRetired:

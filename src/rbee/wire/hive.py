@@ -27,6 +27,7 @@ from rbee.models.store import FileEntry
 from rbee.wire.queen import WorkerStatus
 
 __all__ = [
+    "QUEEN_STORE",
     "Importing",
     "ModelInfo",
     "ModelList",
@@ -40,6 +41,9 @@ __all__ = [
     "WorkerLog",
     "WorkerRetired",
 ]
+
+
+QUEEN_STORE = "queen:"
 
 
 class SpawnRequest(Struct, frozen=True, kw_only=True):
@@ -99,8 +103,10 @@ class PullRequest(Struct, frozen=True, kw_only=True):
     """Install model ``name`` from ``source``.
 
     ``source`` is a local model directory (with its ``rbee-model.toml``), a local ``.gguf`` file
-    (imported: converted to ONNX on this host), or the http(s) URL of a peer's store (``http://queen:7833`` or
-    ``http://queen:7833/v1/store``). Expected sizes and sha256 come from the source's manifest.
+    (imported: converted to ONNX on this host), the http(s) URL of a peer's store
+    (``http://queen:7833`` or ``http://queen:7833/v1/store``), or `QUEEN_STORE`: the store of the
+    queen the hive reports to, at the address the hive reaches it by (the queen cannot know which
+    of its addresses a hive can reach). Expected sizes and sha256 come from the source's manifest.
     """
 
     name: Annotated[str, Meta(min_length=1, max_length=80)]
