@@ -282,4 +282,6 @@ async def test_the_queen_sends_its_token_to_workers(
             r = await stranger.post(f"{queen.url}/v1/jobs", json=body, headers=headers)
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "authentication_error"
+            r = await stranger.get(f"{queen.url}/v1/jobs/{record['id']}/stream", headers=headers)
+            assert r.status_code == 401
     assert len(worker.posts) == 2

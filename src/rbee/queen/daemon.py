@@ -21,7 +21,7 @@ from rbee.config import QueenConfig, default_data_dir
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
-from rbee.queen import cluster_api, fast_submit
+from rbee.queen import cluster_api, fast_routes
 from rbee.queen.app import build_app
 from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
@@ -111,7 +111,7 @@ async def run_queen(
         scheduler = scheduler or make_scheduler(config.policy, locked=config.policy_locked)
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
         app = build_app(dispatcher, config.token)
-        fast_submit.install(app, dispatcher, config.token)
+        fast_routes.install(app, dispatcher, config.token)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
         if provision and provisioner is None:
             dispatcher.provisioner = hives

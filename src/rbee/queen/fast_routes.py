@@ -1,19 +1,22 @@
-"""``POST /v1/jobs`` answered with the job's stream, served as plain ASGI in front of quart.
+"""The two routes on a job's path to its first token, served as plain ASGI in front of quart.
 
-A streamed job starts with this one request, and it lies on the path to the first token. Quart's
-request and response machinery costs about 0.25 ms a request on a small machine, an eighth of all
-the queen may add to the time to first token (``bench/queen.py``), so this route does without it.
+They are a streamed ``POST /v1/jobs`` (the job's stream is the answer) and
+``GET /v1/jobs/{id}/stream``. Quart's request and response machinery costs about 0.25 ms a request
+on a small machine, an eighth of all the queen may add to the time to first token
+(``bench/queen.py``), so these two do without it.
 
-It speeds up the way a job is accepted, nothing else: a request it would answer differently from
-the quart app (another route, no ``Accept: text/event-stream``, a wrong token, a body that is too
-large or does not decode) is handed to the quart app with its body, which answers it as it answers
-every request. Only a refusal by `Dispatcher.submit` (queue full, no worker, shutting down) is
-answered here, with `rbee.server.error_parts` like every other error.
+They speed up the way a job is accepted and followed, nothing else: a request they would answer
+differently from the quart app (another route, no ``Accept: text/event-stream`` on the POST, a
+wrong token, a body that is too large or does not decode, a job that is not held any more) goes to
+the quart app with its body, which answers it as it answers every request. Only a refusal by
+`Dispatcher.submit` (queue full, no worker, shutting down) is answered here, with
+`rbee.server.error_parts` like every other error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -29,7 +32,7 @@ from rbee.queen.jobs import Job
 from rbee.server import MAX_BODY_BYTES, bearer_ok, error_parts
 from rbee.wire.queen import JobRequest
 
-__all__ = ["FastSubmit", "install"]
+__all__ = ["FastRoutes", "install"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,16 +42,17 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _decoder = msgspec.json.Decoder(JobRequest)
 _SSE_HEADERS = [(k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()]
+_STREAM_PATH = re.compile(r"/v1/jobs/([^/]+)/stream")
 
 
 def install(app: QuartTrio, dispatcher: Dispatcher, token: str) -> None:
-    """Serve the route in front of ``app``'s own."""
+    """Serve the two routes in front of ``app``'s own."""
     inner = cast(App, app.asgi_app)
-    app.asgi_app = cast(Any, FastSubmit(inner, dispatcher, token))  # type: ignore[method-assign]
+    app.asgi_app = cast(Any, FastRoutes(inner, dispatcher, token))  # type: ignore[method-assign]
 
 
-class FastSubmit:
-    """ASGI middleware: answers a streamed ``POST /v1/jobs`` itself, passes the rest to ``app``."""
+class FastRoutes:
+    """ASGI middleware: serves the two routes itself when it can, passes the rest to ``app``."""
 
     def __init__(self, app: App, dispatcher: Dispatcher, token: str) -> None:
         self.app = app
@@ -56,7 +60,31 @@ class FastSubmit:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._takes(scope):
+        if scope["type"] == "http" and self._authorized(scope):
+            if scope["method"] == "POST" and scope["path"] == "/v1/jobs":
+                await self._submit(scope, receive, send)
+                return
+            match = _STREAM_PATH.fullmatch(scope["path"])
+            job = self.dispatcher.jobs.get(match[1]) if match else None
+            if scope["method"] == "GET" and job is not None:
+                await _stream(self.dispatcher, job, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self.token:
+            return True
+        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        return bearer_ok(given, self.token)
+
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        if (
+            not sse.wants_stream(headers.get(b"accept", b"").decode("latin-1"))
+            or not length.isdigit()
+            or int(length) > MAX_BODY_BYTES
+        ):
             await self.app(scope, receive, send)
             return
         body, more = await _read_body(receive)
@@ -72,18 +100,6 @@ class FastSubmit:
         # As the quart route does: let the attempt reach the worker before answering.
         await trio.lowlevel.checkpoint()
         await _stream(self.dispatcher, job, receive, send)
-
-    def _takes(self, scope: Scope) -> bool:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/jobs":
-            return False
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return False
-        if not sse.wants_stream(headers.get(b"accept", b"").decode("latin-1")):
-            return False
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        return not self.token or bearer_ok(given, self.token)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
