@@ -153,9 +153,13 @@ def test_keeper_worker_commands(cluster: Cluster) -> None:
     spawned = cluster.rbee_json("worker", "spawn", "--hive", "local", "--model", DEFAULT_MODEL)
     assert spawned["state"] == "ready"
     assert spawned["model"] == DEFAULT_MODEL
+    assert spawned["pinned"]
+    # Started by hand, it outlives the keep-alive that retires the queen's own idle workers.
+    time.sleep(KEEP_ALIVE_S + 2)
     listed = cluster.rbee("worker", "list")
     assert listed.returncode == 0
-    assert spawned["id"] in listed.stdout
+    [row] = [line for line in listed.stdout.splitlines() if spawned["id"] in line]
+    assert "ready (pinned)" in row
     retired = cluster.rbee("worker", "retire", spawned["id"])
     assert retired.returncode == 0, retired.stderr
     assert retired.stdout.startswith(f"retired worker {spawned['id']}")

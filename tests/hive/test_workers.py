@@ -71,6 +71,7 @@ async def test_spawn_wait_answers_when_ready_and_log_is_kept(hive: Hive) -> None
     status = await spawn(hive, wait=True, slots=2)
     assert status.state == "ready"
     assert status.slots_total == 2
+    assert not status.pinned
     log = (await hive.client.get(f"/v1/workers/{status.id}/log")).json()
     assert any("standin serving model=tiny" in line for line in log["lines"])
     log_file = Path(log["path"])
@@ -203,3 +204,14 @@ async def test_a_queen_that_is_down_does_not_stop_the_hive(
         )
         hive.stop.set()
         queen.stop.set()
+
+
+async def test_a_pinned_worker_says_so_in_every_report(hive: Hive, queen: StandInQueen) -> None:
+    status = await spawn(hive, wait=True, pinned=True)
+    assert status.pinned
+    listed = wire.decode((await hive.client.get("/v1/workers")).content, WorkerList).workers
+    assert [w.pinned for w in listed if w.id == status.id] == [True]
+    seen = len(queen.heartbeats)
+    await eventually(lambda: len(queen.heartbeats) > seen + 1)
+    [reported] = [w for w in queen.heartbeats[-1].workers if w.id == status.id]
+    assert reported.pinned

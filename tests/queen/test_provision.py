@@ -25,8 +25,11 @@ from tests.hive.fakes import make_model
 GB = 1024
 
 
-def worker(wid: str, model: str, *, busy: int = 0, state: str = "ready") -> WorkerStatus:
+def worker(
+    wid: str, model: str, *, busy: int = 0, state: str = "ready", pinned: bool = False
+) -> WorkerStatus:
     return WorkerStatus(
+        pinned=pinned,
         id=wid,
         pid=1000,
         model=model,
@@ -134,7 +137,12 @@ async def test_low_memory_spawn_retires_the_lru_models_idle_workers_first(
     hives: Hives, fake_hive: FakeHive, autojump_clock: trio.abc.Clock
 ) -> None:
     registry = hives.registry
-    workers = [worker("old1", "old"), worker("old2", "old"), worker("hot", "recent")]
+    workers = [
+        worker("old1", "old"),
+        worker("old2", "old"),
+        worker("kept", "old", pinned=True),
+        worker("hot", "recent"),
+    ]
     registry.heartbeat(beat(workers, free_mb=GB, models=["old", "recent", "new"]))
     await trio.sleep(5)
     registry.acquire("hot")
@@ -144,7 +152,7 @@ async def test_low_memory_spawn_retires_the_lru_models_idle_workers_first(
     assert deletes == ["/v1/workers/old1", "/v1/workers/old2"]
     assert fake_hive.calls[-1] == ("POST", "/v1/workers")
     # The new worker is in the registry before the hive's next heartbeat lists it.
-    assert {w.id for w in registry.workers()} == {"hot", "w-new"}
+    assert {w.id for w in registry.workers()} == {"kept", "hot", "w-new"}
 
 
 async def test_no_eviction_with_enough_memory(hives: Hives, fake_hive: FakeHive) -> None:
@@ -157,7 +165,9 @@ async def test_keep_alive_retires_only_workers_idle_past_it(
     hives: Hives, fake_hive: FakeHive, autojump_clock: trio.abc.Clock
 ) -> None:
     registry = hives.registry
-    registry.heartbeat(beat([worker("idle", "m"), worker("used", "m")]))
+    registry.heartbeat(
+        beat([worker("idle", "m"), worker("used", "m"), worker("pin", "m", pinned=True)])
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hives.keep_alive)
         for _ in range(5):  # a job every 20 s keeps "used" alive
@@ -166,7 +176,7 @@ async def test_keep_alive_retires_only_workers_idle_past_it(
             registry.release("used")
         nursery.cancel_scope.cancel()
     assert fake_hive.calls == [("DELETE", "/v1/workers/idle")]
-    assert [w.id for w in registry.workers()] == ["used"]
+    assert [w.id for w in registry.workers()] == ["used", "pin"]
 
 
 async def test_unknown_or_offline_hive_is_a_clear_error(

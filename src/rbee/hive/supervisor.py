@@ -116,6 +116,7 @@ class Worker:
     url: str = ""
     exit_code: int | None = None
     retiring: bool = False
+    pinned: bool = False
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
     )
@@ -152,6 +153,7 @@ class Worker:
             gpu_util_pct=gpu_util,
             vram_mb=round(vram, 1),
             uptime_s=round(sample.uptime_s, 3),
+            pinned=self.pinned,
         )
 
     def signal(self, sig: int) -> None:
@@ -274,6 +276,7 @@ class Supervisor:
             log_path=log_path,
             slots_total=slots,
             slots_free=slots,
+            pinned=req.pinned,
         )
         self.workers[worker_id] = worker
         log.info(

@@ -49,7 +49,7 @@ def worker_row(entry: WorkerEntry) -> dict[str, object]:
         "hive": entry.hive,
         "model": w.model,
         "device": w.device,
-        "state": w.state,
+        "state": w.state + (" (pinned)" if w.pinned else ""),
         "slots": f"{w.slots_free}/{w.slots_total}",
         "inflight": entry.inflight,
         "pid": w.pid,

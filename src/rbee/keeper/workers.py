@@ -26,6 +26,13 @@ __all__ = ["list_", "retire", "spawn"]
     show_default=True,
     help="Return once the model is loaded, or at once with the worker still loading.",
 )
+@click.option(
+    "--pin/--no-pin",
+    default=True,
+    show_default=True,
+    help="Keep it until 'rbee worker retire'; unpinned, it is retired after queen.keep_alive_s "
+    "idle or when its host runs short of memory, like the workers the queen starts on demand.",
+)
 @json_option
 @token_option
 @pass_context
@@ -35,6 +42,7 @@ def spawn(
     model: str,
     device: str,
     wait: bool,
+    pin: bool,
     as_json: bool,
     token: str | None,
 ) -> None:
@@ -44,13 +52,16 @@ def spawn(
     from rbee.wire.queen import WorkerSpawn
 
     with cluster_for(ctx, token) as queen:
-        status = queen.spawn(WorkerSpawn(hive=hive, model=model, device=device, wait=wait))
+        spawn = WorkerSpawn(hive=hive, model=model, device=device, wait=wait, pinned=pin)
+        status = queen.spawn(spawn)
     if as_json:
         emit_json(status)
         return
     click.echo(
         f"worker {status.id}: {status.model} on hive {hive} ({status.device}), "
-        f"pid {status.pid}, {status.state}" + (f" at {status.url}" if status.url else "")
+        f"pid {status.pid}, {status.state}"
+        + (f" at {status.url}" if status.url else "")
+        + (", pinned" if status.pinned else "")
     )
 
 

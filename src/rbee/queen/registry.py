@@ -220,13 +220,17 @@ class Registry:
         ]
 
     def idle_longer_than(self, seconds: float) -> list[WorkerRecord]:
-        """Idle workers whose last use is more than ``seconds`` ago, longest idle first."""
+        """Idle unpinned workers whose last use is more than ``seconds`` ago, longest idle first."""
         now = self._clock()
-        old = [w for w in self._workers.values() if w.idle and now - w.last_used > seconds]
+        old = [
+            w
+            for w in self._workers.values()
+            if w.idle and not w.status.pinned and now - w.last_used > seconds
+        ]
         return sorted(old, key=lambda w: w.last_used)
 
     def eviction_order(self, hive: str) -> list[list[WorkerRecord]]:
-        """``hive``'s idle workers grouped by model, least recently used model first.
+        """``hive``'s idle unpinned workers grouped by model, least recently used model first.
 
         A model's last use is that of its most recently used worker on any hive, so that a model
         busy elsewhere is not taken for an unused one.
@@ -236,7 +240,7 @@ class Registry:
             last_use[w.status.model] = max(last_use.get(w.status.model, 0.0), w.last_used)
         groups: dict[str, list[WorkerRecord]] = {}
         for w in self._workers.values():
-            if w.hive == hive and w.idle:
+            if w.hive == hive and w.idle and not w.status.pinned:
                 groups.setdefault(w.status.model, []).append(w)
         return [groups[m] for m in sorted(groups, key=lambda m: (last_use[m], m))]
 

@@ -50,7 +50,9 @@ class SpawnRequest(Struct, frozen=True, kw_only=True):
     """Start a worker for ``model`` on ``device`` (``cpu`` or ``cuda:N``).
 
     ``slots`` and ``threads`` default to the worker's own settings; ``wait`` blocks the answer until
-    the worker is ready (or failed) instead of answering at once with state ``loading``.
+    the worker is ready (or failed) instead of answering at once with state ``loading``. A
+    ``pinned`` worker stays until it is retired by name: the queen's keep-alive and memory-pressure
+    evictions leave it alone.
     """
 
     model: Annotated[str, Meta(min_length=1, max_length=80)]
@@ -58,6 +60,7 @@ class SpawnRequest(Struct, frozen=True, kw_only=True):
     slots: Annotated[int, Meta(ge=1, le=256)] | None = None
     threads: Annotated[int, Meta(ge=0, le=1024)] | None = None
     wait: bool = False
+    pinned: bool = False
 
 
 class WorkerList(Struct, frozen=True):

@@ -80,7 +80,10 @@ class HostTelemetry(Struct, frozen=True, kw_only=True):
 
 
 class WorkerStatus(Struct, frozen=True, kw_only=True):
-    """One worker as its hive sees it (the seeds' WorkerInfo and ProcessStats)."""
+    """One worker as its hive sees it (the seeds' WorkerInfo and ProcessStats).
+
+    ``pinned``: started by hand, and kept until retired by name (see `SpawnRequest`).
+    """
 
     id: str
     pid: int
@@ -95,6 +98,7 @@ class WorkerStatus(Struct, frozen=True, kw_only=True):
     gpu_util_pct: float = 0.0
     vram_mb: float = 0.0
     uptime_s: float = 0.0
+    pinned: bool = False
 
 
 class HiveHeartbeat(Struct, frozen=True, kw_only=True):
@@ -344,12 +348,17 @@ class WorkerEntryList(Struct, frozen=True):
 
 
 class WorkerSpawn(Struct, frozen=True, kw_only=True):
-    """Start a worker for ``model`` on hive ``hive``; ``wait`` answers once it is ready."""
+    """Start a worker for ``model`` on hive ``hive``; ``wait`` answers once it is ready.
+
+    A ``pinned`` worker (the default for a worker started by hand) is never retired for being
+    idle or to free memory, only by name.
+    """
 
     hive: Name
     model: Annotated[str, Meta(min_length=1, max_length=80)]
     device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
     wait: bool = False
+    pinned: bool = True
 
 
 class ModelPullRequest(Struct, frozen=True, kw_only=True):
