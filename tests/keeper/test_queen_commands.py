@@ -93,6 +93,26 @@ async def test_infer_prints_the_tokens(
         "--no-stream",
     )
     assert (code, out) == (0, "tok0 tok1 tok2 \n")
+    code, _, err = await rbee(
+        capsys,
+        "-v",
+        "--queen",
+        queen.url,
+        "infer",
+        "--token",
+        "s3cret",
+        "-m",
+        "fake-model",
+        "-p",
+        "x",
+    )
+    assert code == 0
+    [summary] = [line for line in err.splitlines() if line.startswith("job-")]
+    assert ": 3 tokens, finish=stop" in summary
+    job = summary.split(":")[0]
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http:
+        record = (await http.get(f"{queen.url}/v1/jobs/{job}")).json()
+    assert (record["state"], record["tokens_out"]) == ("completed", 3)
 
 
 async def test_token_comes_from_the_config(

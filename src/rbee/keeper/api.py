@@ -21,7 +21,6 @@ from rbee.errors import InferenceError
 from rbee.wire.queen import (
     DecisionList,
     DecisionRecord,
-    JobAccepted,
     JobInfo,
     JobList,
     JobRequest,
@@ -74,30 +73,27 @@ class QueenClient:
             response = check(self._http.request(method, path, **kwargs), what)
         return wire.decode(response.content, type_, what="answer from the queen")
 
-    def submit(self, job: JobRequest) -> JobAccepted:
-        return self._call(
-            "POST",
-            "/v1/jobs",
-            "submitting the job",
-            JobAccepted,
-            content=wire.encode(job),
-            headers={"Content-Type": "application/json"},
-        )
+    def run(self, job: JobRequest) -> Iterator[str | Token | Finished]:
+        """Submit ``job`` and follow it in one call: its id, then its tokens, then `Finished`.
 
-    def stream(self, accepted: JobAccepted) -> Iterator[Token | Finished]:
-        """The job's tokens, then its `Finished` event; raise `InferenceError` if it fails."""
+        Raises `InferenceError` if the job fails or is cancelled.
+        """
         decoder: msgspec.json.Decoder[StreamEvent] = stream_event_decoder()
         with (
             translate_errors("queen", self.url),
             self._http.stream(
-                "GET",
-                accepted.sse_url,
+                "POST",
+                "/v1/jobs",
+                content=wire.encode(job),
+                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
                 timeout=httpx.Timeout(self._http.timeout.connect, read=None),
             ) as response,
         ):
             if not response.is_success:
                 response.read()
-                check(response, f"streaming job {accepted.job_id}")
+                check(response, "submitting the job")
+            job_id = response.headers.get(sse.JOB_ID_HEADER, "?")
+            yield job_id
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -105,14 +101,14 @@ class QueenClient:
                 if data == sse.DONE:
                     return
                 if data == sse.CANCELLED:
-                    raise InferenceError(f"job {accepted.job_id} was cancelled")
+                    raise InferenceError(f"job {job_id} was cancelled")
                 if data.startswith(sse.ERROR_PREFIX):
                     message = data.removeprefix(sse.ERROR_PREFIX).strip()
-                    raise InferenceError(f"job {accepted.job_id} failed: {message}")
+                    raise InferenceError(f"job {job_id} failed: {message}")
                 event = decoder.decode(data)
                 if isinstance(event, Token | Finished):
                     yield event
-        raise InferenceError(f"the queen ended the stream of job {accepted.job_id} early")
+        raise InferenceError(f"the queen ended the stream of job {job_id} early")
 
     def job(self, job_id: str) -> JobInfo:
         return self._call("GET", f"/v1/jobs/{job_id}", f"job {job_id}", JobInfo)

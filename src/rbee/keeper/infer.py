@@ -60,11 +60,13 @@ def infer(
         priority="batch" if priority == "batch" else "interactive",
     )
     with client_for(ctx, token) as queen:
-        accepted = queen.submit(job)
+        job_id = ""
         pieces: list[str] = []
         finished: Finished | None = None
-        for event in queen.stream(accepted):
-            if isinstance(event, Finished):
+        for event in queen.run(job):
+            if isinstance(event, str):
+                job_id = event
+            elif isinstance(event, Finished):
                 finished = event
             elif no_stream:
                 pieces.append(event.t)
@@ -78,7 +80,7 @@ def infer(
         if finished is not None and ctx.verbose:
             t = finished.timings
             click.echo(
-                f"{accepted.job_id}: {finished.usage.completion_tokens} tokens, "
+                f"{job_id}: {finished.usage.completion_tokens} tokens, "
                 f"finish={finished.finish_reason}, ttft={t.ttft_ms:.0f} ms, "
                 f"{t.tokens_per_s:.1f} tokens/s",
                 err=True,
