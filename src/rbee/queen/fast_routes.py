@@ -87,10 +87,12 @@ class FastRoutes:
         ):
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive)
-        request = None if more else _decode(body)
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client went away before it sent the whole request: nobody to answer
+        request = _decode(body)
         if request is None:
-            await self.app(scope, _replay(body, more, receive), send)
+            await self.app(scope, _replay(body, receive), send)
             return
         try:
             job = self.dispatcher.submit(request)
@@ -102,16 +104,16 @@ class FastRoutes:
         await _stream(self.dispatcher, job, receive, send)
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """The request body; ``more`` when the client went away before sending all of it."""
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body; None when the client went away before sending all of it."""
     parts: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(parts), True
+            return None
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(parts), False
+            return b"".join(parts)
 
 
 def _decode(body: bytes) -> JobRequest | None:
@@ -121,13 +123,13 @@ def _decode(body: bytes) -> JobRequest | None:
         return None
 
 
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives the body read already, then whatever ``receive`` gives."""
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
-        if sent or more:
+        if sent:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
