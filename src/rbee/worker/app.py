@@ -130,10 +130,21 @@ def _stream_response(scheduler: Scheduler, job: Job) -> Response:
 
 
 async def _events(scheduler: Scheduler, job: Job) -> AsyncIterator[bytes]:
-    """The SSE body; a reader that goes away cancels the job (the ``finally``)."""
+    """The SSE body; a reader that goes away cancels the job (the ``finally``).
+
+    The events a step produced together (``started`` and the first token, say) go out in one
+    write: one wake-up for the reader instead of one per event.
+    """
     try:
         async for item in job.receive:
-            yield sse.event(_stream_payload(item))
+            events = [sse.event(_stream_payload(item))]
+            while not isinstance(item, Ended):
+                try:
+                    item = job.receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                events.append(sse.event(_stream_payload(item)))
+            yield b"".join(events)
             if isinstance(item, Ended):
                 return
     finally:
