@@ -40,6 +40,7 @@ class FakeEngine:
         self.step_delay_s = step_delay_s
         self.history: dict[int, list[int]] = {}
         self.batch_sizes: list[int] = []
+        self.prompt_runs: list[tuple[int, int]] = []
         self.released: list[int] = []
         self.fail_decode = False
         self.gate = threading.Event()
@@ -61,6 +62,17 @@ class FakeEngine:
             if len(token_ids) > self.context_length:
                 raise ValueError("prompt longer than the context")
             self.history[slot] = list(token_ids)
+            self.prompt_runs.append((slot, len(token_ids)))
+            return self._logits(self.history[slot])
+        finally:
+            self._busy.release()
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> Logits:
+        assert self._busy.acquire(blocking=False), "engine used from two threads at once"
+        try:
+            self.history[slot] += token_ids
+            assert len(self.history[slot]) <= self.context_length
+            self.prompt_runs.append((slot, len(token_ids)))
             return self._logits(self.history[slot])
         finally:
             self._busy.release()

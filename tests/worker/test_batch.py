@@ -123,6 +123,30 @@ def test_batched_equals_one_at_a_time_with_seeds(temperature: float) -> None:
         assert len(set(c.text.values())) == len(requests)
 
 
+def test_a_long_prompt_runs_in_pieces_while_others_decode() -> None:
+    engine = FakeEngine(slots=2, context_length=64)
+    c = Collector(engine)
+    c.batch = Batch(engine, FakeTokenizer(), prefill_chunk=4)
+    c.step([admit("short", 0, "a", params(max_tokens=12))])
+    long_prompt = "abcdefghijklm"  # 13 tokens: pieces of 4, 4, 4, 1
+    c.step([admit("long", 1, long_prompt, params(max_tokens=3))])
+    assert engine.prompt_runs == [(0, 1), (1, 4)]
+    for _ in range(3):
+        c.step()
+    # "short" got a token at every step while "long" ran its prompt, one piece a step.
+    assert engine.prompt_runs == [(0, 1), (1, 4), (1, 4), (1, 4), (1, 1)]
+    assert engine.batch_sizes[:4] == [1, 1, 1, 1]
+    assert len(c.indices["short"]) == 5
+    assert c.text["long"] == "n"  # its first token, sampled after the prompt's last piece
+    c.drain()
+    assert c.text["long"] == run_alone(long_prompt, params(max_tokens=3))
+    assert c.text["short"] == run_alone("a", params(max_tokens=12))
+    # Alone, a prompt runs at once.
+    engine.prompt_runs.clear()
+    c.step([admit("again", 0, long_prompt, params(max_tokens=1))])
+    assert engine.prompt_runs == [(0, 13)]
+
+
 def test_cancel_frees_the_slot_at_the_next_step() -> None:
     engine = FakeEngine()
     c = Collector(engine)

@@ -59,6 +59,25 @@ def test_decoding_with_the_cache_matches_recomputing(
     assert (cached.argmax(-1) == full[15:].argmax(-1)).all()
 
 
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_a_prompt_in_pieces_equals_the_prompt_at_once(
+    model: tuple[Path, Manifest], precision: str
+) -> None:
+    engine = Engine(*model, precision=precision, threads=2, slots=2)
+    ids = prompt(300, seed=5)
+    whole = engine.prefill(0, ids)
+    engine.prefill(1, ids[:128])
+    engine.decode([0], [7])  # another row decoding between the pieces changes nothing
+    engine.extend(1, ids[128:256])
+    pieces = engine.extend(1, ids[256:])
+    assert engine.length(1) == 300
+    np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-4)
+    # What the pieces continue matters: the same pieces after another start differ.
+    engine.prefill(1, ids[1:129])
+    engine.extend(1, ids[128:256])
+    assert np.abs(engine.extend(1, ids[256:]) - whole).max() > 0.1
+
+
 def test_batched_decode_equals_decoding_each_slot_alone(engine: Engine) -> None:
     prompts = {slot: prompt(n, seed=slot) for slot, n in enumerate([5, 17, 33, 60])}
     schedule = [[0, 1, 2, 3], [1, 3], [0, 2, 3], [3], [0, 1, 2], [2, 0]]

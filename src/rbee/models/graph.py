@@ -19,7 +19,8 @@ The cache is meant to be shared: bind the same buffer as ``past_*`` and ``presen
 writes the new keys and values at positions ``seqlens_k - S + 1 .. seqlens_k`` of each row and
 reads nothing beyond them. A row's new tokens sit at those positions (rotary included); rows
 with fewer than ``S`` new tokens are not supported (no padding), so batched steps use ``S = 1``.
-A multi-token step on a row must start from an empty cache (``seqlens_k = S - 1``).
+A multi-token step on one row may start from an empty cache (``seqlens_k = S - 1``) or continue
+what the row holds (a long prompt in pieces): the result is the same as in one step.
 
 Operators: ``com.microsoft.GroupQueryAttention`` (rotate-half rotary built in, fused QKV input),
 ``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for Q/K/V and one for

@@ -1,9 +1,12 @@
 """Continuous batching, the synchronous part: one `Batch.step` advances every active sequence.
 
 A step first feeds each running sequence its last token in one batched ``engine.decode`` and samples
-the next, then runs the prompts of newly admitted sequences (``engine.prefill``) and samples their
-first token. A sequence leaves the batch (its slot released) the moment it finishes or is cancelled,
-without waiting for the others. Each sequence has its own random generator, and batched logits equal
+the next, then runs the prompts of admitted sequences (``engine.prefill``) and samples their first
+token. While other sequences are decoding, a prompt runs in pieces of at most ``prefill_chunk``
+tokens per step (``engine.extend``), so that a long prompt delays the others' next token by one
+piece rather than by all of it; alone, a prompt runs at once, which is fastest. A sequence leaves
+the batch (its slot released) the moment it finishes or is cancelled, without waiting for the
+others. Each sequence has its own random generator, and batched logits equal
 single-sequence logits, so a sequence's text does not depend on what else shares the batch.
 
 The scheduler calls `step` from a worker thread, one step at a time; nothing here touches trio.
@@ -25,9 +28,13 @@ from rbee.worker.interfaces import EngineLike, Logits, TokenizerLike
 from rbee.worker.sampling import make_rng, sample
 from rbee.worker.text import Detokenizer, StopMatcher
 
-__all__ = ["Admit", "Batch", "Event", "StepOutput"]
+__all__ = ["PREFILL_CHUNK", "Admit", "Batch", "Event", "StepOutput"]
 
 log = logging.getLogger(__name__)
+
+# Prompt tokens per step while others decode: on two CPU cores about 90 ms, the pause the decoding
+# sequences see, against some 0.7 ms a token more for the prompt than in one piece.
+PREFILL_CHUNK = 128
 
 Event = Started | Token | Finished
 
@@ -65,13 +72,22 @@ class _Sequence:
     seen: set[int]
     detokenizer: Detokenizer
     stops: StopMatcher
-    prompt_tokens: int
+    prompt: Sequence[int]
     submitted: float
     admitted: float
     prefilled: float = 0.0
     generated: int = 0
     pieces: int = 0
     pending: int = -1
+    fed: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt)
 
 
 class Batch:
@@ -82,8 +98,10 @@ class Batch:
         engine: EngineLike,
         tokenizer: TokenizerLike,
         clock: Callable[[], float] = time.perf_counter,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         self._engine = engine
+        self._prefill_chunk = prefill_chunk
         self._tokenizer = tokenizer
         self._stop_ids = frozenset(tokenizer.stop_token_ids)
         self._clock = clock
@@ -108,11 +126,12 @@ class Batch:
                 out.cancelled.append(key)
         self._decode(out)
         for request in admit:
-            self._prefill(request, out)
+            self._admit(request, out)
+        self._prefill(out)
         return out
 
     def _decode(self, out: StepOutput) -> None:
-        running = list(self._active.values())
+        running = [s for s in self._active.values() if not s.prefilling]
         if not running:
             return
         try:
@@ -125,7 +144,7 @@ class Batch:
         for seq, row in zip(running, logits, strict=True):
             self._advance(seq, row, out)
 
-    def _prefill(self, request: Admit, out: StepOutput) -> None:
+    def _admit(self, request: Admit, out: StepOutput) -> None:
         now = self._clock()
         seq = _Sequence(
             key=request.key,
@@ -135,20 +154,40 @@ class Batch:
             seen=set(request.prompt_ids),
             detokenizer=Detokenizer(self._tokenizer),
             stops=StopMatcher(request.params.stop),
-            prompt_tokens=len(request.prompt_ids),
+            prompt=request.prompt_ids,
             submitted=request.submitted,
             admitted=now,
         )
         self._active[seq.key] = seq
         out.emit(seq.key, Started())
+
+    def _prefill(self, out: StepOutput) -> None:
+        """Run the prompts waiting, oldest first: all of them, or one piece while others decode."""
+        waiting = [s for s in self._active.values() if s.prefilling]
+        alone = len(waiting) == len(self._active)
+        budget = self._prefill_chunk
+        for seq in waiting:
+            if not alone and budget <= 0:
+                break
+            end = len(seq.prompt) if alone else min(len(seq.prompt), seq.fed + budget)
+            budget -= end - seq.fed
+            self._run_prompt(seq, end, out)
+
+    def _run_prompt(self, seq: _Sequence, end: int, out: StepOutput) -> None:
+        piece = seq.prompt[seq.fed : end]
         try:
-            logits = self._engine.prefill(seq.slot, request.prompt_ids)
+            if seq.fed == 0:
+                logits = self._engine.prefill(seq.slot, piece)
+            else:
+                logits = self._engine.extend(seq.slot, piece)
         except Exception as err:
             log.exception("prefill failed", extra=kv(job=seq.key, prompt_tokens=seq.prompt_tokens))
             self._fail(seq, f"prefill failed: {err}", out)
             return
-        seq.prefilled = self._clock()
-        self._advance(seq, logits, out)
+        seq.fed = end
+        if not seq.prefilling:
+            seq.prefilled = self._clock()
+            self._advance(seq, logits, out)
 
     def _advance(self, seq: _Sequence, logits: Logits, out: StepOutput) -> None:
         """Sample one token for ``seq``, emit its text, and finish the sequence if it is done."""

@@ -145,12 +145,19 @@ class Engine:
 
     def prefill(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Reset ``slot``, run the prompt, return the float32 logits ``[vocab]`` of its last position."""
-        last: npt.NDArray[np.float32] = self._prompt(slot, token_ids, 1)[0]
+        last: npt.NDArray[np.float32] = self._prompt(slot, token_ids, 1, start=0)[0]
+        return last
+
+    def extend(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Like `prefill`, but after what ``slot`` holds already: a long prompt in pieces."""
+        last: npt.NDArray[np.float32] = self._prompt(
+            slot, token_ids, 1, start=self._lengths[self._check_slot(slot)]
+        )[0]
         return last
 
     def score(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Like `prefill`, but the logits of every position ``[len(token_ids), vocab]``."""
-        return self._prompt(slot, token_ids, len(token_ids))
+        return self._prompt(slot, token_ids, len(token_ids), start=0)
 
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Feed one token to each of ``slots`` in one batched run; logits ``[len(slots), vocab]``."""
@@ -174,15 +181,18 @@ class Engine:
             self._lengths[slot] += 1
         return logits[[slot - lo for slot in slots], 0].copy()
 
-    def _prompt(self, slot: int, token_ids: Sequence[int], keep: int) -> npt.NDArray[np.float32]:
+    def _prompt(
+        self, slot: int, token_ids: Sequence[int], keep: int, *, start: int
+    ) -> npt.NDArray[np.float32]:
         self._check_slot(slot)
         if not token_ids:
             raise InferenceError("the prompt is empty")
-        self._lengths[slot] = 0
+        self._lengths[slot] = start
         self._check_room(slot, len(token_ids))
         ids = np.array([[self._check_token(t) for t in token_ids]], np.int64)
-        logits = self._run(slot, ids, np.array([len(token_ids) - 1], np.int32), keep)
-        self._lengths[slot] = len(token_ids)
+        end = start + len(token_ids)
+        logits = self._run(slot, ids, np.array([end - 1], np.int32), keep)
+        self._lengths[slot] = end
         rows: npt.NDArray[np.float32] = logits[0].copy()
         return rows
 

@@ -33,6 +33,10 @@ class EngineLike(Protocol):
         """Reset ``slot``, run the prompt, return the logits ``[vocab]`` of its last position."""
         ...
 
+    def extend(self, slot: int, token_ids: Sequence[int]) -> Logits:
+        """Run more of a prompt after what ``slot`` holds; the logits of its last position."""
+        ...
+
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> Logits:
         """Feed one token to each slot in one batched run; logits ``[len(slots), vocab]``."""
         ...
