@@ -67,10 +67,12 @@ class FakeEngine:
         finally:
             self._busy.release()
 
-    def extend(self, slot: int, token_ids: Sequence[int]) -> Logits:
+    def extend(self, slot: int, token_ids: Sequence[int], start: int | None = None) -> Logits:
         assert self._busy.acquire(blocking=False), "engine used from two threads at once"
         try:
-            self.history[slot] += token_ids
+            held = self.history[slot]
+            assert start is None or start <= len(held)
+            self.history[slot] = held[:start] + list(token_ids)
             assert len(self.history[slot]) <= self.context_length
             self.prompt_runs.append((slot, len(token_ids)))
             return self._logits(self.history[slot])
@@ -96,7 +98,6 @@ class FakeEngine:
             self._busy.release()
 
     def release(self, slot: int) -> None:
-        self.history.pop(slot, None)
         self.released.append(slot)
 
     def length(self, slot: int) -> int:

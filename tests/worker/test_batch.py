@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rbee.wire.worker import Finished, SamplingParams, Started, Token
-from rbee.worker.batch import Admit, Batch, StepOutput
+from rbee.worker.batch import MIN_REUSE, Admit, Batch, StepOutput
 from tests.worker.fakes import EOS, FakeEngine, FakeTokenizer
 
 
@@ -143,8 +143,40 @@ def test_a_long_prompt_runs_in_pieces_while_others_decode() -> None:
     assert c.text["short"] == run_alone("a", params(max_tokens=12))
     # Alone, a prompt runs at once.
     engine.prompt_runs.clear()
-    c.step([admit("again", 0, long_prompt, params(max_tokens=1))])
+    c.step([admit("again", 0, "zyxwvutsrqpon", params(max_tokens=1))])
     assert engine.prompt_runs == [(0, 13)]
+
+
+def test_a_prompt_that_starts_with_what_a_slot_holds_runs_only_the_rest() -> None:
+    engine = FakeEngine(slots=1, context_length=64)
+    c = Collector(engine)
+    c.step([admit("first", 0, "hello", params(max_tokens=4))])
+    c.drain()
+    assert c.text["first"] == "pqrs"
+    # The next turn: the first prompt, its answer (the last token was never fed back), and more.
+    follow_up = "hello" + "pqr" + "xyz"
+    c.step([admit("second", 0, follow_up, params(max_tokens=4))])
+    c.drain()
+    assert engine.prompt_runs == [(0, 5), (0, 3)]
+    assert c.text["second"] == run_alone(follow_up, params(max_tokens=4))
+    # A prompt that shares nothing starts the slot afresh.
+    c.step([admit("third", 0, "ab", params(max_tokens=2))])
+    c.drain()
+    assert engine.prompt_runs[-1] == (0, 2)
+    assert c.text["third"] == run_alone("ab", params(max_tokens=2))
+
+
+def test_best_slot_is_the_one_holding_the_longest_start_of_the_prompt() -> None:
+    engine = FakeEngine(slots=4, context_length=128)
+    c = Collector(engine)
+    shared = "q" * MIN_REUSE
+    c.step([admit("a", 1, shared + "ab", params(max_tokens=1))])
+    c.step([admit("b", 2, shared[:-1] + "z", params(max_tokens=1))])
+    c.drain()
+    assert c.batch.best_slot([0, 1, 2, 3], FakeTokenizer().encode(shared + "xy")) == 1
+    # Too short a shared start is not worth a slot out of order: the lowest one then.
+    assert c.batch.best_slot([0, 2, 3], FakeTokenizer().encode(shared + "xy")) == 0
+    assert c.batch.best_slot([2, 3], FakeTokenizer().encode("unrelated")) == 2
 
 
 def test_cancel_frees_the_slot_at_the_next_step() -> None:

@@ -13,6 +13,9 @@ import pytest
 from rbee.errors import InferenceError, ModelError
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.models.store import Manifest, ModelStore
+from rbee.models.tokenizer import ModelTokenizer
+from rbee.wire.worker import SamplingParams, Token
+from rbee.worker.batch import Admit, Batch
 from rbee.worker.engine import Engine
 
 pytestmark = pytest.mark.slow
@@ -72,10 +75,54 @@ def test_a_prompt_in_pieces_equals_the_prompt_at_once(
     pieces = engine.extend(1, ids[256:])
     assert engine.length(1) == 300
     np.testing.assert_allclose(pieces, whole, rtol=0, atol=1e-4)
+    # A prompt that starts with what the slot holds runs only the rest.
+    engine.release(1)
+    again = engine.extend(1, ids[200:], start=200)
+    np.testing.assert_allclose(again, whole, rtol=0, atol=1e-4)
+    with pytest.raises(InferenceError, match="holds 300 positions, not 301"):
+        engine.extend(1, ids[:1], start=301)
     # What the pieces continue matters: the same pieces after another start differ.
     engine.prefill(1, ids[1:129])
     engine.extend(1, ids[128:256])
     assert np.abs(engine.extend(1, ids[256:]) - whole).max() > 0.1
+
+
+def test_the_next_chat_turn_builds_on_the_cache_and_says_the_same(
+    model: tuple[Path, Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(*model, precision="int4", threads=2, slots=2)
+    tokenizer = ModelTokenizer.load(*model)
+    batch = Batch(engine, tokenizer)
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+
+    def answer(key: str, slot: int, turns: list[tuple[str, str]]) -> str:
+        ids = tokenizer.encode(tokenizer.render_chat(turns))
+        events = batch.step([Admit(key, slot, ids, greedy, 0.0)]).events[key]
+        while len(batch):
+            events += batch.step().events.get(key, [])
+        return "".join(e.t for e in events if isinstance(e, Token))
+
+    first = [("user", "Name three colours.")]
+    reply = answer("t1", 0, first)
+    turns = [*first, ("assistant", reply), ("user", "And three animals?")]
+    ids = tokenizer.encode(tokenizer.render_chat(turns))
+    assert batch.best_slot([0, 1], ids) == 0
+    starts: list[int | None] = []
+    extend = engine.extend
+
+    def spy(slot: int, token_ids: list[int], start: int | None = None) -> Logits:
+        starts.append(start)
+        return extend(slot, token_ids, start)
+
+    monkeypatch.setattr(engine, "extend", spy)
+    warm = answer("t2", 0, turns)
+    # Only what follows the first turn and its reply ran (the reply's last token was never fed).
+    [start] = starts
+    assert start is not None
+    assert start >= len(ids) - 20
+    cold = answer("t3", 1, turns)
+    assert len(starts) == 1  # a fresh slot: the whole prompt, by prefill
+    assert warm == cold
 
 
 def test_batched_decode_equals_decoding_each_slot_alone(engine: Engine) -> None:
@@ -109,8 +156,9 @@ def test_batched_decode_equals_decoding_each_slot_alone(engine: Engine) -> None:
             # Seen up to 7e-3: the int8-activation output projection runs other kernels per batch size.
             np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)
     for slot in prompts:
+        held = engine.length(slot)
         engine.release(slot)
-        assert engine.length(slot) == 0
+        assert engine.length(slot) == held  # kept, for a prompt that starts the same way
 
 
 def test_context_limit_is_a_clear_inference_error(model: tuple[Path, Manifest]) -> None:

@@ -140,19 +140,29 @@ class Engine:
         return self._lengths[self._check_slot(slot)]
 
     def release(self, slot: int) -> None:
-        """Forget ``slot``'s sequence; its cache rows are reused by the next prefill."""
-        self._lengths[self._check_slot(slot)] = 0
+        """``slot``'s sequence ended. Its cache keeps what it holds for a later `extend` to build on
+        (a prompt that starts the same way); a `prefill` starts the slot afresh."""
+        self._check_slot(slot)
 
     def prefill(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """Reset ``slot``, run the prompt, return the float32 logits ``[vocab]`` of its last position."""
         last: npt.NDArray[np.float32] = self._prompt(slot, token_ids, 1, start=0)[0]
         return last
 
-    def extend(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Like `prefill`, but after what ``slot`` holds already: a long prompt in pieces."""
-        last: npt.NDArray[np.float32] = self._prompt(
-            slot, token_ids, 1, start=self._lengths[self._check_slot(slot)]
-        )[0]
+    def extend(
+        self, slot: int, token_ids: Sequence[int], start: int | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Like `prefill`, but after the first ``start`` positions ``slot`` holds (default: all).
+
+        A long prompt runs in pieces this way, and a prompt that begins with tokens the slot
+        ran before runs only the rest.
+        """
+        held = self._lengths[self._check_slot(slot)]
+        if start is None:
+            start = held
+        if not 0 <= start <= held:
+            raise InferenceError(f"slot {slot} holds {held} positions, not {start}")
+        last: npt.NDArray[np.float32] = self._prompt(slot, token_ids, 1, start=start)[0]
         return last
 
     def score(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]:

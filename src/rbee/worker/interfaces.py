@@ -33,15 +33,18 @@ class EngineLike(Protocol):
         """Reset ``slot``, run the prompt, return the logits ``[vocab]`` of its last position."""
         ...
 
-    def extend(self, slot: int, token_ids: Sequence[int]) -> Logits:
-        """Run more of a prompt after what ``slot`` holds; the logits of its last position."""
+    def extend(self, slot: int, token_ids: Sequence[int], start: int | None = None) -> Logits:
+        """Run more of a prompt after the first ``start`` positions ``slot`` holds (default: all);
+        the logits of its last position."""
         ...
 
     def decode(self, slots: Sequence[int], token_ids: Sequence[int]) -> Logits:
         """Feed one token to each slot in one batched run; logits ``[len(slots), vocab]``."""
         ...
 
-    def release(self, slot: int) -> None: ...
+    def release(self, slot: int) -> None:
+        """The slot's sequence ended; what its cache holds may be built on by `extend`."""
+        ...
 
     def length(self, slot: int) -> int:
         """How many positions of ``slot``'s cache are filled."""

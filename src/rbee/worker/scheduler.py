@@ -193,8 +193,7 @@ class Scheduler:
             admit = []
             while self._waiting and self._free:
                 job = self._waiting.popleft()
-                # The lowest free slot: the engine decodes a contiguous range of cache rows.
-                slot = min(self._free)
+                slot = self._batch.best_slot(self._free, job.prompt_ids)
                 self._free.remove(slot)
                 job.state, job.slot = "running", slot
                 self._running[job.id] = job
