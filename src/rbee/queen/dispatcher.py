@@ -445,6 +445,8 @@ class Dispatcher:
                 )
             except AttemptError as err:
                 failure = err
+            # The client's stream goes out before the records are written.
+            await trio.lowlevel.checkpoint()
         job.scope = None
         lost = self._lost.pop(job.id, None)
         if outcome is None and failure is None and lost is not None and not job.stop_reason:
