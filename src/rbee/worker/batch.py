@@ -10,8 +10,10 @@ others.
 
 A slot's cache outlives its sequence: the batch remembers the tokens it holds, and a prompt that
 begins with them (the next turn of a chat, a shared system prompt) runs only the rest;
-`Batch.best_slot` finds such a slot. Each sequence has its own random generator, and batched logits equal
-single-sequence logits, so a sequence's text does not depend on what else shares the batch.
+`Batch.best_slot` finds such a slot.
+
+Each sequence has its own random generator, and batched logits equal single-sequence logits, so a
+sequence's text does not depend on what else shares the batch.
 
 The scheduler calls `step` from a worker thread, one step at a time; nothing here touches trio.
 """
@@ -181,7 +183,7 @@ class Batch:
         )
         # At least the prompt's last token runs: its logits give the first token.
         held = self._cached.get(seq.slot, [])
-        seq.fed = min(_common_prefix(held, seq.prompt), len(seq.prompt) - 1)
+        seq.fed = max(0, min(_common_prefix(held, seq.prompt), len(seq.prompt) - 1))
         self._cached[seq.slot] = held[: seq.fed]
         self._active[seq.key] = seq
         out.emit(seq.key, Started())
