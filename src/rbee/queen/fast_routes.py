@@ -60,13 +60,14 @@ class FastRoutes:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self._authorized(scope):
-            if scope["method"] == "POST" and scope["path"] == "/v1/jobs":
+        if scope["type"] == "http":
+            method, path = scope["method"], scope["path"]
+            if method == "POST" and path == "/v1/jobs" and self._authorized(scope):
                 await self._submit(scope, receive, send)
                 return
-            match = _STREAM_PATH.fullmatch(scope["path"])
+            match = _STREAM_PATH.fullmatch(path) if method == "GET" else None
             job = self.dispatcher.jobs.get(match[1]) if match else None
-            if scope["method"] == "GET" and job is not None:
+            if job is not None and self._authorized(scope):
                 await _stream(self.dispatcher, job, receive, send)
                 return
         await self.app(scope, receive, send)
