@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import trio
@@ -73,6 +74,32 @@ async def test_one_call_answers_the_post_with_the_jobs_stream(
     assert "".join(tokens) == "tok0 tok1 tok2 "
     record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
     assert (record["state"], record["tokens_out"]) == ("completed", 3)
+
+
+async def test_one_call_with_a_chunked_body_is_answered_by_the_app_route(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    # No Content-Length: the fast route passes the request to quart's own route, which streams too.
+    worker = await FakeWorker(tokens=2).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    body = json.dumps({"model": "fake-model", "prompt": "hi", "max_tokens": 10}).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+    request = http.build_request("POST", f"{queen.url}/v1/jobs", content=chunks(), headers=headers)
+    assert "content-length" not in request.headers
+    response = await http.send(request, stream=True)
+    try:
+        assert response.status_code == 200
+        assert response.headers["rbee-job-id"].startswith("job-")
+        text = (await response.aread()).decode()
+    finally:
+        await response.aclose()
+    assert '"t":"tok1 "' in text
+    assert text.rstrip().endswith("data: [DONE]")
 
 
 async def test_one_call_errors_are_json_before_any_stream(
