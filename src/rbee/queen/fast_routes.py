@@ -60,26 +60,29 @@ class FastRoutes:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            method, path = scope["method"], scope["path"]
-            if method == "POST" and path == "/v1/jobs" and self._authorized(scope):
-                await self._submit(scope, receive, send)
-                return
-            match = _STREAM_PATH.fullmatch(path) if method == "GET" else None
-            job = self.dispatcher.jobs.get(match[1]) if match else None
-            if job is not None and self._authorized(scope):
-                await _stream(self.dispatcher, job, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        match = _STREAM_PATH.fullmatch(path) if method == "GET" else None
+        job = self.dispatcher.jobs.get(match[1]) if match else None
+        submit = method == "POST" and path == "/v1/jobs"
+        headers: dict[bytes, bytes] = dict(scope["headers"]) if job is not None or submit else {}
+        if job is not None and self._authorized(headers):
+            await _stream(self.dispatcher, job, receive, send)
+        elif submit and self._authorized(headers):
+            await self._submit(scope, headers, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         if not self.token:
             return True
-        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        return bearer_ok(given, self.token)
+        return bearer_ok(headers.get(b"authorization", b"").decode("latin-1"), self.token)
 
-    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
+    async def _submit(
+        self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
         length = headers.get(b"content-length", b"")
         if (
             not sse.wants_stream(headers.get(b"accept", b"").decode("latin-1"))

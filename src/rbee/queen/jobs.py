@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 import trio
 
 from rbee.wire.queen import JobRequest, JobState, JobView
+from rbee.wire.worker import prompt_chars
 
 __all__ = ["AdmissionQueue", "Job", "JobStream"]
 
@@ -98,9 +99,7 @@ class Job:
     def view(self) -> JobView:
         """What a policy may know about this job (prompt length estimated at 4 chars a token)."""
         r = self.request
-        chars = (
-            len(r.prompt) if r.prompt is not None else sum(len(m.content) for m in r.messages or ())
-        )
+        chars = prompt_chars(r.prompt, r.messages)
         return JobView(
             id=self.id,
             model=r.model,

@@ -11,6 +11,7 @@ the slot is free); ``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -29,6 +30,7 @@ __all__ = [
     "Token",
     "Usage",
     "WorkerInfo",
+    "prompt_chars",
     "sampling_fields",
     "stream_event_decoder",
 ]
@@ -53,6 +55,13 @@ class SamplingParams(Struct, frozen=True, kw_only=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
     seed: int | None = None
     stop: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)] = []
+
+
+def prompt_chars(prompt: str | None, messages: Sequence[ChatMessage] | None) -> int:
+    """How many characters of text a request brings: its ``prompt``, or its messages' contents."""
+    if prompt is not None:
+        return len(prompt)
+    return sum(len(m.content) for m in messages or ())
 
 
 def sampling_fields(params: SamplingParams) -> dict[str, Any]:

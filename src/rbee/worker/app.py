@@ -16,7 +16,13 @@ from quart_trio import QuartTrio
 
 from rbee import __version__, server, sse, wire
 from rbee.errors import ApiError, UsageError
-from rbee.wire.worker import Health, InferenceAccepted, InferenceRequest, WorkerInfo
+from rbee.wire.worker import (
+    Health,
+    InferenceAccepted,
+    InferenceRequest,
+    WorkerInfo,
+    prompt_chars,
+)
 from rbee.worker.interfaces import TokenizerLike
 from rbee.worker.prompt import prompt_ids
 from rbee.worker.scheduler import Ended, Job, Scheduler
@@ -97,7 +103,7 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
                 f"invalid request body: this worker serves model {state.model!r}, not {body.model!r}"
             )
         scheduler, tokenizer = state.loaded()
-        if _prompt_chars(body) <= INLINE_PROMPT_CHARS:
+        if prompt_chars(body.prompt, body.messages) <= INLINE_PROMPT_CHARS:
             ids = prompt_ids(tokenizer, body, state.context_length)
         else:
             ids = await trio.to_thread.run_sync(prompt_ids, tokenizer, body, state.context_length)
@@ -125,12 +131,6 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
         return Response(b"", status=204)
 
     return app
-
-
-def _prompt_chars(body: InferenceRequest) -> int:
-    if body.prompt is not None:
-        return len(body.prompt)
-    return sum(len(m.content) for m in body.messages or ())
 
 
 def _stream_response(scheduler: Scheduler, job: Job) -> Response:
