@@ -76,7 +76,7 @@ async def test_one_call_answers_the_post_with_the_jobs_stream(
     assert (record["state"], record["tokens_out"]) == ("completed", 3)
 
 
-async def test_one_call_with_a_chunked_body_is_answered_by_the_app_route(
+async def test_a_chunked_body_is_answered_by_the_app_route(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:
     # No Content-Length: the fast route passes the request to quart's own route, which streams too.
@@ -100,6 +100,11 @@ async def test_one_call_with_a_chunked_body_is_answered_by_the_app_route(
         await response.aclose()
     assert '"t":"tok1 "' in text
     assert text.rstrip().endswith("data: [DONE]")
+    # The same without Accept: quart's route answers with the job's id, as the fast route does.
+    request = http.build_request("POST", f"{queen.url}/v1/jobs", content=chunks())
+    accepted = await http.send(request)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["sse_url"] == f"/v1/jobs/{accepted.json()['job_id']}/stream"
 
 
 async def test_one_call_errors_are_json_before_any_stream(

@@ -1,14 +1,14 @@
 """The two routes on a job's path to its first token, served as plain ASGI in front of quart.
 
-They are a streamed ``POST /v1/jobs`` (the job's stream is the answer) and
-``GET /v1/jobs/{id}/stream``. Quart's request and response machinery costs about 0.25 ms a request
-on a small machine, an eighth of all the queen may add to the time to first token
-(``bench/queen.py``), so these two do without it.
+They are ``POST /v1/jobs`` (answered with the job's stream when the client accepts
+``text/event-stream``, else with its id and stream URL) and ``GET /v1/jobs/{id}/stream``. Quart's
+request and response machinery costs about 0.25 ms a request on a small machine, an eighth of all
+the queen may add to the time to first token (``bench/queen.py``), so these two do without it.
 
 They speed up the way a job is accepted and followed, nothing else: a request they would answer
-differently from the quart app (another route, no ``Accept: text/event-stream`` on the POST, a
-wrong token, a body that is too large or does not decode, a job that is not held any more) goes to
-the quart app with its body, which answers it as it answers every request. Only a refusal by
+differently from the quart app (another route, a wrong token, a body that is too large, not
+sized by ``Content-Length`` or does not decode, a job that is not held any more) goes to the
+quart app with its body, which answers it as it answers every request. Only a refusal by
 `Dispatcher.submit` (queue full, no worker, shutting down) is answered here, with
 `rbee.server.error_parts` like every other error.
 """
@@ -24,13 +24,13 @@ import msgspec
 import trio
 from quart_trio import QuartTrio
 
-from rbee import sse
+from rbee import sse, wire
 from rbee.errors import RbeeError
 from rbee.queen.app import follow_job
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
 from rbee.server import MAX_BODY_BYTES, bearer_ok, error_parts
-from rbee.wire.queen import JobRequest
+from rbee.wire.queen import JobAccepted, JobRequest
 
 __all__ = ["FastRoutes", "install"]
 
@@ -84,11 +84,7 @@ class FastRoutes:
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
     ) -> None:
         length = headers.get(b"content-length", b"")
-        if (
-            not sse.wants_stream(headers.get(b"accept", b"").decode("latin-1"))
-            or not length.isdigit()
-            or int(length) > MAX_BODY_BYTES
-        ):
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
@@ -105,7 +101,10 @@ class FastRoutes:
             return
         # As the quart route does: let the attempt reach the worker before answering.
         await trio.lowlevel.checkpoint()
-        await _stream(self.dispatcher, job, receive, send)
+        if sse.wants_stream(headers.get(b"accept", b"").decode("latin-1")):
+            await _stream(self.dispatcher, job, receive, send)
+        else:
+            await _answer(send, 202, wire.encode(JobAccepted(job.id, f"/v1/jobs/{job.id}/stream")))
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -143,8 +142,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _answer_error(send: Send, err: RbeeError) -> None:
     status, body, extra = error_parts(err)
+    await _answer(send, status, body, extra)
+
+
+async def _answer(
+    send: Send, status: int, body: bytes, extra: dict[str, str] | None = None
+) -> None:
+    """A whole JSON answer."""
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
