@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 
 import httpx
@@ -243,3 +244,26 @@ async def test_deadline_fails_a_job_that_waited_too_long(
     assert record["state"] == "failed"
     assert len(worker.posts) == 1
     await http.delete(f"{queen.url}/v1/jobs/{busy}")
+
+
+async def test_a_job_is_on_disk_before_its_client_hears_of_it(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    # The queen writes a started job's records after sending it to the worker, but always
+    # before answering: a queen that dies after answering still has the job.
+    worker = await FakeWorker(tokens=2).start(nursery)
+    await register(queen.url, "hive-a", worker)
+
+    def on_disk(job_id: str) -> tuple[str, str] | None:
+        with sqlite3.connect(queen.config.db) as other:
+            row = other.execute("SELECT state, worker FROM jobs WHERE id = ?", (job_id,))
+            return row.fetchone()  # type: ignore[no-any-return]
+
+    accepted = await submit(http, queen, max_tokens=2)
+    assert accepted.status_code == 202, accepted.text
+    assert on_disk(accepted.json()["job_id"]) == ("running", worker.id)
+    headers = {"Accept": "text/event-stream"}
+    body = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 2}
+    async with http.stream("POST", f"{queen.url}/v1/jobs", json=body, headers=headers) as r:
+        assert on_disk(r.headers["rbee-job-id"]) is not None
+        await r.aread()

@@ -92,9 +92,7 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
     @app.post("/v1/jobs")
     async def submit() -> Response:
         job = dispatcher.submit(wire.decode(await request.get_data(), JobRequest))
-        # Let the attempt send its request to the worker before this answer goes out: the
-        # worker starts on the prompt while the client reads the answer and asks for the stream.
-        await trio.lowlevel.checkpoint()
+        await dispatcher.accepted(job)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(dispatcher, job)
         return json_response(JobAccepted(job.id, f"/v1/jobs/{job.id}/stream"), status=202)

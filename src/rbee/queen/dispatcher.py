@@ -212,6 +212,8 @@ class Dispatcher:
     async def _housekeeping(self) -> None:
         while True:
             await trio.sleep(TICK_S)
+            # Held records whose client went away before `accepted` wrote them.
+            self.records.flush()
             hive_of = {
                 job.id: record.hive
                 for job in self.running.values()
@@ -254,11 +256,13 @@ class Dispatcher:
         )
         job.worker_body = wire.encode(request.to_worker())
         deadline_at = None if request.deadline_s is None else job.created_at + request.deadline_s
-        with self.records.batch():
+        with self.records.held():
             self.records.insert(job.id, job.seq, request, job.created_at, deadline_at)
             self.jobs[job.id] = job
             self.queue.push(job)
             self.pump()
+        if job.state != "running":
+            self.records.flush()
         if job.state == "failed":
             self.metrics.rejected.inc(reason="no_worker")
             raise NoWorkerError(job.error or f"no worker serves model {request.model!r}")
@@ -273,6 +277,16 @@ class Dispatcher:
                 retry_after=1,
             )
         return job
+
+    async def accepted(self, job: Job) -> None:
+        """Return once a job just submitted is on record; answer its client only then.
+
+        The records of a job that `submit` started on a worker are written once the attempt's
+        request is on its way: the worker starts on the prompt while the queen writes them.
+        """
+        if job.state == "running":
+            await job.sent.wait()
+        self.records.flush()
 
     def pump(self) -> None:
         """Place waiting jobs, in serving order, until each model's head job has to wait."""
@@ -351,7 +365,7 @@ class Dispatcher:
                 reasons=reasons,
                 error=error,
             )
-            self.records.update(job.id, decision_id=self.records.add_decision(record))
+            self.records.add_decision(record)
         return decision
 
     def _spawn(self, job: Job, decision: Spawn) -> None:
@@ -445,6 +459,8 @@ class Dispatcher:
                 )
             except AttemptError as err:
                 failure = err
+            finally:
+                job.sent.set()
             # The client's stream goes out before the records are written.
             await trio.lowlevel.checkpoint()
         job.scope = None

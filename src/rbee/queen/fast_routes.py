@@ -99,8 +99,7 @@ class FastRoutes:
         except RbeeError as err:
             await _answer_error(send, err)
             return
-        # As the quart route does: let the attempt reach the worker before answering.
-        await trio.lowlevel.checkpoint()
+        await self.dispatcher.accepted(job)
         if sse.wants_stream(headers.get(b"accept", b"").decode("latin-1")):
             await _stream(self.dispatcher, job, receive, send)
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import urllib.parse
+from collections.abc import Callable
 from types import TracebackType
 
 import h11
@@ -113,11 +114,18 @@ class Pool:
             conn.sock.socket.close()
 
     async def request(
-        self, method: str, base_url: str, path: str, body: bytes = b"", accept: str = "*/*"
+        self,
+        method: str,
+        base_url: str,
+        path: str,
+        body: bytes = b"",
+        accept: str = "*/*",
+        on_sent: Callable[[], None] | None = None,
     ) -> Response:
         """Send a request; return once the response's status line and headers arrived.
 
-        A pooled connection that the server closed meanwhile is replaced by a new one, once.
+        ``on_sent`` is called once the request is written. A pooled connection that the server
+        closed meanwhile is replaced by a new one, once.
         """
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme != "http" or parts.hostname is None:
@@ -136,6 +144,8 @@ class Pool:
                     data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
                 data = (data or b"") + (conn.h11.send(h11.EndOfMessage()) or b"")
                 await conn.sock.send_all(data)
+                if on_sent is not None:
+                    on_sent()
                 event = await conn.next_event()
                 if not isinstance(event, h11.Response):
                     raise h11.RemoteProtocolError("the connection closed before a response")

@@ -91,6 +91,8 @@ class Job:
     stop_reason: str = ""
     error: str | None = None
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    # Set once its attempt has sent the request to the worker (or failed to).
+    sent: trio.Event = dataclasses.field(default_factory=trio.Event)
 
     @property
     def model(self) -> str:

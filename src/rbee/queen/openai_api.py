@@ -118,6 +118,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
     async def chat_completions() -> Response:
         body = wire.decode(await request.get_data(), oa.ChatCompletionRequest)
         job = dispatcher.submit(_operation(body))
+        await dispatcher.accepted(job)
         cid, created = f"chatcmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
             return Response(
@@ -139,6 +140,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
     async def completions() -> Response:
         body = wire.decode(await request.get_data(), oa.CompletionRequest)
         job = dispatcher.submit(_operation(body))
+        await dispatcher.accepted(job)
         cid, created = f"cmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
             return Response(

@@ -111,7 +111,7 @@ async def run_attempt(
     pending = b""
     try:
         response = await pool.request(
-            "POST", url, "/v1/inference", job.worker_body, accept="text/event-stream"
+            "POST", url, "/v1/inference", job.worker_body, "text/event-stream", job.sent.set
         )
     except TransportError as err:
         raise AttemptError(f"cannot reach {where}: {err!r}", retryable=True) from None

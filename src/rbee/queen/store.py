@@ -35,15 +35,48 @@ class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class JobStore:
-    """Job records, attempts and decisions in the queen's database."""
+    """Job records, attempts and decisions in the queen's database.
+
+    Writes made inside `held` wait in memory until `flush`: the dispatcher holds a new job's
+    records until its request is on the way to a worker, and writes them while the worker works.
+    Any other write or read flushes them first, so that the order of the writes, and what a
+    reader sees, are the same as if nothing had been held.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._holding = False
+        self._held: list[tuple[str, tuple[object, ...]]] = []
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep the writes made inside in memory until `flush` (or the next write or read)."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+
+    def flush(self) -> None:
+        """Make the held writes, in one transaction."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        with self.batch():
+            for sql, params in held:
+                self._conn.execute(sql, params)
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        if self._holding:
+            self._held.append((sql, params))
+            return
+        self.flush()
+        self._conn.execute(sql, params)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Make the writes inside one transaction (one commit instead of one per statement)."""
-        if self._conn.in_transaction:
+        if self._conn.in_transaction or self._holding:
             yield
             return
         self._conn.execute("BEGIN")
@@ -55,6 +88,7 @@ class JobStore:
         self._conn.execute("COMMIT")
 
     def next_seq(self) -> int:
+        self.flush()
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         return int(row[0]) + 1
 
@@ -66,7 +100,7 @@ class JobStore:
         created_at: float,
         deadline_at: float | None,
     ) -> None:
-        self._conn.execute(
+        self._write(
             "INSERT INTO jobs (id, seq, operation, model, priority, state, request, created_at,"
             " deadline_at) VALUES (?, ?, 'infer', ?, ?, 'queued', ?, ?, ?)",
             (
@@ -83,34 +117,38 @@ class JobStore:
     def update(self, job_id: str, **fields: Any) -> None:
         """Set columns of one job (names come from the dispatcher, never from a request)."""
         columns = ", ".join(f"{name} = ?" for name in fields)
-        self._conn.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
+        self._write(f"UPDATE jobs SET {columns} WHERE id = ?", (*fields.values(), job_id))
 
     def delete(self, job_id: str) -> None:
         """Forget a job that was never admitted (refused with 429)."""
-        self._conn.execute("DELETE FROM decisions WHERE job_id = ?", (job_id,))
-        self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._write("DELETE FROM decisions WHERE job_id = ?", (job_id,))
+        self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def start_attempt(self, job_id: str, n: int, worker: str, at: float) -> None:
-        self._conn.execute(
+        self._write(
             "INSERT OR REPLACE INTO job_attempts (job_id, n, worker, started_at) VALUES (?, ?, ?, ?)",
             (job_id, n, worker, at),
         )
 
     def end_attempt(self, job_id: str, n: int, at: float, error: str | None) -> None:
-        self._conn.execute(
+        self._write(
             "UPDATE job_attempts SET ended_at = ?, error = ? WHERE job_id = ? AND n = ?",
             (at, error, job_id, n),
         )
 
-    def add_decision(self, record: DecisionRecord) -> int:
-        cursor = self._conn.execute(
+    def add_decision(self, record: DecisionRecord) -> None:
+        """Record a decision about a job; it becomes the one the job's record shows."""
+        self._write(
             "INSERT INTO decisions (job_id, at, kind, policy, record) VALUES (?, ?, ?, ?, ?)",
             (record.job_id, record.at, record.kind, record.policy, wire.encode(record)),
         )
-        return int(cursor.lastrowid or 0)
+        self._write(
+            "UPDATE jobs SET decision_id = last_insert_rowid() WHERE id = ?", (record.job_id,)
+        )
 
     def decisions(self, last: int, job_id: str | None = None) -> list[DecisionRecord]:
         """The last ``last`` decisions (of one job, with ``job_id``), oldest first."""
+        self.flush()
         args: tuple[object, ...] = (last,) if job_id is None else (job_id, last)
         where = "" if job_id is None else "WHERE job_id = ?"
         query = f"SELECT record FROM decisions {where} ORDER BY id DESC LIMIT ?"
@@ -118,6 +156,7 @@ class JobStore:
         return [_decision_decoder.decode(r[0]) for r in reversed(rows)]
 
     def get(self, job_id: str) -> JobInfo | None:
+        self.flush()
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
@@ -143,6 +182,7 @@ class JobStore:
 
     def recent(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]:
         """The newest ``limit`` jobs (in ``state``, if given), newest first."""
+        self.flush()
         if state is None:
             rows = self._conn.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
         else:
@@ -153,6 +193,7 @@ class JobStore:
 
     def unfinished(self) -> list[StoredJob]:
         """Jobs left queued or running when the queen last stopped, oldest first."""
+        self.flush()
         rows = self._conn.execute(
             "SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY seq"
         ).fetchall()
