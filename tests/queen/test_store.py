@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
+import pytest
+
 from rbee.queen.db import open_db
 from rbee.queen.store import JobStore
 from rbee.wire.queen import DecisionRecord, JobRequest, JobView, Snapshot
@@ -86,3 +88,18 @@ def test_a_job_shows_its_latest_decision(tmp_path: Path) -> None:
         store.add_decision(decision("job-1", "route"))
     assert [decision_kind(store, job_id) for job_id in ("job-1", "job-2")] == ["route", "reject"]
     assert [d.kind for d in store.decisions(10, "job-1")] == ["queue", "route"]
+
+
+def test_an_error_drops_the_writes_held_inside(tmp_path: Path) -> None:
+    store = JobStore(open_db(tmp_path / "q.db"))
+    with store.held():
+        store.insert("job-1", 1, request(), 1.0, None)
+
+    def failing_submit() -> None:
+        with store.held():
+            store.insert("job-2", 2, request(), 1.0, None)
+            raise RuntimeError("a bug in the middle of a submit")
+
+    with pytest.raises(RuntimeError):
+        failing_submit()
+    assert [j.id for j in store.recent()] == ["job-1"]

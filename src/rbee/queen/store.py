@@ -50,10 +50,17 @@ class JobStore:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Keep the writes made inside in memory until `flush` (or the next write or read)."""
+        """Keep the writes made inside in memory until `flush` (or the next write or read).
+
+        As with `batch`, an exception drops the writes made inside.
+        """
+        start = len(self._held)
         self._holding = True
         try:
             yield
+        except BaseException:
+            del self._held[start:]
+            raise
         finally:
             self._holding = False
 
