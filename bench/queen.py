@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h11
+import psutil
 import trio
 
 MODEL = "smollm2-135m-instruct"
@@ -143,8 +145,19 @@ async def run_once(
 # --- processes -------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class Daemon:
+    url: str
+    process: psutil.Process
+
+    def cpu_s(self) -> float:
+        """CPU seconds the daemon used so far (user and system)."""
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+
 @contextlib.contextmanager
-def daemon(command: list[str], prefix: str, wait_for: str | None = None) -> Iterator[str]:
+def daemon(command: list[str], prefix: str, wait_for: str | None = None) -> Iterator[Daemon]:
     """Start a daemon, read its address from the line starting with ``prefix``; stop it after."""
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
         try:
@@ -155,7 +168,7 @@ def daemon(command: list[str], prefix: str, wait_for: str | None = None) -> Iter
             if wait_for is not None:
                 while not proc.stdout.readline().startswith(wait_for):
                     pass
-            yield line.split()[-1]
+            yield Daemon(line.split()[-1], psutil.Process(proc.pid))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -211,13 +224,15 @@ async def paired_ttft(
     return ttft
 
 
-async def real_worker_figures(queen: str, worker: str, requests: int) -> None:
-    direct, via = Conn(worker), Conn(queen)
+async def real_worker_figures(queen: Daemon, worker: str, requests: int) -> None:
+    direct, via = Conn(worker), Conn(queen.url)
     status, _ = await via.request("POST", "/v1/heartbeat", heartbeat([("w", MODEL, worker, 4)]))
     assert status == 204
     print(f"time to first token over {requests} requests (ms):   p50      p99")
     for one_call, how in [(True, "one call (POST answers the stream)"), (False, "two calls")]:
+        cpu_s = queen.cpu_s()
         d_ttft, q_ttft = await paired_ttft(direct, via, requests, one_call)
+        cpu_ms = (queen.cpu_s() - cpu_s) * 1000 / len(q_ttft)
         diff = [q - d for q, d in zip(q_ttft, d_ttft, strict=True)]
         print(f" {how}:")
         for label, values in [
@@ -227,6 +242,7 @@ async def real_worker_figures(queen: str, worker: str, requests: int) -> None:
         ]:
             print(f"  {label:<42}  {pct(values, 0.5):7.2f}  {pct(values, 0.99):7.2f}", end="")
             print("   (target < 2 / < 10)" if values is diff else "")
+        print(f"  queen CPU time per job (ms)                 {cpu_ms:7.2f}")
 
     story = [{"role": "user", "content": "Write a long story about a bee who learns to fly."}]
     long = {"messages": story, "max_tokens": 200, "temperature": 0}
@@ -299,8 +315,8 @@ async def serve_fakes(count: int) -> None:
         print("fakes " + " ".join(urls), flush=True)
 
 
-async def scheduling_rate(queen: str, fake_urls: list[str], seconds: float, lanes: int) -> None:
-    conn = Conn(queen)
+async def scheduling_rate(queen: Daemon, fake_urls: list[str], seconds: float, lanes: int) -> None:
+    conn = Conn(queen.url)
     workers = [(f"fake-{i}", FAKE_MODEL, url, 8) for i, url in enumerate(fake_urls)]
     status, _ = await conn.request("POST", "/v1/heartbeat", heartbeat(workers))
     assert status == 204
@@ -310,7 +326,7 @@ async def scheduling_rate(queen: str, fake_urls: list[str], seconds: float, lane
 
     async def lane(deadline: float) -> None:
         nonlocal done
-        c = Conn(queen)
+        c = Conn(queen.url)
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             await run_once(c, "/v1/jobs", body, one_call=True)
@@ -323,15 +339,18 @@ async def scheduling_rate(queen: str, fake_urls: list[str], seconds: float, lane
         for _ in range(lanes):
             nursery.start_soon(lane, warm)
     done, latencies = 0, []
+    cpu_s = queen.cpu_s()
     start = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(lanes):
             nursery.start_soon(lane, start + seconds)
     elapsed = time.perf_counter() - start
+    cpu_ms = (queen.cpu_s() - cpu_s) * 1000 / done
     print(
         f"short jobs through the queen with {len(fake_urls)} fake workers, {lanes} clients: "
         f"{done / elapsed:.0f} jobs/s sustained over {elapsed:.1f} s "
-        f"(job latency p50 {pct(latencies, 0.5) * 1000:.1f} ms, p99 {pct(latencies, 0.99) * 1000:.1f} ms)"
+        f"(job latency p50 {pct(latencies, 0.5) * 1000:.1f} ms, p99 {pct(latencies, 0.99) * 1000:.1f} ms; "
+        f"queen CPU time {cpu_ms:.2f} ms a job)"
     )
     await conn.close()
 
@@ -376,7 +395,7 @@ def main() -> None:
                 worker_cmd += ["--port", "0", "--slots", "4", "--threads", str(args.worker_threads)]
                 print(f"real worker: {MODEL} int4, {args.worker_threads or 'all'} CPU threads")
                 with daemon(worker_cmd, "rbee worker listening on", "rbee worker ready") as w:
-                    trio.run(real_worker_figures, queen, w, args.requests)
+                    trio.run(real_worker_figures, queen, w.url, args.requests)
             if args.fakes <= 0:
                 return
             fakes_cmd = [sys.executable, __file__, "--serve-fakes", str(args.fakes)]
