@@ -1,4 +1,4 @@
-"""Worker throughput: prefill, decode tokens/s at 1/4/8 streams and peak RSS, fp32 and int4.
+"""Worker throughput: prefill, decode tokens/s at 1, 2, 4 and 8 streams and peak RSS, fp32 and int4.
 
 Usage: ``python bench/worker.py [--threads 2] [--models-dir DIR] [--tokens 64]``.
 
@@ -36,6 +36,7 @@ PARAGRAPH = (
     "of the early nineteenth century to the light carbon frames of today. Each step changed who "
     "could ride, how far they could go, and what cities built for them. "
 )
+STREAMS = (1, 2, 4, 8)
 TOPICS = ["rivers", "bread", "stars", "chess", "bees", "glass", "trains", "tea"]
 
 
@@ -79,7 +80,7 @@ def measure_rbee(
     figures = {"prefill_ms": 1000 * statistics.median(samples)}
 
     params = SamplingParams(temperature=0.0, max_tokens=tokens)
-    for streams in (1, 4, 8):
+    for streams in STREAMS:
         batch = Batch(engine, NoStops())
         admits = [
             Admit(str(i), i, tokenizer.encode(f"Tell me about {TOPICS[i]}."), params, 0.0)
@@ -122,7 +123,7 @@ def measure_llama_cpp(threads: int, tokens: int) -> dict[str, float]:
         llm.eval(prompt)
         samples.append(time.perf_counter() - start)
     figures = {"prefill_ms": 1000 * statistics.median(samples[1:])}
-    for streams in (1, 4, 8):
+    for streams in STREAMS:
         prompts = [
             llm.tokenize(f"Tell me about {TOPICS[i]}.".encode(), add_bos=False)
             for i in range(streams)
@@ -227,12 +228,12 @@ def main() -> None:
         f"model {MODEL}, {args.threads} threads, prompt {PROMPT_TOKENS} tokens, "
         f"{args.tokens} tokens per stream, in-process engine + batching core (no HTTP)"
     )
-    header = f"{'engine':<16} {'prefill ms':>10} {'tok/s x1':>9} {'tok/s x4':>9} {'tok/s x8':>9} {'peak RSS MB':>12}"
-    print(header)
+    columns = "".join(f" {f'tok/s x{n}':>9}" for n in STREAMS)
+    print(f"{'engine':<16} {'prefill ms':>10}{columns} {'peak RSS MB':>12}")
     for name, f in runs.items():
+        rates = "".join(f" {show(f.get(f'decode_tok_s_{n}'), '9.1f')}" for n in STREAMS)
         print(
-            f"{name:<16} {show(f.get('prefill_ms'), '10.1f')} {show(f.get('decode_tok_s_1'), '9.1f')} "
-            f"{show(f.get('decode_tok_s_4'), '9.1f')} {show(f.get('decode_tok_s_8'), '9.1f')} "
+            f"{name:<16} {show(f.get('prefill_ms'), '10.1f')}{rates} "
             f"{show(f.get('peak_rss_mb'), '12.0f')}"
         )
     if "llama.cpp Q4_1" in runs:
@@ -243,8 +244,9 @@ def main() -> None:
                 f"{name} / llama.cpp: prefill time x{f['prefill_ms'] / base['prefill_ms']:.2f}, "
                 "decode speed "
                 + ", ".join(
-                    f"x{f[k] / base[k]:.2f} ({k[-1]} stream{'s' if k[-1] != '1' else ''})"
-                    for k in ("decode_tok_s_1", "decode_tok_s_4", "decode_tok_s_8")
+                    f"x{f[f'decode_tok_s_{n}'] / base[f'decode_tok_s_{n}']:.2f} "
+                    f"({n} stream{'s' if n > 1 else ''})"
+                    for n in STREAMS
                 )
             )
     else:

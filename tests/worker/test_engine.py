@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -125,7 +126,17 @@ def test_the_next_chat_turn_builds_on_the_cache_and_says_the_same(
     assert warm == cold
 
 
-def test_batched_decode_equals_decoding_each_slot_alone(engine: Engine) -> None:
+@pytest.fixture(params=["one run", "split"])
+def planned(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engine]:
+    """The engine with each way of running a batch: one run, or every slot on its own."""
+    if request.param == "split":
+        engine.run_cost = [1.0] + [10.0] * (engine.slots - 1)
+    yield engine
+    engine.run_cost = [1.0] * engine.slots
+
+
+def test_batched_decode_equals_decoding_each_slot_alone(planned: Engine) -> None:
+    engine = planned
     prompts = {slot: prompt(n, seed=slot) for slot, n in enumerate([5, 17, 33, 60])}
     schedule = [[0, 1, 2, 3], [1, 3], [0, 2, 3], [3], [0, 1, 2], [2, 0]]
     steps = {s: sum(s in group for group in schedule) for s in prompts}
@@ -231,3 +242,20 @@ def test_engine_and_tokenizer_fit_the_batching_loops_protocols(
     as_tokenizer: TokenizerLike = ModelTokenizer.load(*model)
     assert as_engine.slots == 4
     assert list(as_tokenizer.stop_token_ids) == [0, 2]
+
+
+def test_calibration_measures_each_run_size_and_keeps_what_slots_hold(
+    model: tuple[Path, Manifest],
+) -> None:
+    engine = Engine(*model, precision="int4", threads=2, slots=3)
+    ids = prompt(12, seed=3)
+    first = engine.prefill(0, ids)
+    token = int(first.argmax())
+    want = engine.decode([0], [token])[0]
+    engine.prefill(0, ids)
+    costs = engine.calibrate(repeats=1)
+    assert len(costs) == 3
+    assert all(c > 0 for c in costs)
+    assert engine.run_cost == costs
+    assert engine.length(0) == len(ids)
+    np.testing.assert_allclose(engine.decode([0], [token])[0], want, rtol=0, atol=1e-5)

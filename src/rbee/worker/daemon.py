@@ -55,6 +55,7 @@ def load_model(
         threads=config.threads,
         slots=config.slots,
     )
+    engine.calibrate()
     return engine, ModelTokenizer.load(directory, manifest), engine.provider
 
 
