@@ -17,7 +17,7 @@ from rbee.models.store import Manifest, ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.wire.worker import SamplingParams, Token
 from rbee.worker.batch import Admit, Batch
-from rbee.worker.engine import Engine
+from rbee.worker.engine import CALIBRATED_ROWS, Engine
 
 pytestmark = pytest.mark.slow
 
@@ -259,3 +259,12 @@ def test_calibration_measures_each_run_size_and_keeps_what_slots_hold(
     assert engine.run_cost == costs
     assert engine.length(0) == len(ids)
     np.testing.assert_allclose(engine.decode([0], [token])[0], want, rtol=0, atol=1e-5)
+
+
+def test_calibration_measures_a_few_run_sizes_and_extends_the_last(
+    model: tuple[Path, Manifest],
+) -> None:
+    engine = Engine(*model, precision="int4", threads=2, slots=CALIBRATED_ROWS + 2)
+    costs = engine.calibrate(repeats=1)
+    assert len(costs) == CALIBRATED_ROWS + 2
+    assert costs[CALIBRATED_ROWS:] == [costs[CALIBRATED_ROWS - 1]] * 2

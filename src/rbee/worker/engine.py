@@ -36,6 +36,8 @@ from rbee.models.store import Manifest
 __all__ = ["Engine", "plan_runs"]
 
 F32 = np.float32
+# Run sizes `Engine.calibrate` measures; the fast single-row path matters only for small runs.
+CALIBRATED_ROWS = 8
 
 
 def _providers(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], str, int]:
@@ -169,9 +171,13 @@ class Engine:
     def calibrate(self, repeats: int = 3) -> list[float]:
         """Measure a decode run of each size, 1 to ``slots`` rows, in seconds (the fastest of
         ``repeats``), and plan later batches by it. Slots keep what they hold.
+
+        Sizes past `CALIBRATED_ROWS` are not run (that would make a many-slot worker slow to
+        start): they are taken to cost what the largest measured run did, so that such spans run
+        in one piece, as they would without calibration.
         """
-        costs = []
-        for rows in range(1, self.slots + 1):
+        costs: list[float] = []
+        for rows in range(1, min(self.slots, CALIBRATED_ROWS) + 1):
             ids = np.zeros((rows, 1), np.int64)
             seqlens = np.array(self._lengths[:rows], np.int32)
             samples = []
@@ -181,6 +187,7 @@ class Engine:
                 self._run(0, ids, seqlens, 1)
                 samples.append(time.perf_counter() - start)
             costs.append(min(samples[1:]))
+        costs += [costs[-1]] * (self.slots - len(costs))
         self.run_cost = costs
         return costs
 
