@@ -149,15 +149,27 @@ class FakeProvisioner:
         await register(self.queen_url, hive, worker)
 
 
-async def test_spawn_decisions_go_to_the_provisioner(
-    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient
-) -> None:
-    provisioner = FakeProvisioner(nursery)
-    queen = await start_queen(nursery, queen_config, provisioner=provisioner)
+async def queen_with_empty_hive(
+    nursery: trio.Nursery,
+    config: QueenConfig,
+    http: httpx.AsyncClient,
+    provisioner: FakeProvisioner | DyingProvisioner,
+) -> QueenHandle:
+    """A queen that starts workers through ``provisioner``, and hive-a: no workers, but it has
+    the fake model."""
+    queen = await start_queen(nursery, config, provisioner=provisioner)
     provisioner.queen_url = queen.url
     empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["fake-model"])
     answer = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))
     assert answer.status_code == 204
+    return queen
+
+
+async def test_spawn_decisions_go_to_the_provisioner(
+    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient
+) -> None:
+    provisioner = FakeProvisioner(nursery)
+    queen = await queen_with_empty_hive(nursery, queen_config, http, provisioner)
     record = await run(http, queen.url)
     assert provisioner.calls == [("hive-a", "fake-model", "cpu")]
     assert record["state"] == "completed"
@@ -185,10 +197,7 @@ async def test_a_worker_that_dies_while_loading_fails_the_waiting_jobs_at_once(
     nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient
 ) -> None:
     provisioner = DyingProvisioner(http)
-    queen = await start_queen(nursery, queen_config, provisioner=provisioner)
-    provisioner.queen_url = queen.url
-    empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["fake-model"])
-    await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))
+    queen = await queen_with_empty_hive(nursery, queen_config, http, provisioner)
     job_id = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
     with trio.fail_after(5):  # not the spawn timeout
         events = await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream")
