@@ -15,7 +15,7 @@ HIDDEN, FFN, HEADS, KV_HEADS, VOCAB = 64, 64, 2, 1, 32
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", odd_tensor: str | None = None) -> Path:
-    """A one-layer llama GGUF of float32 weights; ``odd_tensor`` is stored as Q5_0 instead."""
+    """A one-layer llama GGUF of float32 weights; ``odd_tensor`` is stored as IQ4_NL instead."""
     writer = GGUFWriter(str(path), arch)
     writer.add_block_count(1)
     writer.add_context_length(64)
@@ -43,8 +43,8 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", odd_tensor: str | None =
     for name, shape in shapes.items():
         if name == odd_tensor:
             rows, cols = shape
-            raw = np.zeros((rows, cols // 32 * 22), np.uint8)  # Q5_0: 22 bytes per 32 values
-            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=GGMLQuantizationType.Q5_0)
+            raw = np.zeros((rows, cols // 32 * 18), np.uint8)  # IQ4_NL: 18 bytes per 32 values
+            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=GGMLQuantizationType.IQ4_NL)
         else:
             writer.add_tensor(name, rng.standard_normal(shape).astype(F32))
     writer.write_header_to_file()

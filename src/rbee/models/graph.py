@@ -1,4 +1,4 @@
-"""The ONNX decoder graph of a llama-style model, with a KV cache, in fp32 or int4.
+"""The ONNX decoder graph of a GGUF decoder model, with a KV cache, in fp32 or int4.
 
 Inputs (``B`` rows, ``S`` new tokens per row, ``C`` cache capacity = context length + 1)::
 
@@ -22,11 +22,13 @@ with fewer than ``S`` new tokens are not supported (no padding), so batched step
 A multi-token step on one row may start from an empty cache (``seqlens_k = S - 1``) or continue
 what the row holds (a long prompt in pieces): the result is the same as in one step.
 
-Operators: ``com.microsoft.GroupQueryAttention`` (rotate-half rotary built in, fused QKV input),
-``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for Q/K/V and one for
-gate/up. In the int4 graph every matmul is ``MatMulNBits`` on the GGUF's own codes (see
-`rbee.models.nbits`); a tied Q8_0 embedding is shared by the lookup (``GatherBlockQuantized``) and
-the output projection (8-bit ``MatMulNBits``), both exact.
+The block follows the model's `rbee.models.architectures.Architecture`. Operators:
+``com.microsoft.GroupQueryAttention`` (rotate-half rotary built in, a sliding window where the
+layer has one), ``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for
+Q/K/V and one for gate/up. In the int4 graph every quantized matrix stays in its GGUF codes in
+``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code widths run
+as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is looked up with
+``GatherBlockQuantized`` and, when tied, shared with the output projection; both exact.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
-from rbee.models.gguf_file import BLOCK, GgufModel, QuantBlocks, unpermute_rows
+from rbee.models.gguf_file import GgufModel, unpermute_rows
 from rbee.models.nbits import to_nbits
+from rbee.models.quants import QuantBlocks, merge_rows
 
 __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
 
@@ -113,6 +116,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
         self._consts: dict[tuple[str, bytes], str] = {}
+        self._rotary: dict[tuple[float, float], tuple[str, str]] = {}
 
     def node(
         self, op: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **kw: Any
@@ -136,10 +140,20 @@ class _Builder:
     def norm_weight(self, name: str) -> str:
         return self.w.add(name, self.model.floats(name))
 
+    def rms_norm(self, x: str, name: str) -> str:
+        return self.node(
+            "SimplifiedLayerNormalization",
+            [x, self.norm_weight(name)],
+            1,
+            axis=-1,
+            epsilon=self.h.rms_eps,
+        )[0]
+
     def _rows(self, name: str, heads: int | None) -> QuantBlocks | npt.NDArray[np.float32]:
         """Matrix ``name`` as blocks (int4 graph, quantized tensor) or floats, rows unpermuted."""
-        quantized = self.model.tensor_type(name).name not in ("F32", "F16")
-        if self.int4 and quantized:
+        if heads is not None and not self.model.arch.permuted_qk:
+            heads = None
+        if self.int4 and self.model.is_quantized(name):
             blocks = self.model.blocks(name)
             return (
                 blocks if heads is None else blocks.take_rows(unpermute_rows(len(blocks.q), heads))
@@ -148,24 +162,34 @@ class _Builder:
         return dense if heads is None else dense[unpermute_rows(len(dense), heads)]
 
     def linear(self, x: str, prefix: str, parts: Sequence[tuple[str, int | None]]) -> str:
-        """``x @ W.T`` where W stacks the rows of ``parts`` (tensor name, heads to unpermute)."""
-        values = [self._rows(name, heads) for name, heads in parts]
-        if (
-            all(isinstance(v, QuantBlocks) for v in values)
-            and len({v.bits for v in values if isinstance(v, QuantBlocks)}) == 1
-        ):
-            blocks = [v for v in values if isinstance(v, QuantBlocks)]
-            merged = QuantBlocks(
-                np.concatenate([b.q for b in blocks]),
-                np.concatenate([b.d for b in blocks]),
-                np.concatenate([b.m for b in blocks]),
-                blocks[0].bits,
-            )
-            return self.nbits_matmul(x, prefix, merged)
-        dense = np.concatenate(
-            [v.dequantize() if isinstance(v, QuantBlocks) else v for v in values]
-        )
-        return self.node("MatMul", [x, self.w.add(prefix, np.ascontiguousarray(dense.T))])[0]
+        """``x @ W.T`` where W stacks the rows of ``parts`` (tensor name, heads to unpermute).
+
+        Consecutive parts of one code width and block size share a node; the outputs of
+        several nodes are concatenated.
+        """
+        groups: list[list[QuantBlocks | npt.NDArray[np.float32]]] = []
+        for name, heads in parts:
+            value = self._rows(name, heads)
+            key = (value.bits, value.block) if isinstance(value, QuantBlocks) else None
+            last = groups[-1][-1] if groups else None
+            last_key = (last.bits, last.block) if isinstance(last, QuantBlocks) else None
+            if groups and key == last_key:
+                groups[-1].append(value)
+            else:
+                groups.append([value])
+        outputs = []
+        for j, group in enumerate(groups):
+            name = prefix if len(groups) == 1 else f"{prefix}.{j}"
+            blocks = [v for v in group if isinstance(v, QuantBlocks)]
+            if blocks:
+                outputs.append(self.nbits_matmul(x, name, merge_rows(blocks)))
+            else:
+                dense = np.concatenate([v for v in group if not isinstance(v, QuantBlocks)])
+                weight = self.w.add(name, np.ascontiguousarray(dense.T))
+                outputs.append(self.node("MatMul", [x, weight])[0])
+        if len(outputs) == 1:
+            return outputs[0]
+        return self.node("Concat", outputs, axis=-1)[0]
 
     def nbits_matmul(self, x: str, prefix: str, blocks: QuantBlocks) -> str:
         nb = to_nbits(blocks)
@@ -183,12 +207,12 @@ class _Builder:
             K=nb.k,
             N=nb.n,
             bits=nb.bits,
-            block_size=BLOCK,
+            block_size=nb.block,
             accuracy_level=ACCURACY_LEVEL if nb.bits == 4 else EIGHT_BIT_ACCURACY,
         )[0]
         if nb.residual is None:
             return y
-        blocks_of_x = self.node("Reshape", [x, self.const([0, 0, nb.k // BLOCK, BLOCK])])[0]
+        blocks_of_x = self.node("Reshape", [x, self.const([0, 0, nb.k // nb.block, nb.block])])[0]
         sums = self.node("ReduceSum", [blocks_of_x, self.const([-1])], keepdims=0)[0]
         correction = self.node("MatMul", [sums, self.w.add(prefix + ".residual", nb.residual)])[0]
         return self.node("Add", [y, correction])[0]
@@ -197,9 +221,9 @@ class _Builder:
         """The embedding lookup of ``ids`` and a function computing logits from hidden states."""
         h = self.h
         tied = not self.model.has("output.weight")
-        emb_type = self.model.tensor_type("token_embd.weight").name
-        if self.int4 and tied and emb_type == "Q8_0":
-            blocks = self.model.blocks("token_embd.weight")
+        name = "token_embd.weight"
+        blocks = self.model.blocks(name) if self.int4 and self.model.is_quantized(name) else None
+        if blocks is not None and blocks.bits == 8 and blocks.m is None and blocks.zero == 128:
             codes = self.w.add("token_embd.qweight", blocks.q)
             scales = self.w.add("token_embd.scales", blocks.d.reshape(h.vocab_size, -1, 1))
             looked_up = self.node(
@@ -207,11 +231,13 @@ class _Builder:
                 [codes, ids, scales],
                 domain=MS,
                 bits=8,
-                block_size=BLOCK,
+                block_size=blocks.block,
                 gather_axis=0,
                 quantize_axis=2,
             )[0]
             embedded = self.node("Reshape", [looked_up, self.const([0, 0, h.hidden])])[0]
+            if not tied:
+                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
             flat_scales = self.w.add("token_embd.scales_flat", blocks.d.reshape(-1))
 
             def head(x: str) -> str:
@@ -222,15 +248,17 @@ class _Builder:
                     K=h.hidden,
                     N=h.vocab_size,
                     bits=8,
-                    block_size=BLOCK,
+                    block_size=blocks.block,
                     accuracy_level=EIGHT_BIT_ACCURACY,
                 )[0]
 
             return embedded, head
-        table = self.w.add("token_embd.weight", self.model.floats("token_embd.weight"))
+        table = self.w.add(name, self.model.floats(name))
         embedded = self.node("Gather", [table, ids], axis=0)[0]
         if not tied:
             return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+        if blocks is not None:
+            return embedded, lambda x: self.linear(x, "output", [(name, None)])
 
         def tied_head(x: str) -> str:
             # Gemm reads the [vocab, hidden] table transposed in place: no second copy.
@@ -242,20 +270,66 @@ class _Builder:
 
         return embedded, tied_head
 
-    def rotary_tables(self, capacity: int) -> tuple[str, str]:
-        h = self.h
-        inv = 1.0 / (h.rope_base ** (np.arange(0, h.head_dim, 2, dtype=np.float64) / h.head_dim))
-        angles = np.outer(np.arange(capacity, dtype=np.float64), inv)
-        return (
-            self.w.add("rotary.cos", np.cos(angles).astype(np.float32)),
-            self.w.add("rotary.sin", np.sin(angles).astype(np.float32)),
+    def rotary_tables(self, capacity: int, base: float, scale: float) -> tuple[str, str]:
+        """cos/sin ``[capacity, D/2]`` for a rotary base; positions divided by ``scale``."""
+        key = (base, scale)
+        if key not in self._rotary:
+            d = self.h.head_dim
+            inv = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+            angles = np.outer(np.arange(capacity, dtype=np.float64) / scale, inv)
+            suffix = "" if not self._rotary else f".{len(self._rotary)}"
+            self._rotary[key] = (
+                self.w.add("rotary.cos" + suffix, np.cos(angles).astype(np.float32)),
+                self.w.add("rotary.sin" + suffix, np.sin(angles).astype(np.float32)),
+            )
+        return self._rotary[key]
+
+    def activation(self, gate: str) -> str:
+        if self.model.arch.activation == "gelu_tanh":
+            return self.node("Gelu", [gate], approximate="tanh")[0]
+        return self.node("Mul", [gate, self.node("Sigmoid", [gate])[0]])[0]
+
+    def attention_inputs(self, normed: str, b: str) -> list[str]:
+        """GroupQueryAttention's query, key and value inputs: fused QKV where the block allows."""
+        h, arch = self.h, self.model.arch
+        qkv = self.linear(
+            normed,
+            b + "attn_qkv",
+            [
+                (b + "attn_q.weight", h.heads),
+                (b + "attn_k.weight", h.kv_heads),
+                (b + "attn_v.weight", None),
+            ],
         )
+        if self.model.has(b + "attn_q.bias"):
+            bias = np.concatenate(
+                [self.model.floats(b + f"attn_{part}.bias") for part in ("q", "k", "v")]
+            )
+            qkv = self.node("Add", [qkv, self.w.add(b + "attn_qkv.bias", bias)])[0]
+        if not arch.qk_norm:
+            return [qkv, "", ""]
+        q_size, kv_size = h.heads * h.head_dim, h.kv_heads * h.head_dim
+        q, k, v = self.node("Split", [qkv, self.const([q_size, kv_size, kv_size])], 3, axis=-1)
+        per_head = self.const([0, 0, -1, h.head_dim])
+        normed_q, normed_k = (
+            self.node(
+                "Reshape",
+                [self.rms_norm(self.node("Reshape", [t, per_head])[0], b + f"{n}.weight"), flat],
+            )[0]
+            for t, n, flat in (
+                (q, "attn_q_norm", self.const([0, 0, q_size])),
+                (k, "attn_k_norm", self.const([0, 0, kv_size])),
+            )
+        )
+        return [normed_q, normed_k, v]
 
     def build(self, progress: Callable[[], None]) -> onnx.GraphProto:
-        h = self.h
+        h, arch = self.h, self.model.arch
         capacity = cache_capacity(h.context_length)
-        cos, sin = self.rotary_tables(capacity)
         x, head = self.embedding("input_ids")
+        if arch.scale_embedding:
+            factor = self.w.add("embedding_scale", np.array(math.sqrt(h.hidden), np.float32))
+            x = self.node("Mul", [x, factor])[0]
         progress()
         cache_shape: list[str | int] = ["batch", h.kv_heads, "capacity", h.head_dim]
         inputs = [
@@ -273,28 +347,16 @@ class _Builder:
         pending: str | None = None
         for i in range(h.layers):
             b = f"blk.{i}."
-            gamma = self.norm_weight(b + "attn_norm.weight")
             if pending is None:
-                normed = self.node(
-                    "SimplifiedLayerNormalization", [residual, gamma], 1, axis=-1, epsilon=h.rms_eps
-                )[0]
+                normed = self.rms_norm(residual, b + "attn_norm.weight")
             else:
                 normed, _, _, residual = self.node(
                     "SkipSimplifiedLayerNormalization",
-                    [pending, residual, gamma],
+                    [pending, residual, self.norm_weight(b + "attn_norm.weight")],
                     4,
                     domain=MS,
                     epsilon=h.rms_eps,
                 )
-            qkv = self.linear(
-                normed,
-                b + "attn_qkv",
-                [
-                    (b + "attn_q.weight", h.heads),
-                    (b + "attn_k.weight", h.kv_heads),
-                    (b + "attn_v.weight", None),
-                ],
-            )
             for kind in ("key", "value"):
                 inputs.append(
                     helper.make_tensor_value_info(
@@ -306,12 +368,21 @@ class _Builder:
                         f"present_{kind}.{i}", TensorProto.FLOAT, cache_shape
                     )
                 )
+            local = arch.is_local(i, h.sliding_window)
+            if local:
+                cos, sin = self.rotary_tables(capacity, arch.local_rope_base or h.rope_base, 1.0)
+            else:
+                cos, sin = self.rotary_tables(capacity, h.rope_base, h.rope_scale)
+            extra: dict[str, Any] = {}
+            if local:
+                # ORT's window counts the keys before the query; GGUF's includes the query.
+                extra["local_window_size"] = h.sliding_window - 1
+            if h.attn_softcap:
+                extra["softcap"] = h.attn_softcap
             attended = self.node(
                 "GroupQueryAttention",
                 [
-                    qkv,
-                    "",
-                    "",
+                    *self.attention_inputs(normed, b),
                     f"past_key.{i}",
                     f"past_value.{i}",
                     "seqlens_k",
@@ -326,8 +397,11 @@ class _Builder:
                 do_rotary=1,
                 rotary_interleaved=0,
                 scale=1.0 / math.sqrt(h.head_dim),
+                **extra,
             )[0]
             projected = self.linear(attended, b + "attn_output", [(b + "attn_output.weight", None)])
+            if arch.post_norms:
+                projected = self.rms_norm(projected, b + "post_attention_norm.weight")
             normed, _, _, residual = self.node(
                 "SkipSimplifiedLayerNormalization",
                 [projected, residual, self.norm_weight(b + "ffn_norm.weight")],
@@ -341,12 +415,13 @@ class _Builder:
                 [(b + "ffn_gate.weight", None), (b + "ffn_up.weight", None)],
             )
             gate, up = self.node("Split", [gate_up, self.const([h.ffn, h.ffn])], 2, axis=-1)
-            activated = self.node("Mul", [gate, self.node("Sigmoid", [gate])[0]])[0]
             pending = self.linear(
-                self.node("Mul", [activated, up])[0],
+                self.node("Mul", [self.activation(gate), up])[0],
                 b + "ffn_down",
                 [(b + "ffn_down.weight", None)],
             )
+            if arch.post_norms:
+                pending = self.rms_norm(pending, b + "post_ffw_norm.weight")
             progress()
         assert pending is not None
         final, _, _, _ = self.node(
@@ -360,7 +435,12 @@ class _Builder:
         last = self.node(
             "Slice", [final, start, self.const([np.iinfo(np.int64).max]), self.const([1])]
         )[0]
-        self.node("Identity", [head(last)], ["logits"])
+        logits = head(last)
+        if h.final_softcap:
+            cap = self.w.add("final_softcap", np.array(h.final_softcap, np.float32))
+            capped = self.node("Tanh", [self.node("Div", [logits, cap])[0]])[0]
+            logits = self.node("Mul", [capped, cap])[0]
+        self.node("Identity", [logits], ["logits"])
         progress()
         return helper.make_graph(self.nodes, "rbee-decoder", inputs, outputs, self.w.tensors)
 
