@@ -6,38 +6,18 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
+from gguf import GGMLQuantizationType, quants
 
 from rbee.models.nbits import to_nbits
 from rbee.models.quants import QUANT_TYPES, QuantBlocks, merge_rows, read_blocks
+from tests.models.helpers import F16_FIELDS, random_blocks
 
 Q = GGMLQuantizationType
-# Byte ranges of each type's f16 fields within a block: random bytes there could be inf or NaN.
-F16_FIELDS = {
-    Q.Q4_0: (0, 2),
-    Q.Q4_1: (0, 4),
-    Q.Q5_0: (0, 2),
-    Q.Q5_1: (0, 4),
-    Q.Q8_0: (0, 2),
-    Q.Q2_K: (80, 84),
-    Q.Q3_K: (108, 110),
-    Q.Q4_K: (0, 4),
-    Q.Q5_K: (0, 4),
-    Q.Q6_K: (208, 210),
-}
 ROWS, COLS = 8, 512
 
 
-def random_blocks(kind: Q, seed: int) -> npt.NDArray[np.uint8]:
-    """A ``[ROWS, bytes]`` matrix of random blocks whose f16 fields are finite and non-zero."""
-    values, size = GGML_QUANT_SIZES[kind]
-    rng = np.random.default_rng(seed)
-    raw = rng.integers(0, 256, (ROWS, COLS // values, size), dtype=np.uint8)
-    start, end = F16_FIELDS[kind]
-    halves = (end - start) // 2
-    scales = (rng.standard_normal((ROWS, COLS // values, halves)) * 0.02).astype(np.float16)
-    raw[..., start:end] = scales.view(np.uint8)
-    return raw.reshape(ROWS, -1)
+def random_raw(kind: Q, seed: int) -> npt.NDArray[np.uint8]:
+    return random_blocks(kind, ROWS, COLS, np.random.default_rng(seed))
 
 
 def test_every_supported_type_is_covered() -> None:
@@ -47,7 +27,7 @@ def test_every_supported_type_is_covered() -> None:
 @pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dequantize_is_bit_exact_against_gguf(kind: Q, seed: int) -> None:
-    raw = random_blocks(kind, seed)
+    raw = random_raw(kind, seed)
     expected = quants.dequantize(raw, kind)
     blocks = read_blocks(kind, raw)
     got = blocks.dequantize()
@@ -93,7 +73,7 @@ def nbits_values(blocks: QuantBlocks) -> npt.NDArray[np.float32]:
 @pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
 def test_matmulnbits_layout_keeps_the_values(kind: Q) -> None:
     """Codes, scales and zero points as given; only the residual of an offset is rounded."""
-    blocks = read_blocks(kind, random_blocks(kind, 5))
+    blocks = read_blocks(kind, random_raw(kind, 5))
     exact = blocks.dequantize()
     nb = to_nbits(blocks)
     assert (nb.bits, nb.block) == (blocks.bits, blocks.block)
@@ -108,7 +88,7 @@ def test_matmulnbits_layout_keeps_the_values(kind: Q) -> None:
 
 
 def test_rows_of_different_types_merge_into_one_matrix() -> None:
-    parts = [read_blocks(k, random_blocks(k, 7)) for k in (Q.Q4_0, Q.Q4_1, Q.Q4_K)]
+    parts = [read_blocks(k, random_raw(k, 7)) for k in (Q.Q4_0, Q.Q4_1, Q.Q4_K)]
     merged = merge_rows(parts)
     expected = np.concatenate([p.dequantize() for p in parts])
     np.testing.assert_allclose(merged.dequantize(), expected, rtol=0, atol=1e-6)

@@ -375,8 +375,8 @@ class _Builder:
                 cos, sin = self.rotary_tables(capacity, h.rope_base, h.rope_scale)
             extra: dict[str, Any] = {}
             if local:
-                # ORT's window counts the keys before the query; GGUF's includes the query.
-                extra["local_window_size"] = h.sliding_window - 1
+                # Both count the query itself: a window of n sees positions p - n + 1 .. p.
+                extra["local_window_size"] = h.sliding_window
             if h.attn_softcap:
                 extra["softcap"] = h.attn_softcap
             attended = self.node(

@@ -19,7 +19,7 @@ from rbee.errors import ModelError
 from rbee.models.gguf_file import open_gguf
 from rbee.models.graph import PRECISIONS, build_graph, graph_steps
 from rbee.models.store import Manifest, ModelStore, describe_files, validate_name, write_manifest
-from rbee.models.tokenizer import TOKENIZER_FILE, stop_token_ids, tokenizer_json
+from rbee.models.tokenizer import TOKENIZER_FILE, bos_token_id, stop_token_ids, tokenizer_json
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -96,12 +96,13 @@ def import_gguf(
             build_graph(model, precision, directory, step)
         manifest = Manifest(
             name=name,
-            architecture="llama",
+            architecture=model.arch.name,
             context_length=model.hyper.context_length,
             vocab_size=model.hyper.vocab_size,
             precisions=list(precisions),
             chat_template=str(model.field("tokenizer.chat_template", "")),
             stop_token_ids=stop_token_ids(model),
+            bos_token_id=bos_token_id(model),
             source=str(path.resolve()),
             files=describe_files(directory),
         )

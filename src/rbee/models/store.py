@@ -44,6 +44,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     precisions: list[str]
     chat_template: str = ""
     stop_token_ids: list[int] = []
+    bos_token_id: int = -1
+    """Prompts start with this token (-1: none)."""
     source: str = ""
     files: dict[str, FileEntry] = {}
 
