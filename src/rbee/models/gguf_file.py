@@ -3,7 +3,9 @@
 `open_gguf` checks everything an import needs before any conversion starts (magic, complete
 tensor data, architecture, tensor types, hyperparameters), so a bad file fails fast with one
 `ModelError` and nothing is written. Tensors stay memory-mapped; `GgufModel.blocks` and
-`GgufModel.floats` read them one matrix at a time. The block types are `rbee.models.quants`';
+`GgufModel.floats` read them one matrix (or run of rows) at a time and give the mapped pages back
+to the kernel as they go, so an import's resident memory stays about one matrix, whatever the
+file's size. The block types are `rbee.models.quants`';
 the architectures `rbee.models.architectures`'.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 from pathlib import Path
 from typing import Any
 
@@ -84,23 +87,46 @@ class GgufModel:
     def is_quantized(self, name: str) -> bool:
         return self.tensor_type(name) in QUANT_TYPES
 
-    def blocks(self, name: str) -> QuantBlocks:
-        """The blocks of a quantized matrix (``ModelError`` if it is stored as plain floats)."""
+    def rows(self, name: str) -> int:
+        return int(np.asarray(self._tensors[name].data).shape[0])
+
+    def blocks(self, name: str, start: int = 0, stop: int | None = None) -> QuantBlocks:
+        """The blocks of a quantized matrix, or of rows ``start:stop`` of it (``ModelError``
+        if it is stored as plain floats)."""
         kind = self.tensor_type(name)
         if kind not in QUANT_TYPES:
             raise ModelError(f"{self.path}: tensor {name} is {kind.name}, not block-quantized")
-        return read_blocks(kind, np.asarray(self._tensors[name].data))
+        blocks = read_blocks(kind, np.asarray(self._tensors[name].data)[start:stop])
+        self._release(name)
+        return blocks
 
-    def floats(self, name: str) -> npt.NDArray[np.float32]:
-        """Any supported tensor as float32, matrices as ``[rows, cols]``."""
-        tensor = self._tensors[name]
-        kind = GGMLQuantizationType(tensor.tensor_type)
-        raw = np.asarray(tensor.data)
+    def floats(self, name: str, start: int = 0, stop: int | None = None) -> npt.NDArray[np.float32]:
+        """Any supported tensor (or rows ``start:stop`` of a matrix) as float32, matrices as
+        ``[rows, cols]``."""
+        kind = self.tensor_type(name)
+        if kind in QUANT_TYPES:
+            return self.blocks(name, start, stop).dequantize()
+        raw = np.asarray(self._tensors[name].data)[start:stop]
         if kind == Q.BF16:
-            return (raw.view(np.uint16).astype(np.uint32) << 16).view(F32)
-        if kind in FLOAT_TYPES:
-            return raw.astype(F32)
-        return self.blocks(name).dequantize()
+            values = (raw.view(np.uint16).astype(np.uint32) << 16).view(F32)
+        else:
+            values = raw.astype(F32)
+        self._release(name)
+        return values
+
+    def _release(self, name: str) -> None:
+        """Drop the mapped pages of tensor ``name`` from this process's resident memory.
+
+        What was read is a copy by now; the pages stay in the page cache, so a second read
+        costs no disk access.
+        """
+        tensor = self._tensors[name]
+        memory = getattr(self.reader.data, "_mmap", None)
+        if memory is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = int(tensor.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        memory.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def dequantize(model: GgufModel, name: str) -> npt.NDArray[np.float32]:

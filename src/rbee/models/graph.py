@@ -34,13 +34,14 @@ as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is lo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+from gguf import GGMLQuantizationType
 from onnx import TensorProto, helper
 
 from rbee.models.gguf_file import GgufModel, unpermute_rows
@@ -52,6 +53,10 @@ __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
 PRECISIONS = ("int4", "fp32")
 _ALIGN = 4096
 _INLINE_BYTES = 1024
+# Rows of a float table converted and written at a time (bounded memory for big vocabularies).
+_TABLE_ROWS = 8192
+# Embedding types GatherBlockQuantized reads as they are: 8-bit codes, no offsets.
+_GATHER_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q6_K)
 _OPSETS = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 MS = "com.microsoft"
 # MatMulNBits accuracy levels, measured on the default model (2 threads): level 0 keeps float32
@@ -84,25 +89,42 @@ class _Weights:
         if array.nbytes <= _INLINE_BYTES:
             self.tensors.append(onnx.numpy_helper.from_array(array, name))
             return name
+        return self.add_chunks(name, array.dtype, array.shape, [array])
+
+    def add_chunks(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        chunks: Iterable[npt.NDArray[np.generic]],
+    ) -> str:
+        """An initializer written as the consecutive pieces ``chunks`` (runs of rows), so that
+        no more than one piece is in memory at a time."""
         pad = -self._offset % _ALIGN
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
-        self._data.write(array.tobytes())
+        nbytes = 0
+        for chunk in chunks:
+            # The buffer itself, not a copy: the largest tables are hundreds of MB.
+            self._data.write(np.ascontiguousarray(chunk, dtype=dtype).data)
+            nbytes += chunk.nbytes
+        if nbytes != int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"initializer {name}: {nbytes} bytes written for shape {shape}")
         tensor = TensorProto()
         tensor.name = name
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-        tensor.dims.extend(array.shape)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+        tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (
             ("location", self._location),
             ("offset", str(self._offset)),
-            ("length", str(array.nbytes)),
+            ("length", str(nbytes)),
         ):
             entry = tensor.external_data.add()
             entry.key = key
             entry.value = value
-        self._offset += array.nbytes
+        self._offset += nbytes
         self.tensors.append(tensor)
         return name
 
@@ -222,23 +244,22 @@ class _Builder:
         h = self.h
         tied = not self.model.has("output.weight")
         name = "token_embd.weight"
-        blocks = self.model.blocks(name) if self.int4 and self.model.is_quantized(name) else None
-        if blocks is not None and blocks.bits == 8 and blocks.m is None and blocks.zero == 128:
-            codes = self.w.add("token_embd.qweight", blocks.q)
-            scales = self.w.add("token_embd.scales", blocks.d.reshape(h.vocab_size, -1, 1))
+        if self.int4 and self.model.tensor_type(name) in _GATHER_TYPES:
+            block_size, codes, d = self.quantized_table(name)
+            scales = self.w.add("token_embd.scales", d.reshape(h.vocab_size, -1, 1))
             looked_up = self.node(
                 "GatherBlockQuantized",
                 [codes, ids, scales],
                 domain=MS,
                 bits=8,
-                block_size=blocks.block,
+                block_size=block_size,
                 gather_axis=0,
                 quantize_axis=2,
             )[0]
             embedded = self.node("Reshape", [looked_up, self.const([0, 0, h.hidden])])[0]
             if not tied:
                 return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
-            flat_scales = self.w.add("token_embd.scales_flat", blocks.d.reshape(-1))
+            flat_scales = self.w.add("token_embd.scales_flat", d.reshape(-1))
 
             def head(x: str) -> str:
                 return self.node(
@@ -248,27 +269,59 @@ class _Builder:
                     K=h.hidden,
                     N=h.vocab_size,
                     bits=8,
-                    block_size=blocks.block,
+                    block_size=block_size,
                     accuracy_level=EIGHT_BIT_ACCURACY,
                 )[0]
 
             return embedded, head
-        table = self.w.add(name, self.model.floats(name))
+        table = self.float_table(name)
         embedded = self.node("Gather", [table, ids], axis=0)[0]
         if not tied:
-            return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
-        if blocks is not None:
+            if self.int4 and self.model.is_quantized("output.weight"):
+                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+            return embedded, lambda x: self.table_head(x, self.float_table("output.weight"))
+        if self.int4 and self.model.is_quantized(name):
             return embedded, lambda x: self.linear(x, "output", [(name, None)])
+        return embedded, lambda x: self.table_head(x, table)
 
-        def tied_head(x: str) -> str:
-            # Gemm reads the [vocab, hidden] table transposed in place: no second copy.
-            flat = self.node("Reshape", [x, self.const([-1, h.hidden])])[0]
-            logits = self.node("Gemm", [flat, table], transB=1)[0]
-            shape = self.node("Shape", [x], start=0, end=2)[0]
-            full = self.node("Concat", [shape, self.const([h.vocab_size])], axis=0)[0]
-            return self.node("Reshape", [logits, full])[0]
+    def quantized_table(self, name: str) -> tuple[int, str, npt.NDArray[np.float32]]:
+        """The 8-bit codes of matrix ``name`` written in runs of rows: block size, initializer
+        and the scales ``[rows, blocks]``."""
+        rows = self.model.rows(name)
+        runs = [self.model.blocks(name, 0, min(rows, _TABLE_ROWS))]
+        block = runs[0].block
+        scales = [runs[0].d]
 
-        return embedded, tied_head
+        def chunks() -> Iterator[npt.NDArray[np.uint8]]:
+            yield runs.pop().q
+            for start in range(_TABLE_ROWS, rows, _TABLE_ROWS):
+                run = self.model.blocks(name, start, start + _TABLE_ROWS)
+                scales.append(run.d)
+                yield run.q
+
+        shape = (rows, self.h.hidden // block, block)
+        codes = self.w.add_chunks(name + ".qweight", np.dtype(np.uint8), shape, chunks())
+        return block, codes, np.concatenate(scales)
+
+    def float_table(self, name: str) -> str:
+        """Matrix ``name`` ``[rows, cols]`` as a float32 initializer, converted in runs of rows."""
+        rows = self.model.rows(name)
+        cols = self.h.hidden
+
+        def chunks() -> Iterator[npt.NDArray[np.float32]]:
+            for start in range(0, rows, _TABLE_ROWS):
+                yield self.model.floats(name, start, start + _TABLE_ROWS)
+
+        return self.w.add_chunks(name, np.dtype(np.float32), (rows, cols), chunks())
+
+    def table_head(self, x: str, table: str) -> str:
+        """Logits from a ``[vocab, hidden]`` float table, read transposed in place by Gemm."""
+        h = self.h
+        flat = self.node("Reshape", [x, self.const([-1, h.hidden])])[0]
+        logits = self.node("Gemm", [flat, table], transB=1)[0]
+        shape = self.node("Shape", [x], start=0, end=2)[0]
+        full = self.node("Concat", [shape, self.const([h.vocab_size])], axis=0)[0]
+        return self.node("Reshape", [logits, full])[0]
 
     def rotary_tables(self, capacity: int, base: float, scale: float) -> tuple[str, str]:
         """cos/sin ``[capacity, D/2]`` for a rotary base; positions divided by ``scale``."""

@@ -19,7 +19,13 @@ from rbee.errors import ModelError
 from rbee.models.gguf_file import open_gguf
 from rbee.models.graph import PRECISIONS, build_graph, graph_steps
 from rbee.models.store import Manifest, ModelStore, describe_files, validate_name, write_manifest
-from rbee.models.tokenizer import TOKENIZER_FILE, bos_token_id, stop_token_ids, tokenizer_json
+from rbee.models.tokenizer import (
+    TOKENIZER_FILE,
+    bos_token_id,
+    chat_template,
+    stop_token_ids,
+    tokenizer_json,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -94,13 +100,15 @@ def import_gguf(
         step()
         for precision in precisions:
             build_graph(model, precision, directory, step)
+        template, template_source = chat_template(model)
         manifest = Manifest(
             name=name,
             architecture=model.arch.name,
             context_length=model.hyper.context_length,
             vocab_size=model.hyper.vocab_size,
             precisions=list(precisions),
-            chat_template=str(model.field("tokenizer.chat_template", "")),
+            chat_template=template,
+            chat_template_source=template_source,
             stop_token_ids=stop_token_ids(model),
             bos_token_id=bos_token_id(model),
             source=str(path.resolve()),

@@ -121,8 +121,7 @@ def _nibbles(qs: Ints) -> Ints:
 
 def _high_bits(qh: Ints) -> Ints:
     """Four bytes ``[.., 4]`` (a little-endian uint32) to 32 bits, bit ``i`` for element ``i``."""
-    bits = np.ascontiguousarray(qh).view("<u4")
-    return ((bits >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+    return np.unpackbits(qh, axis=-1, bitorder="little")
 
 
 def _q4_0(blk: U8) -> QuantBlocks:
@@ -147,8 +146,8 @@ def _q5_1(blk: U8) -> QuantBlocks:
 
 
 def _q8_0(blk: U8) -> QuantBlocks:
-    q = (blk[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-    return QuantBlocks(q, _f16(blk[..., 0:2]), None, 8, 32, 128)
+    # int8 q + 128, as a byte: the sign bit flipped (no wider copy of a big embedding).
+    return QuantBlocks(blk[..., 2:] ^ np.uint8(0x80), _f16(blk[..., 0:2]), None, 8, 32, 128)
 
 
 def _k_scale_min(scales: Ints) -> tuple[Ints, Ints]:

@@ -39,6 +39,7 @@ __all__ = [
     "TOKENIZER_FILE",
     "ModelTokenizer",
     "bos_token_id",
+    "chat_template",
     "render_chat",
     "stop_token_ids",
     "tokenizer_json",
@@ -177,6 +178,47 @@ def bos_token_id(model: GgufModel) -> int:
     if bos is None or not model.field("tokenizer.ggml.add_bos_token", default):
         return -1
     return int(bos)
+
+
+# The instruct formats of architectures whose GGUFs often carry no template (Gemma 3's, as its
+# tokenizer_config.json has it, without the BOS: `ModelTokenizer.encode` adds that).
+_KNOWN_TEMPLATES = {
+    "gemma3": (
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+        "{%- set turns = messages[1:] -%}"
+        "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+        "{%- for message in turns -%}"
+        "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{%- endif -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') }}"
+        "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    ),
+}
+_INSTRUCT_MARKS = ("instruct", "-it", " it", "chat")
+
+
+def chat_template(model: GgufModel) -> tuple[str, str]:
+    """The chat template and where it comes from: ``gguf``, ``built-in`` or ``none``.
+
+    A GGUF without one gets its architecture's known instruct template when its name says it is
+    an instruct model (``general.finetune``, ``general.name``); otherwise it runs raw prompts only.
+    """
+    template = str(model.field("tokenizer.chat_template", ""))
+    if template:
+        return template, "gguf"
+    described = " ".join(
+        str(model.field(key, "")).lower() for key in ("general.finetune", "general.name")
+    )
+    finetune = str(model.field("general.finetune", "")).lower()
+    instruct = finetune == "it" or any(mark in described for mark in _INSTRUCT_MARKS)
+    if instruct and model.arch.name in _KNOWN_TEMPLATES:
+        return _KNOWN_TEMPLATES[model.arch.name], "built-in"
+    return "", "none"
 
 
 def stop_token_ids(model: GgufModel) -> list[int]:
