@@ -119,8 +119,11 @@ class Synthetic:
 
     @property
     def vocab(self) -> int:
-        return 257
+        return 256 + len(_MERGES) + 1
 
+
+# A few byte-level merges (llama.cpp refuses a BPE vocabulary without any).
+_MERGES = ["Ġ t", "h e", "i n", "Ġ a"]
 
 # Which block type each matrix gets in a quantized synthetic model: every type appears.
 _MATRIX_TYPES = {
@@ -153,13 +156,14 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
     writer.add_rope_freq_base(10000.0 if spec.arch != "gemma3" else 1e6)
     if spec.sliding_window:
         writer.add_sliding_window(spec.sliding_window)
-    tokens = [*byte_level_tokens(), "<|endoftext|>"]
+    merged = [m.replace(" ", "") for m in _MERGES]
+    tokens = [*byte_level_tokens(), *merged, "<|endoftext|>"]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
-    writer.add_token_types([1] * 256 + [3])
-    writer.add_token_merges([])
-    writer.add_eos_token_id(256)
+    writer.add_token_types([1] * (len(tokens) - 1) + [3])
+    writer.add_token_merges(_MERGES)
+    writer.add_eos_token_id(len(tokens) - 1)
     q_rows, kv_rows = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     norms = ["attn_norm", "ffn_norm"]
     if spec.arch == "gemma3":
