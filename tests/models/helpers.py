@@ -116,6 +116,8 @@ class Synthetic:
     tied: bool = True
     quantized: bool = False
     """Matrices in a mix of every block type (K-quants where a row is whole super-blocks)."""
+    name: str = ""
+    chat_template: str = ""
 
     @property
     def vocab(self) -> int:
@@ -164,6 +166,10 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
     writer.add_token_types([1] * (len(tokens) - 1) + [3])
     writer.add_token_merges(_MERGES)
     writer.add_eos_token_id(len(tokens) - 1)
+    if spec.name:
+        writer.add_name(spec.name)
+    if spec.chat_template:
+        writer.add_chat_template(spec.chat_template)
     q_rows, kv_rows = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     norms = ["attn_norm", "ffn_norm"]
     if spec.arch == "gemma3":

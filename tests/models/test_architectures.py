@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rbee.errors import ModelError
 from rbee.models.gguf_file import open_gguf
 from rbee.models.importer import import_gguf
 from rbee.models.store import ModelStore
+from rbee.models.tokenizer import ModelTokenizer
 from rbee.worker.engine import Engine
 from tests.models.helpers import Synthetic, numpy_forward, write_synthetic_gguf
 
@@ -72,3 +74,30 @@ def test_decoding_with_the_cache_matches_recomputing(tmp_path: Path, name: str) 
     steps = [fp32.prefill(1, IDS[:3])]
     steps += [fp32.decode([1], [t])[0] for t in IDS[3:]]
     np.testing.assert_allclose(np.stack(steps), full[2:], rtol=0, atol=1e-4 * np.abs(full).max())
+
+
+@pytest.mark.parametrize(
+    ("spec", "source"),
+    [
+        (Synthetic("gemma3", layers=1, name="gemma-3-270m-it"), "built-in"),
+        (Synthetic("gemma3", layers=1, name="gemma-3-270m"), "none"),
+        (Synthetic("qwen2", layers=1, chat_template="{{ messages[0]['content'] }}!"), "gguf"),
+    ],
+)
+def test_chat_template_from_the_file_the_architecture_or_none(
+    tmp_path: Path, spec: Synthetic, source: str
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    manifest = import_gguf(store, write_synthetic_gguf(tmp_path / "m.gguf", spec), name="m")
+    assert manifest.chat_template_source == source
+    tokenizer = ModelTokenizer.load(store.dir("m"), manifest)
+    if source == "none":
+        assert manifest.chat_template == ""
+        with pytest.raises(ModelError, match="no chat template"):
+            tokenizer.render_chat([("user", "Hi")])
+    elif source == "built-in":
+        assert tokenizer.render_chat([("system", "Be brief."), ("user", "Hi")]) == (
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        )
+    else:
+        assert tokenizer.render_chat([("user", "Hi")]) == "Hi!"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from rbee.models.store import Manifest, ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.worker.engine import Engine
+from tests.helpers import RBEE
 from tests.models.helpers import first_divergence
 from tests.models.reference_data import GEMMA
 
@@ -89,10 +89,9 @@ def worker(gemma: tuple[Path, Manifest]) -> Iterator[str]:
     root, _ = gemma
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "rbee",
+            *RBEE,
             "worker",
+            "daemon",
             "--model",
             NAME,
             "--models-dir",
@@ -157,7 +156,7 @@ def test_a_worker_answers_greedily_as_the_engine_and_llama_cpp_do(
 def test_a_chat_request_to_a_base_model_is_refused(worker: str) -> None:
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     r = httpx.post(f"{worker}/v1/inference", json=body, timeout=30)
-    assert r.status_code == 400
+    assert r.status_code == 422  # a ModelError: this model cannot serve that request
     assert "no chat template" in r.json()["error"]["message"]
 
 

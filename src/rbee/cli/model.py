@@ -61,7 +61,7 @@ class _ProgressBar:
 def import_(
     ctx: Context, file: Path, name: str | None, precision: str, models_dir: Path | None
 ) -> None:
-    """Convert a llama-architecture GGUF FILE into this machine's model store."""
+    """Convert a GGUF FILE (llama, qwen2, qwen3 or gemma3) into this machine's model store."""
     from rbee.models.importer import PRECISIONS, import_gguf, name_from_path
     from rbee.models.store import ModelStore
 
@@ -101,12 +101,13 @@ def list_(ctx: Context, hive: str | None, as_json: bool) -> None:
             "architecture": m.architecture,
             "context": m.context_length,
             "precisions": m.precisions,
+            "chat": m.chat,
             "size_mb": m.size_bytes / 1e6,
         }
         for name, models in found.items()
         for m in models
     ]
-    columns = ["hive", "model", "architecture", "context", "precisions", "size_mb"]
+    columns = ["hive", "model", "architecture", "context", "precisions", "chat", "size_mb"]
     table(rows, columns, empty="no models on " + (f"hive {hive}" if hive else "any online hive"))
 
 
