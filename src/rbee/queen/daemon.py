@@ -25,10 +25,13 @@ from rbee.queen import cluster_api, fast_routes
 from rbee.queen.app import build_app
 from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
+from rbee.queen.lifecycle import routes as lifecycle_routes
+from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Scheduler, Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
+from rbee.ssh import KnownHosts
 
 __all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
 
@@ -89,6 +92,8 @@ async def run_queen(
     store_dir: Path | None = None,
     local_hive: Sequence[str] | None = None,
     on_ready: Callable[[], None] | None = None,
+    deploy_file: Path | None = None,
+    known_hosts: KnownHosts | None = None,
     shutdown: Callable[[], Awaitable[None]] = until_signal,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -100,7 +105,9 @@ async def run_queen(
     ``config.keep_alive_s`` idle). ``store_dir`` is the model store the queen serves to its hives
     under ``/v1/store``. ``local_hive`` is the command (`rbee_command`) that runs a hive on this
     machine, started once the queen is bound; ``on_ready`` is called after that hive's first
-    heartbeat (at once without one).
+    heartbeat (at once without one). ``deploy_file`` is the file pushed to the hives started
+    over SSH (default: the ``rbee.pyz`` this process runs from), whose host keys are checked
+    against ``known_hosts`` (default: ``known_hosts`` next to the database, and the user's).
     """
     check_exposure(config)
     conn = open_db(db_path(config))
@@ -117,6 +124,16 @@ async def run_queen(
             dispatcher.provisioner = hives
         hives.before_retire = dispatcher.close_idle_connections
         cluster_api.add_routes(app, hives)
+        hosts = HostHives(
+            conn,
+            dispatcher,
+            known_hosts or KnownHosts(own=db_path(config).parent / "known_hosts"),
+            file=deploy_file or own_file(),
+            token=config.token,
+            queen_host=config.host,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+        )
+        lifecycle_routes.add_routes(app, hosts)
         if hives.store is not None:
             app.register_blueprint(store_blueprint(hives.store))
         stop_serving = trio.Event()
@@ -140,6 +157,8 @@ async def run_queen(
                     ),
                 )
                 task_status.started(url)
+                hosts.queen_port = httpx.URL(url).port or config.port
+                nursery.start_soon(hosts.reattach)
                 hive: LocalHive | None = None
                 if local_hive is not None:
                     hive = LocalHive(

@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Literal, Protocol
 
+import msgspec
 import trio
 
 from rbee import __version__, sse, wire
@@ -114,6 +115,7 @@ class Dispatcher:
         self.config = config
         self.records = JobStore(conn)
         self.hive_records = HiveStore(conn)
+        self.hive_labels: dict[str, dict[str, str]] = {}
         self.registry = Registry(trio.current_time)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback)
@@ -596,12 +598,22 @@ class Dispatcher:
 
     # --- hives -----------------------------------------------------------------------------
 
-    async def wait_for_hive(self, name: str) -> None:
-        """Return once hive ``name`` is online (at once if it is)."""
-        while (record := self.registry.hive(name)) is None or not record.online:
+    async def wait_for_hive(self, name: str, *, after: float | None = None) -> None:
+        """Return once hive ``name`` is online (at once if it is) and, with ``after``, has
+        reported since that time (``trio.current_time``).
+        """
+        while (
+            (record := self.registry.hive(name)) is None
+            or not record.online
+            or (after is not None and record.seen_at <= after)
+        ):
             await self._heard.wait()
 
     def heartbeat(self, hb: HiveHeartbeat) -> None:
+        labels = self.hive_labels.get(hb.hive)
+        if labels:
+            # Labels given at registration (rbee hive add --label) join those the hive reports.
+            hb = msgspec.structs.replace(hb, labels={**hb.labels, **labels})
         came_online, _ = self.registry.heartbeat(hb)
         self._heard.set()
         self._heard = trio.Event()

@@ -1,0 +1,167 @@
+"""Hives on other hosts, end to end: the queen pushes rbee.pyz over SSH to namespace hosts.
+
+Each host is a network namespace with its own sshd and user (`tests.ssh_hosts`); the queen runs
+in the test's trio loop on every address with a token, as it must for hives on other hosts. The
+hosts run the pushed file with Debian's own python3.11.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from rbee import ssh
+from rbee.config import QueenConfig
+from rbee.models.importer import DEFAULT_MODEL
+from rbee.queen.daemon import run_queen
+from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
+from tests.ssh_hosts import ClientKey, SshHost, SshHosts
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "test-token-for-ssh-hives"
+
+
+@dataclasses.dataclass
+class Queen:
+    url: str
+    http: httpx.AsyncClient
+    known: ssh.KnownHosts
+
+    async def add(self, name: str, host: SshHost, key: ClientKey, **extra: object) -> None:
+        body = {"name": name, "ssh": host.target, "identity": str(key.path), **extra}
+        response = await self.http.post("/v1/hives", json=body)
+        assert response.status_code == 201, response.text
+
+    async def trust(self, name: str, host: SshHost) -> None:
+        offered = (await self.http.post(f"/v1/hives/{name}/trust", json={})).json()
+        assert (offered["fingerprint"], offered["trusted"]) == (host.fingerprint(), False)
+        body = {"fingerprint": offered["fingerprint"]}
+        trusted = await self.http.post(f"/v1/hives/{name}/trust", json=body)
+        assert trusted.json()["trusted"] is True
+
+    async def start(self, name: str) -> httpx.Response:
+        return await self.http.post(f"/v1/hives/{name}/start", timeout=300)
+
+
+@contextlib.asynccontextmanager
+async def queen(
+    tmp_path: Path, pyz: Path, models: Path | None = None, **config: object
+) -> AsyncIterator[Queen]:
+    settings = QueenConfig(
+        host="0.0.0.0",
+        port=0,
+        token=TOKEN,
+        db=str(tmp_path / "queen.db"),
+        retry_backoff_s=0.01,
+        drain_grace_s=2.0,
+    )
+    settings = dataclasses.replace(settings, **config)  # type: ignore[arg-type]
+    known = ssh.KnownHosts(
+        own=tmp_path / "known_hosts",
+        user=tmp_path / "no_user_known_hosts",
+        ssh_config=tmp_path / "none",
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url: str = await nursery.start(
+            lambda task_status: run_queen(
+                settings,
+                provision=True,
+                store_dir=models,
+                deploy_file=pyz,
+                known_hosts=known,
+                shutdown=stop.wait,
+                task_status=task_status,
+            )
+        )
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        base = url.replace("0.0.0.0", "127.0.0.1")
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
+            yield Queen(base, http, known)
+            for hive in (await http.get("/v1/hives")).json()["hives"]:
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.post(f"/v1/hives/{hive['name']}/stop", timeout=60)
+        stop.set()
+
+
+async def _pull(http: httpx.AsyncClient, hive: str, model: str) -> list[str]:
+    payloads: list[str] = []
+    body = {"model": model}
+    async with http.stream("POST", f"/v1/hives/{hive}/models/pull", json=body, timeout=300) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                payloads.append(line[6:])
+    return payloads
+
+
+async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    one, two = ssh_hosts.make(), ssh_hosts.make()
+    async with queen(tmp_path, pyz, model_store) as q:
+        await q.add("gpu1", one, client_key, labels={"zone": "attic"})
+        await q.add("gpu2", two, client_key)
+
+        refused = await q.start("gpu1")
+        assert refused.status_code == 502
+        message = refused.json()["error"]["message"]
+        assert one.fingerprint() in message
+        assert "'rbee hive trust gpu1'" in message
+
+        for name, host in (("gpu1", one), ("gpu2", two)):
+            await q.trust(name, host)
+            first = await q.start(name)
+            assert first.status_code == 200, first.text
+            assert (first.json()["changed"], first.json()["pushed"]) == (True, True)
+            assert first.json()["python"] == "/usr/bin/python3.11"
+        pushed = list((one.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
+        assert len(pushed) == 1
+        assert pushed[0].name == f"rbee-{sha256_of(pyz)}.pyz"
+
+        again = await q.start("gpu1")
+        assert again.status_code == 200, again.text
+        assert (again.json()["changed"], again.json()["pushed"]) == (False, False)
+        assert "nothing changed" in again.json()["message"]
+
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["gpu1"]["status"] == hives["gpu2"]["status"] == "online"
+        assert hives["gpu1"]["url"] == f"http://{one.address}:7835"
+        assert hives["gpu1"]["labels"] == {"zone": "attic"}
+        token_file = one.home / RBEE_DIR / "hives" / "gpu1" / "token"
+        assert token_file.read_text() == TOKEN
+        assert token_file.stat().st_mode & 0o777 == 0o600
+
+        pulled = await _pull(q.http, "gpu1", DEFAULT_MODEL)
+        assert pulled[-1] == "[DONE]", pulled[-3:]
+        spawn = {"hive": "gpu1", "model": DEFAULT_MODEL, "wait": True}
+        spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
+        assert spawned.status_code == 201, spawned.text
+
+        job = {"operation": "infer", "model": DEFAULT_MODEL, "prompt": "Hi", "max_tokens": 8}
+        accepted = (await q.http.post("/v1/jobs", json=job)).json()
+        tokens: list[str] = []
+        async with q.http.stream("GET", accepted["sse_url"], timeout=120) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: ") and '"token"' in line:
+                    tokens.append(line)
+                elif line.startswith("data: ["):
+                    assert line == "data: [DONE]"
+        assert tokens
+        record = (await q.http.get(f"/v1/jobs/{accepted['job_id']}")).json()
+        assert record["state"] == "completed"
+        workers = (await q.http.get("/v1/workers")).json()["workers"]
+        assert {w["worker"]["id"]: w["hive"] for w in workers}[record["worker"]] == "gpu1"
+
+        stopped = (await q.http.post("/v1/hives/gpu1/stop", timeout=60)).json()
+        assert stopped["was_running"] is True
+        assert not (one.home / RBEE_DIR / "hives" / "gpu1" / "pid").exists()
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["gpu1"]["status"] == "offline"
