@@ -204,7 +204,6 @@ class SshHosts:
         self.tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
         self.hosts: list[SshHost] = []
         self.users: list[str] = []
-        self.mounts: list[Path] = []
 
     def make(self) -> SshHost:
         i = len(self.hosts)
@@ -266,12 +265,17 @@ class SshHosts:
         _run("ip", "link", "set", peer, "up", netns=host.netns)
         _run("ip", "link", "set", "lo", "up", netns=host.netns)
 
-    def mount_tmpfs(self, path: Path, size: str, owner: str) -> None:
-        """A small tmpfs at ``path`` (a full disk), owned by ``owner``."""
+    def mount_tmpfs(self, host: SshHost, path: Path, size: str) -> None:
+        """A small tmpfs at ``path`` (a full disk) owned by the host's user, as its sshd sees it.
+
+        ``ip netns exec`` gives sshd a mount namespace of its own, which mounts made here do not
+        reach; the tmpfs goes away with that namespace.
+        """
+        assert host.sshd is not None
         path.mkdir(parents=True, exist_ok=True)
-        _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
-        self.mounts.append(path)
-        shutil.chown(path, owner, owner)
+        enter = ("nsenter", "--target", str(host.sshd.pid), "--mount")
+        _run(*enter, "mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+        _run(*enter, "chown", f"{host.user}:{host.user}", str(path))
 
     def close(self) -> None:
         for host in self.hosts:
@@ -280,8 +284,6 @@ class SshHosts:
             _kill_processes_of(host.user)
             _quiet("ip", "netns", "del", host.netns)
             _quiet("ip", "link", "del", host.veth)
-        for path in self.mounts:
-            _quiet("umount", "-l", str(path))
         for user in self.users:
             _quiet("userdel", user)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -76,13 +76,20 @@ class LocalConnector:
         return Completed(done.returncode, done.stdout.decode(), done.stderr.decode())
 
     async def put_file(self, local: Path, remote: str, progress: Progress | None = None) -> None:
-        await trio.to_thread.run_sync(self._copy, local, self.home / remote, progress)
+        await self._copy(local, self.home / remote, progress)
 
     async def get_file(self, remote: str, local: Path) -> None:
-        await trio.to_thread.run_sync(self._copy, self.home / remote, local, None)
+        await self._copy(self.home / remote, local, None)
+
+    @classmethod
+    async def _copy(cls, src: Path, dst: Path, progress: Progress | None) -> None:
+        try:
+            await trio.to_thread.run_sync(cls._copy_file, src, dst, progress)
+        except OSError as err:
+            raise SshError(f"cannot copy {src} to {dst}: {err.strerror or err}") from None
 
     @staticmethod
-    def _copy(src: Path, dst: Path, progress: Progress | None) -> None:
+    def _copy_file(src: Path, dst: Path, progress: Progress | None) -> None:
         total = src.stat().st_size
         copied = 0
         with src.open("rb") as fin, dst.open("wb") as fout:
