@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-__all__ = ["ClientKey", "SshHost", "SshHosts", "client_key", "ssh_hosts"]
+__all__ = ["ClientKey", "SshHost", "SshHosts", "client_key", "make_client_key", "ssh_hosts"]
 
 SSHD = "/usr/sbin/sshd"
 SSHD_READY_S = 10.0
@@ -49,7 +49,7 @@ Subsystem sftp internal-sftp
 MaxSessions 64
 MaxStartups 64:30:128
 LogLevel VERBOSE
-"""
+{extra}"""
 
 
 def _run(*argv: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -174,15 +174,24 @@ def _keygen(path: Path) -> None:
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path))
 
 
+def make_client_key(directory: Path) -> ClientKey:
+    """A new client key pair in ``directory``; `RuntimeError` when hosts cannot be made here."""
+    reason = _missing()
+    if reason is not None:
+        raise RuntimeError(reason)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "id_ed25519"
+    _keygen(path)
+    return ClientKey(path, path.with_suffix(".pub").read_text().strip())
+
+
 @pytest.fixture(scope="session")
 def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
     """A throwaway client key pair that every test host accepts."""
     reason = _missing()
     if reason is not None:
         pytest.skip(reason)
-    path = tmp_path_factory.mktemp("ssh-client") / "id_ed25519"
-    _keygen(path)
-    return ClientKey(path, path.with_suffix(".pub").read_text().strip())
+    return make_client_key(tmp_path_factory.mktemp("ssh-client"))
 
 
 def _free_subnet() -> int:
@@ -196,8 +205,16 @@ def _free_subnet() -> int:
 
 
 class SshHosts:
-    def __init__(self, key: ClientKey) -> None:
+    """Makes test hosts (`make`) and removes them all (`close`).
+
+    ``shiv_root``: where the hosts' users unpack a pushed ``rbee.pyz`` (shiv's ``SHIV_ROOT``), set
+    for every SSH session; one directory shared by hosts made one after the other unpacks each
+    file once. None: each user unpacks it in its own home, as separate machines would.
+    """
+
+    def __init__(self, key: ClientKey, shiv_root: Path | None = None) -> None:
         self.key = key
+        self.shiv_root = shiv_root
         self.root = Path(tempfile.mkdtemp(prefix="rbee-ssh-hosts-"))
         self.root.chmod(0o755)
         self.octet = _free_subnet()
@@ -233,6 +250,7 @@ class SshHosts:
                 host_key=host.host_key,
                 authorized_keys=host.dir / "authorized_keys",
                 user=host.user,
+                extra=f"SetEnv SHIV_ROOT={self.shiv_root}\n" if self.shiv_root else "",
             )
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -289,10 +307,24 @@ class SshHosts:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def shared_shiv_root() -> Iterator[Path]:
+    """One directory where every test host unpacks pushed files (world-writable, sticky)."""
+    path = Path(tempfile.mkdtemp(prefix="rbee-ssh-shiv-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def ssh_hosts(client_key: ClientKey) -> Iterator[SshHosts]:
-    """A factory: ``ssh_hosts.make()`` adds one host; all of them go when the test ends."""
-    hosts = SshHosts(client_key)
+def ssh_hosts(client_key: ClientKey, shared_shiv_root: Path) -> Iterator[SshHosts]:
+    """A factory: ``ssh_hosts.make()`` adds one host; all of them go when the test ends.
+
+    The hosts share one shiv root, so a file is unpacked once per test session.
+    """
+    hosts = SshHosts(client_key, shared_shiv_root)
     try:
         yield hosts
     finally:

@@ -44,8 +44,14 @@ class Queen:
 
 @contextlib.asynccontextmanager
 async def queen(
-    tmp_path: Path, pyz: Path, models: Path | None = None, **config: object
+    tmp_path: Path,
+    pyz: Path,
+    models: Path | None = None,
+    *,
+    stop_hives: bool = True,
+    **config: object,
 ) -> AsyncIterator[Queen]:
+    """A queen until the block ends; then it stops the hives it knows (unless ``stop_hives``)."""
     settings = QueenConfig(
         host="0.0.0.0",
         port=0,
@@ -77,7 +83,8 @@ async def queen(
         base = url.replace("0.0.0.0", "127.0.0.1")
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
             yield Queen(base, http, known)
-            for hive in (await http.get("/v1/hives")).json()["hives"]:
+            hives = (await http.get("/v1/hives")).json()["hives"] if stop_hives else []
+            for hive in hives:
                 with contextlib.suppress(httpx.HTTPError):
                     await http.post(f"/v1/hives/{hive['name']}/stop", timeout=60)
         stop.set()

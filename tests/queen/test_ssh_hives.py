@@ -7,15 +7,21 @@ hosts run the pushed file with Debian's own python3.11.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
+from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
-from tests.queen.ssh_queen import TOKEN, queen
-from tests.ssh_hosts import ClientKey, SshHosts
+from rbee.queen.registry import STALE_INTERVALS
+from tests.queen.ssh_queen import TOKEN, Queen, queen
+from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +100,51 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         assert not (one.home / RBEE_DIR / "hives" / "gpu1" / "pid").exists()
         hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
         assert hives["gpu1"]["status"] == "offline"
+
+
+async def _status(q: Queen, name: str) -> str:
+    hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+    return str(hives[name]["status"]) if name in hives else "unknown"
+
+
+async def _until_status(q: Queen, name: str, want: str, within: float) -> float:
+    began = trio.current_time()
+    with trio.fail_after(within):
+        while await _status(q, name) != want:  # noqa: ASYNC110 - another process's heartbeats
+            await trio.sleep(0.05)
+    return trio.current_time() - began
+
+
+def _pid(host: SshHost, hive: str) -> int:
+    return int((host.home / RBEE_DIR / "hives" / hive / "pid").read_text())
+
+
+async def test_hives_outlive_a_queen_restart_and_a_link_that_goes_down(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    one, two = ssh_hosts.make(), ssh_hosts.make()
+    interval = 0.5
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    settings = {"port": port, "heartbeat_interval_s": interval}
+    async with queen(tmp_path, pyz, stop_hives=False, **settings) as first:
+        for name, host in (("gpu1", one), ("gpu2", two)):
+            await first.add(name, host, client_key)
+            await first.trust(name, host)
+            assert (await first.start(name)).status_code == 200
+    running, killed = _pid(one, "gpu1"), _pid(two, "gpu2")
+    os.kill(killed, signal.SIGKILL)
+
+    async with queen(tmp_path, pyz, **settings) as second:
+        await _until_status(second, "gpu1", "online", MAX_BACKOFF_S + 5)
+        assert _pid(one, "gpu1") == running
+        await _until_status(second, "gpu2", "online", MAX_BACKOFF_S + 60)
+        assert _pid(two, "gpu2") != killed
+
+        one.link(up=False)
+        took = await _until_status(second, "gpu1", "offline", 10 * interval)
+        assert took <= (STALE_INTERVALS + 2) * interval
+        one.link(up=True)
+        await _until_status(second, "gpu1", "online", MAX_BACKOFF_S + 5)
+        assert _pid(one, "gpu1") == running

@@ -4,7 +4,8 @@
 records its host key, `start` connects, runs the preflight, pushes the file when the host lacks
 it, starts the hive detached and waits for its first heartbeat; `stop`, `remove`, `logs`. After
 a queen restart the hives that were started reattach as their heartbeats arrive; `reattach`
-starts again those that do not report within `REATTACH_INTERVALS` heartbeat intervals.
+starts again those that do not report within the hive's longest backoff and
+`REATTACH_INTERVALS` heartbeat intervals more.
 
 The hive is told to bind the address its host has on the SSH connection and to report to the
 address this machine has on it, so that both ends use the route SSH already found.
@@ -26,6 +27,7 @@ import trio
 
 from rbee import ssh
 from rbee.errors import ApiError, NotFoundError, SshError
+from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.lifecycle import steps
@@ -330,7 +332,8 @@ class HostHives:
         due = [r for r in self.records.all() if r.auto_start]
         if not due:
             return
-        await trio.sleep(REATTACH_INTERVALS * self.heartbeat_interval_s)
+        # A running hive may be backing off after failing to reach the queen while it was down.
+        await trio.sleep(MAX_BACKOFF_S + REATTACH_INTERVALS * self.heartbeat_interval_s)
         async with trio.open_nursery() as nursery:
             for record in due:
                 online = self.dispatcher.registry.hive(record.name)

@@ -98,8 +98,7 @@ _START = r"""
 hivedir=$1 file=$2
 shift 2
 mkdir -p "$hivedir" || exit 1
-umask 077
-cat > "$hivedir/token" || exit 1
+(umask 077 && cat > "$hivedir/token") || exit 1
 RBEE_HIVE_TOKEN=$(cat "$hivedir/token")
 export RBEE_HIVE_TOKEN
 printf '%s\n' "$file" > "$hivedir/file"
