@@ -8,8 +8,10 @@ hosts run the pushed file with Debian's own python3.11.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -148,3 +150,55 @@ async def test_hives_outlive_a_queen_restart_and_a_link_that_goes_down(
         one.link(up=True)
         await _until_status(second, "gpu1", "online", MAX_BACKOFF_S + 5)
         assert _pid(one, "gpu1") == running
+
+
+def _rebuilt(path: Path, comment: bytes) -> None:
+    """The same archive with another zip comment: another file, another sha256."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = comment
+
+
+def _broken(path: Path) -> None:
+    """A zipapp that fails at once, as a bad build would."""
+    path.unlink()
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("__main__.py", "import sys\nsys.exit('broken build')\n")
+
+
+def _running_file(host: SshHost, hive: str) -> str:
+    return (host.home / RBEE_DIR / "hives" / hive / "file").read_text().strip()
+
+
+async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    current = tmp_path / "rbee.pyz"
+    shutil.copy(pyz, current)
+    async with queen(tmp_path, current) as q:
+        await q.add("gpu1", host, client_key)
+        await q.trust("gpu1", host)
+        assert (await q.start("gpu1")).status_code == 200
+        first_file, first_pid = _running_file(host, "gpu1"), _pid(host, "gpu1")
+
+        _rebuilt(current, b"rebuilt")
+        up = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
+        assert up.status_code == 200, up.text
+        assert (up.json()["changed"], up.json()["pushed"]) == (True, True)
+        assert f"upgraded from {first_file}" in up.json()["message"]
+        second_file = _running_file(host, "gpu1")
+        assert second_file != first_file
+        assert _pid(host, "gpu1") != first_pid
+        assert await _status(q, "gpu1") == "online"
+
+        _broken(current)
+        failed = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
+        assert failed.status_code == 502, failed.text
+        message = failed.json()["error"]["message"]
+        assert f"runs the previous one ({second_file}) again" in message
+        assert "broken build" in message
+        assert _running_file(host, "gpu1") == second_file
+        assert await _status(q, "gpu1") == "online"
+        kept = sorted(p.name for p in (host.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
+        assert Path(second_file).name in kept
+        assert len(kept) == 2

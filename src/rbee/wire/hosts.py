@@ -3,7 +3,7 @@
 ``POST /v1/hives`` takes a `HiveAdd` and answers the `HostHive`; ``GET /v1/hives/{name}`` is a
 `HostHive`; ``POST /v1/hives/{name}/trust`` takes a `HiveTrust` and answers the `HostKeyInfo`
 offered (recorded only when the request's fingerprint is that key's); ``POST
-/v1/hives/{name}/start`` answers a `HiveStarted`, ``POST /v1/hives/{name}/stop`` and ``DELETE
+/v1/hives/{name}/start`` and ``POST /v1/hives/{name}/upgrade`` answer a `HiveStarted`, ``POST /v1/hives/{name}/stop`` and ``DELETE
 /v1/hives/{name}`` a `HiveStopped`; ``GET /v1/hives/{name}/logs?lines=N`` a `HiveLogs`.
 """
 

@@ -201,42 +201,44 @@ class HostHives:
 
     async def start(self, name: str, progress: Progress | None = None) -> HiveStarted:
         """Start hive ``name`` on its host; nothing changes when it already runs this file."""
+        return await self._deploy(name, progress, upgrade=False)
+
+    async def upgrade(self, name: str, progress: Progress | None = None) -> HiveStarted:
+        """Run hive ``name`` on the queen's current file: push it, stop the hive (it retires its
+        workers), start the new file; if that does not come up, start the previous one again.
+        """
+        return await self._deploy(name, progress, upgrade=True)
+
+    async def _deploy(self, name: str, progress: Progress | None, *, upgrade: bool) -> HiveStarted:
         began = trio.current_time()
         info = await self._file()
+        wanted = steps.file_name(info.sha256)
         async with self._host(name) as (record, conn):
             connector = SshConnector(conn)
             facts = await steps.preflight(
-                connector,
-                hive=name,
-                file=steps.file_name(info.sha256),
-                port=HIVE_PORT,
-                python=record.python,
+                connector, hive=name, file=wanted, port=HIVE_PORT, python=record.python
             )
             online = self.dispatcher.registry.hive(name)
-            if facts.running_pid:
-                same = facts.running_file.endswith(steps.file_name(info.sha256))
-                if same and online is not None and online.online:
-                    self.records.set_auto_start(name, True)
-                    return HiveStarted(
-                        name=name,
-                        changed=False,
-                        pushed=False,
-                        file=facts.running_file,
-                        python="",
-                        pid=facts.running_pid,
-                        seconds=trio.current_time() - began,
-                        message=f"hive {name} already runs this rbee (pid {facts.running_pid}); "
-                        "nothing changed",
-                    )
-                if not same:
-                    raise ApiError(
-                        f"hive {name} runs another rbee ({facts.running_file}): "
-                        f"'rbee hive upgrade {name}' replaces it",
-                        409,
-                    )
-                # It runs this file but does not report here: start it again.
-                await steps.stop(connector, name)
-                facts = dataclasses.replace(facts, running_pid=0, port_free=None)
+            same = facts.running_file.endswith(wanted)
+            if facts.running_pid and same and online is not None and online.online:
+                self.records.set_auto_start(name, True)
+                return HiveStarted(
+                    name=name,
+                    changed=False,
+                    pushed=False,
+                    file=facts.running_file,
+                    python="",
+                    pid=facts.running_pid,
+                    seconds=trio.current_time() - began,
+                    message=f"hive {name} already runs this rbee (pid {facts.running_pid}); "
+                    "nothing changed",
+                )
+            if facts.running_pid and not same and not upgrade:
+                raise ApiError(
+                    f"hive {name} runs another rbee ({facts.running_file}): "
+                    f"'rbee hive upgrade {name}' replaces it",
+                    409,
+                )
             interpreter = steps.check(
                 facts,
                 where=f"{name} ({record.target})",
@@ -245,21 +247,27 @@ class HostHives:
                 port=HIVE_PORT,
                 accepts=self.accepts,
             )
-            remote = f"{steps.RBEE_DIR}/bin/{steps.file_name(info.sha256)}"
             if not facts.have_file:
                 await steps.push(connector, info.path, info.sha256, progress)
-            argv = steps.hive_argv(
-                [interpreter, remote],
-                self._queen_url(conn),
-                name=name,
-                host=conn.peer_address,
-                port=HIVE_PORT,
-                heartbeat_interval_s=self.heartbeat_interval_s,
-            )
-            started_at = trio.current_time()
-            pid = await steps.start(connector, name, argv, self.token)
-            await self._wait_online(connector, name, pid, started_at)
+            previous = facts.running_file if facts.running_pid and not same else ""
+            if facts.running_pid:
+                # It runs another file (an upgrade), or this one without reporting here.
+                await steps.stop(connector, name)
+                self.dispatcher.registry.take_offline(name)
+            remote = f"{steps.RBEE_DIR}/bin/{wanted}"
+            try:
+                pid = await self._launch(connector, name, interpreter, remote)
+            except SshError as err:
+                if not previous:
+                    raise
+                await self._launch(connector, name, interpreter, previous)
+                raise ApiError(
+                    f"hive {name} did not come up on the new file, so it runs the previous one "
+                    f"({previous}) again: {err}",
+                    502,
+                ) from None
             self.records.set_auto_start(name, True)
+            what = f"upgraded from {previous}" if previous else "started"
             return HiveStarted(
                 name=name,
                 changed=True,
@@ -268,8 +276,26 @@ class HostHives:
                 python=interpreter,
                 pid=pid,
                 seconds=trio.current_time() - began,
-                message=f"hive {name} started on {record.target} (pid {pid})",
+                message=f"hive {name} {what} on {record.target} (pid {pid})",
             )
+
+    async def _launch(
+        self, connector: SshConnector, name: str, interpreter: str, remote: str
+    ) -> int:
+        """Start the hive on ``remote`` and wait for its first heartbeat; return its pid."""
+        conn = connector.conn
+        argv = steps.hive_argv(
+            [interpreter, remote],
+            self._queen_url(conn),
+            name=name,
+            host=conn.peer_address,
+            port=HIVE_PORT,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
+        started_at = trio.current_time()
+        pid = await steps.start(connector, name, argv, self.token)
+        await self._wait_online(connector, name, pid, started_at)
+        return pid
 
     async def _wait_online(
         self, connector: SshConnector, name: str, pid: int, since: float

@@ -44,6 +44,10 @@ def add_routes(app: QuartTrio, hosts: HostHives) -> None:
     async def start_hive(name: str) -> Response:
         return json_response(await hosts.start(name))
 
+    @app.post("/v1/hives/<name>/upgrade")
+    async def upgrade_hive(name: str) -> Response:
+        return json_response(await hosts.upgrade(name))
+
     @app.post("/v1/hives/<name>/stop")
     async def stop_hive(name: str) -> Response:
         return json_response(await hosts.stop(name))
