@@ -152,3 +152,24 @@ async def test_a_refused_connection_says_so(
     target = ssh.parse_target(f"{host.user}@{host.address}:2222", identity=str(client_key.path))
     with pytest.raises(SshError, match="refused: is sshd running there"):
         await ssh.connect(target, _known(tmp_path), hive="gpu1")
+
+
+async def test_stream_yields_output_as_it_comes_and_closing_stops_the_command(
+    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    known = _known(tmp_path)
+    target = await _trusted(host, client_key, known)
+    async with ssh.session(target, known, hive="h") as conn:
+        script = "echo first; echo oops >&2; exec sleep 60"
+        chunks = conn.stream(["sh", "-c", script])
+        seen = ""
+        async for chunk in chunks:
+            seen += chunk
+            if "oops" in seen:
+                break
+        await chunks.aclose()  # type: ignore[attr-defined]
+        assert seen == "first\noops\n"
+        with trio.fail_after(10):
+            while (await conn.run(["pgrep", "-u", host.user, "-x", "sleep"])).exit_status == 0:  # noqa: ASYNC110
+                await trio.sleep(0.05)

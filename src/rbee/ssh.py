@@ -374,26 +374,41 @@ class Connection:
         return await self._call(run)
 
     async def stream(self, argv: Sequence[str]) -> AsyncIterator[str]:
-        """Run ``argv`` on the host and yield its output as it comes (until it ends)."""
+        """Run ``argv`` on the host and yield its output (stderr too) as it comes, until it
+        ends; closing the generator stops the command.
+        """
         command = quote_argv(argv)
         token = trio.lowlevel.current_trio_token()
-        send, receive = trio.open_memory_channel[str | None](float("inf"))
+        send, receive = trio.open_memory_channel[str | SshError | None](float("inf"))
 
         async def pump() -> None:
             try:
                 async with self._conn.create_process(command, stderr=asyncssh.STDOUT) as process:
-                    async for chunk in process.stdout:
-                        _from_asyncio(token, send.send_nowait, str(chunk))
-            finally:
+                    try:
+                        async for chunk in process.stdout:
+                            _from_asyncio(token, send.send_nowait, str(chunk))
+                    except asyncio.CancelledError:
+                        # Without a terminal, a closed channel does not end the command.
+                        with contextlib.suppress(OSError, asyncssh.Error):
+                            process.send_signal("TERM")
+                        raise
                 _from_asyncio(token, send.send_nowait, None)
+            except (OSError, asyncssh.Error) as err:
+                _from_asyncio(token, send.send_nowait, _ssh_error(err, self.target))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._call, pump)
-            async for chunk in receive:
-                if chunk is None:
-                    break
-                yield chunk
-            nursery.cancel_scope.cancel()
+        loop = _asyncio_loop()
+        call = _Call(pump)
+        # Not awaited through `_on_asyncio`: the generator yields while it runs.
+        asyncio.run_coroutine_threadsafe(call.run(), loop)
+        try:
+            async for item in receive:
+                if item is None:
+                    return
+                if isinstance(item, SshError):
+                    raise item
+                yield item
+        finally:
+            loop.call_soon_threadsafe(call.cancel)
 
     async def put_file(
         self,

@@ -7,6 +7,7 @@ hosts run the pushed file with Debian's own python3.11.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,10 +15,12 @@ import socket
 import zipfile
 from pathlib import Path
 
+import h11
 import httpx
 import pytest
 import trio
 
+from rbee import sse
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
@@ -28,15 +31,37 @@ from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 pytestmark = pytest.mark.slow
 
 
-async def _pull(http: httpx.AsyncClient, hive: str, model: str) -> list[str]:
-    payloads: list[str] = []
-    body = {"model": model}
-    async with http.stream("POST", f"/v1/hives/{hive}/models/pull", json=body, timeout=300) as r:
+async def _first_bytes(q: Queen, target: str, until: bytes) -> bytes:
+    """What a GET answers until ``until`` arrives; then the connection is closed (a client
+    that goes away in the middle of a stream).
+    """
+    host, port = q.url.removeprefix("http://").split(":")
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("Host", host), ("Authorization", f"Bearer {TOKEN}")]
+    async with await trio.open_tcp_stream(host, int(port)) as sock:
+        request = h11.Request(method="GET", target=target, headers=headers)
+        await sock.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        received = b""
+        with trio.fail_after(30):
+            while until not in received:
+                received += await sock.receive_some(4096)
+    return received
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def _events(http: httpx.AsyncClient, path: str, body: object = None) -> list[str]:
+    """The payloads of the event stream a POST answers."""
+    headers = {"Accept": "text/event-stream"}
+    async with http.stream("POST", path, json=body, headers=headers, timeout=300) as r:
         assert r.status_code == 200, await r.aread()
-        async for line in r.aiter_lines():
-            if line.startswith("data: "):
-                payloads.append(line[6:])
-    return payloads
+        return [p async for p in sse.data_lines(r.aiter_lines())]
+
+
+async def _pull(http: httpx.AsyncClient, hive: str, model: str) -> list[str]:
+    return await _events(http, f"/v1/hives/{hive}/models/pull", {"model": model})
 
 
 async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
@@ -53,12 +78,19 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         assert one.fingerprint() in message
         assert "'rbee hive trust gpu1'" in message
 
-        for name, host in (("gpu1", one), ("gpu2", two)):
-            await q.trust(name, host)
-            first = await q.start(name)
-            assert first.status_code == 200, first.text
-            assert (first.json()["changed"], first.json()["pushed"]) == (True, True)
-            assert first.json()["python"] == "/usr/bin/python3.11"
+        await q.trust("gpu1", one)
+        first = await q.start("gpu1")
+        assert first.status_code == 200, first.text
+        assert (first.json()["changed"], first.json()["pushed"]) == (True, True)
+        assert first.json()["python"] == "/usr/bin/python3.11"
+        await q.trust("gpu2", two)
+        events = await _events(q.http, "/v1/hives/gpu2/start")
+        assert events[-1] == "[DONE]"
+        started = json.loads(events[-2])
+        assert (started["type"], started["pushed"]) == ("started", True)
+        progress = [json.loads(e) for e in events[:-2]]
+        assert {p["type"] for p in progress} == {"progress"}
+        assert progress[-1]["copied"] == progress[-1]["total"] == _size(pyz)
         pushed = list((one.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
         assert len(pushed) == 1
         assert pushed[0].name == f"rbee-{sha256_of(pyz)}.pyz"
@@ -75,6 +107,11 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         token_file = one.home / RBEE_DIR / "hives" / "gpu1" / "token"
         assert token_file.read_text() == TOKEN
         assert token_file.stat().st_mode & 0o777 == 0o600
+
+        logs = (await q.http.get("/v1/hives/gpu1/logs", params={"lines": 50})).json()["lines"]
+        assert any(line.startswith("rbee hive listening on") for line in logs)
+        followed = await _first_bytes(q, "/v1/hives/gpu2/logs?lines=50&follow=1", b"listening")
+        assert b"rbee hive listening on" in followed
 
         pulled = await _pull(q.http, "gpu1", DEFAULT_MODEL)
         assert pulled[-1] == "[DONE]", pulled[-3:]

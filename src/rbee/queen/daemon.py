@@ -158,7 +158,7 @@ async def run_queen(
                 )
                 task_status.started(url)
                 hosts.queen_port = httpx.URL(url).port or config.port
-                nursery.start_soon(hosts.reattach)
+                await nursery.start(hosts.run)
                 hive: LocalHive | None = None
                 if local_hive is not None:
                     hive = LocalHive(

@@ -1,10 +1,14 @@
 """The queen's routes for hives it starts over SSH: registration, host keys, lifecycle.
 
-``POST /v1/hives`` takes a `HiveAdd` and answers the `HostHive`; ``GET /v1/hives/{name}`` is a
-`HostHive`; ``POST /v1/hives/{name}/trust`` takes a `HiveTrust` and answers the `HostKeyInfo`
-offered (recorded only when the request's fingerprint is that key's); ``POST
-/v1/hives/{name}/start`` and ``POST /v1/hives/{name}/upgrade`` answer a `HiveStarted`, ``POST /v1/hives/{name}/stop`` and ``DELETE
-/v1/hives/{name}`` a `HiveStopped`; ``GET /v1/hives/{name}/logs?lines=N`` a `HiveLogs`.
+- ``POST /v1/hives`` takes a `HiveAdd`, answers the `HostHive`; ``GET /v1/hives/{name}`` is one.
+- ``POST /v1/hives/{name}/trust`` takes a `HiveTrust`, answers the `HostKeyInfo` offered
+  (recorded only when the request's fingerprint is that key's).
+- ``POST /v1/hives/{name}/start`` and ``.../upgrade`` answer a `HiveStarted`; sent with
+  ``Accept: text/event-stream``, the answer is a stream of `PushProgress` events while the file
+  is copied, then the `HiveStarted`, then ``[DONE]`` (or ``[ERROR] <message>``).
+- ``POST /v1/hives/{name}/stop`` and ``DELETE /v1/hives/{name}`` answer a `HiveStopped`.
+- ``GET /v1/hives/{name}/logs?lines=N`` is a `HiveLogs`; with ``&follow=1`` a stream of them, as
+  the hive writes its log.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "HiveTrust",
     "HostHive",
     "HostKeyInfo",
+    "PushProgress",
 ]
 
 _Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-/]+$")]
@@ -69,7 +74,14 @@ class HostHive(Struct, frozen=True, kw_only=True):
     url: str = ""
 
 
-class HiveStarted(Struct, frozen=True, kw_only=True):
+class PushProgress(Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):
+    """How much of the file has reached the host."""
+
+    copied: int
+    total: int
+
+
+class HiveStarted(Struct, frozen=True, kw_only=True, tag="started", tag_field="type"):
     """What ``hive start`` did: ``changed`` false when the hive already ran this file."""
 
     name: str

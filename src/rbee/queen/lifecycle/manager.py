@@ -22,11 +22,12 @@ import time
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from rbee import ssh
-from rbee.errors import ApiError, NotFoundError, SshError
+from rbee.errors import ApiError, NotFoundError, RbeeError, SshError
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.dispatcher import Dispatcher
@@ -35,7 +36,14 @@ from rbee.queen.lifecycle.connector import Progress, SshConnector
 from rbee.queen.lifecycle.records import HostRecord, HostRecords
 from rbee.queen.local_hive import LOCAL_HIVE
 from rbee.server import is_loopback
-from rbee.wire.hosts import HiveAdd, HiveStarted, HiveStopped, HostHive, HostKeyInfo
+from rbee.wire.hosts import (
+    HiveAdd,
+    HiveStarted,
+    HiveStopped,
+    HostHive,
+    HostKeyInfo,
+    PushProgress,
+)
 
 __all__ = ["HIVE_PORT", "REATTACH_INTERVALS", "HostHives", "own_file"]
 
@@ -95,6 +103,7 @@ class HostHives:
         self.accepts = accepts
         self.start_timeout_s = start_timeout_s
         self._file_info: _FileInfo | None = None
+        self._nursery: trio.Nursery | None = None
         self._locks: dict[str, trio.Lock] = {}
         for record in self.records.all():
             self._publish_labels(record)
@@ -352,6 +361,57 @@ class HostHives:
     async def logs(self, name: str, lines: int) -> list[str]:
         async with self._host(name) as (_, conn):
             return await steps.log_tail(SshConnector(conn), name, lines)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the deploys that report through `deploy_events`, and `reattach`, until cancelled."""
+        async with trio.open_nursery() as self._nursery:
+            task_status.started()
+            self._nursery.start_soon(self.reattach)
+            await trio.sleep_forever()
+
+    def deploy_events(
+        self, name: str, *, upgrade: bool
+    ) -> trio.MemoryReceiveChannel[PushProgress | HiveStarted | RbeeError]:
+        """Start or upgrade hive ``name`` in the background; its progress, outcome or error.
+
+        The deploy goes on when nobody reads any more (a client gone half way).
+        """
+        assert self._nursery is not None, "HostHives.run is not running"
+        send, receive = trio.open_memory_channel[Any](float("inf"))
+        percent = -1
+
+        def progress(copied: int, total: int) -> None:
+            nonlocal percent
+            now = copied * 100 // max(total, 1)
+            if now != percent:
+                percent = now
+                with contextlib.suppress(trio.BrokenResourceError):
+                    send.send_nowait(PushProgress(copied=copied, total=total))
+
+        async def deploy() -> None:
+            with send:
+                try:
+                    outcome: HiveStarted | RbeeError = await self._deploy(
+                        name, progress, upgrade=upgrade
+                    )
+                except RbeeError as err:
+                    outcome = err
+                with contextlib.suppress(trio.BrokenResourceError):
+                    send.send_nowait(outcome)
+
+        self._nursery.start_soon(deploy)
+        return receive
+
+    async def follow_logs(self, name: str, lines: int) -> AsyncIterator[list[str]]:
+        """The hive's last ``lines`` log lines, then each line it writes, until closed."""
+        record = self.get(name)
+        async with ssh.session(record.target, self.known, hive=name) as conn:
+            log_file = f"{steps.hive_dir(name)}/log"
+            partial = ""
+            async for chunk in conn.stream(["tail", "-n", str(lines), "-F", log_file]):
+                *complete, partial = (partial + chunk).split("\n")
+                if complete:
+                    yield complete
 
     async def reattach(self) -> None:
         """Start again every hive marked to start that does not report after a queen start."""

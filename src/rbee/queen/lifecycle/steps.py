@@ -32,6 +32,7 @@ __all__ = [
     "choose_python",
     "file_name",
     "hive_argv",
+    "hive_dir",
     "log_tail",
     "preflight",
     "push",
