@@ -71,9 +71,11 @@ def test_the_full_pyz_alone_answers_with_the_default_model(tmp_path: Path) -> No
     full = tmp_path / "elsewhere" / "rbee-full.pyz"
     build = [sys.executable, str(ROOT / "build" / "build.py"), "--flavour", "full"]
     subprocess.run([*build, "--output", str(full)], check=True, capture_output=True)
-    # A home of its own: shiv's extraction and the model store start empty.
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
-    command = [str(full), "worker", "--model", DEFAULT_MODEL, "--port", "0", "--slots", "1"]
+    # A home of its own: shiv's extraction and the model store (its default place) start empty.
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env["HOME"] = str(tmp_path / "home")
+    command = [str(full), "worker", "daemon", "--model", DEFAULT_MODEL, "--port", "0"]
+    command += ["--slots", "1"]
     with subprocess.Popen(
         command, cwd=full.parent, env=env, stdout=subprocess.PIPE, text=True
     ) as worker:

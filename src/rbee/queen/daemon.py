@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from rbee.config import QueenConfig, default_data_dir
+from rbee.decisions import Scheduler
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
@@ -29,7 +30,7 @@ from rbee.queen.lifecycle import routes as lifecycle_routes
 from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
-from rbee.queen.scheduler import Scheduler, Watched, make_scheduler
+from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
 from rbee.ssh import KnownHosts
 
@@ -104,10 +105,11 @@ async def run_queen(
     unless ``provision`` makes the queen start them on its hives itself and retire them after
     ``config.keep_alive_s`` idle). ``store_dir`` is the model store the queen serves to its hives
     under ``/v1/store``. ``local_hive`` is the command (`rbee_command`) that runs a hive on this
-    machine, started once the queen is bound; ``on_ready`` is called after that hive's first
-    heartbeat (at once without one). ``deploy_file`` is the file pushed to the hives started
-    over SSH (default: the ``rbee.pyz`` this process runs from), whose host keys are checked
-    against ``known_hosts`` (default: ``known_hosts`` next to the database, and the user's).
+    machine, started once the queen is bound; jobs that no worker can take wait for its first
+    heartbeat (up to ``config.hive_start_timeout_s``), and ``on_ready`` is called after it (at
+    once without a local hive). ``deploy_file`` is the file pushed to the hives started over
+    SSH (default: the ``rbee.pyz`` this process runs from), whose host keys are checked against
+    ``known_hosts`` (default: ``known_hosts`` next to the database, and the user's).
     """
     check_exposure(config)
     conn = open_db(db_path(config))
@@ -123,6 +125,9 @@ async def run_queen(
         if provision and provisioner is None:
             dispatcher.provisioner = hives
         hives.before_retire = dispatcher.close_idle_connections
+        if local_hive is not None:
+            # Before the first request can arrive: a job sent right away waits for this hive.
+            dispatcher.expect_hive(LOCAL_HIVE, config.hive_start_timeout_s)
         cluster_api.add_routes(app, hives)
         hosts = HostHives(
             conn,

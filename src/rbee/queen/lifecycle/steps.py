@@ -44,7 +44,7 @@ __all__ = [
 
 RBEE_DIR = ".rbee"
 # The rbee subcommand that runs a hive daemon.
-HIVE_DAEMON: tuple[str, ...] = ("hive",)
+HIVE_DAEMON: tuple[str, ...] = ("hive", "daemon")
 # Room the file needs beyond its own size: shiv unpacks it under ~/.shiv on first start.
 UNPACK_FACTOR = 4
 LOG_TAIL_LINES = 20
