@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 from rbee import ssh
 from rbee.config import QueenConfig
 from rbee.queen.daemon import run_queen
+from tests.helpers import RBEE
 from tests.ssh_hosts import ClientKey, SshHost
 
 __all__ = ["TOKEN", "Queen", "queen"]
@@ -40,6 +42,17 @@ class Queen:
 
     async def start(self, name: str) -> httpx.Response:
         return await self.http.post(f"/v1/hives/{name}/start", timeout=300)
+
+    async def rbee(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """``rbee ARGS`` against this queen, as its own process (the keeper as a user runs it)."""
+        command = [*RBEE, "--queen", self.url, "--token", TOKEN, *args]
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                command, input=stdin, capture_output=True, text=True, timeout=300, check=False
+            )
+
+        return await trio.to_thread.run_sync(run)
 
 
 @contextlib.asynccontextmanager

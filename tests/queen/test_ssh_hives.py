@@ -119,20 +119,16 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
         assert spawned.status_code == 201, spawned.text
 
-        job = {"operation": "infer", "model": DEFAULT_MODEL, "prompt": "Hi", "max_tokens": 8}
-        accepted = (await q.http.post("/v1/jobs", json=job)).json()
-        tokens: list[str] = []
-        async with q.http.stream("GET", accepted["sse_url"], timeout=120) as stream:
-            async for line in stream.aiter_lines():
-                if line.startswith("data: ") and '"token"' in line:
-                    tokens.append(line)
-                elif line.startswith("data: ["):
-                    assert line == "data: [DONE]"
-        assert tokens
-        record = (await q.http.get(f"/v1/jobs/{accepted['job_id']}")).json()
-        assert record["state"] == "completed"
+        answered = await q.rbee(
+            "infer", "-m", DEFAULT_MODEL, "-p", "What is the capital of France?",
+            "--max-tokens", "8", "--temperature", "0",
+        )  # fmt: skip
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip()
+        job = (await q.http.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
+        assert job["state"] == "completed"
         workers = (await q.http.get("/v1/workers")).json()["workers"]
-        assert {w["worker"]["id"]: w["hive"] for w in workers}[record["worker"]] == "gpu1"
+        assert {w["worker"]["id"]: w["hive"] for w in workers}[job["worker"]] == "gpu1"
 
         stopped = (await q.http.post("/v1/hives/gpu1/stop", timeout=60)).json()
         assert stopped["was_running"] is True
