@@ -173,3 +173,17 @@ async def test_stream_yields_output_as_it_comes_and_closing_stops_the_command(
         with trio.fail_after(10):
             while (await conn.run(["pgrep", "-u", host.user, "-x", "sleep"])).exit_status == 0:  # noqa: ASYNC110
                 await trio.sleep(0.05)
+
+
+async def test_a_host_that_drops_ssh_times_out_with_a_hint(
+    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    known = _known(tmp_path)
+    target = await _trusted(host, client_key, known)
+    host.in_netns("nft", "add", "table", "inet", "drop22")
+    chain = ["{", "type", "filter", "hook", "input", "priority", "0", ";", "}"]
+    host.in_netns("nft", "add", "chain", "inet", "drop22", "input", *chain)
+    host.in_netns("nft", "add", "rule", "inet", "drop22", "input", "tcp", "dport", "22", "drop")
+    with pytest.raises(SshError, match=r"timed out connecting to .*: check the address"):
+        await ssh.connect(target, known, hive="gpu1")

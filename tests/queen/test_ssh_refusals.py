@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import trio
 
 from rbee.queen.lifecycle.steps import RBEE_DIR
+from tests.helpers import eventually
 from tests.queen.ssh_queen import Queen, queen
-from tests.ssh_hosts import ClientKey, SshHosts
+from tests.ssh_hosts import ClientKey, SshHost, SshHosts
+
+
+def _listening(host: SshHost, port: int) -> bool:
+    out = host.in_netns("ss", "-Hltn", f"sport = :{port}").stdout
+    return bool(out.strip())
 
 
 async def _refusal(q: Queen, name: str, status: int = 409) -> str:
@@ -102,3 +109,24 @@ async def test_an_unknown_hive_and_a_bad_address_are_refused(pyz: Path, tmp_path
         assert "invalid SSH address" in bad.json()["error"]["message"]
         local = await q.http.post("/v1/hives", json={"name": "local", "ssh": "bob@h"})
         assert local.status_code == 409
+
+
+async def test_a_busy_hive_port_is_refused(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    listen = ["ip", "netns", "exec", host.netns, "/usr/bin/python3", "-c"]
+    listen += [
+        "import socket, time; s = socket.socket(); s.bind(('', 7835)); s.listen(); time.sleep(600)"
+    ]
+    async with trio.open_nursery() as nursery:
+        squatter = await nursery.start(functools.partial(trio.run_process, listen, check=False))
+        try:
+            await eventually(lambda: _listening(host, 7835), within=10)
+            async with queen(tmp_path, pyz) as q:
+                await q.add("gpu1", host, client_key)
+                await q.trust("gpu1", host)
+                message = await _refusal(q, "gpu1")
+                assert "port 7835 is in use there" in message
+        finally:
+            squatter.kill()
