@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -33,6 +34,22 @@ async def _trusted(host: SshHost, key: ClientKey, known: ssh.KnownHosts) -> ssh.
     return target
 
 
+@dataclasses.dataclass
+class Trusted:
+    """A host whose key rbee trusts, and how to reach it."""
+
+    host: SshHost
+    known: ssh.KnownHosts
+    target: ssh.Target
+
+
+@pytest.fixture
+async def trusted(ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path) -> Trusted:
+    host = ssh_hosts.make()
+    known = _known(tmp_path)
+    return Trusted(host, known, await _trusted(host, client_key, known))
+
+
 def test_parse_target() -> None:
     assert ssh.parse_target("bob@gpu1:2222") == ssh.Target("gpu1", "bob", 2222)
     assert ssh.parse_target("gpu1") == ssh.Target("gpu1")
@@ -42,12 +59,8 @@ def test_parse_target() -> None:
             ssh.parse_target(bad)
 
 
-async def test_run_quotes_every_argument_and_feeds_stdin(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
-) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+async def test_run_quotes_every_argument_and_feeds_stdin(trusted: Trusted) -> None:
+    host, known, target = trusted.host, trusted.known, trusted.target
     tricky = ["a b", "$HOME", "'; touch pwned; '", "`id`", "*", ""]
     async with ssh.session(target, known, hive="h") as conn:
         done = await conn.run(["printf", "%s|", *tricky])
@@ -61,12 +74,8 @@ async def test_run_quotes_every_argument_and_feeds_stdin(
         assert conn.peer_address == host.address
 
 
-async def test_put_and_get_file_with_progress(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
-) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+async def test_put_and_get_file_with_progress(trusted: Trusted, tmp_path: Path) -> None:
+    host, known, target = trusted.host, trusted.known, trusted.target
     payload = bytes(range(256)) * 8192
     (tmp_path / "file").write_bytes(payload)
     seen: list[tuple[int, int]] = []
@@ -82,11 +91,9 @@ async def test_put_and_get_file_with_progress(
 
 
 async def test_a_cancelled_command_is_stopped_and_the_connection_stays_usable(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
+    trusted: Trusted,
 ) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+    known, target = trusted.known, trusted.target
     async with ssh.session(target, known, hive="h") as conn:
         with trio.move_on_after(0.2) as scope:
             await conn.run(["sleep", "60"])
@@ -116,12 +123,8 @@ async def test_an_unknown_host_key_is_refused_with_its_fingerprint_and_the_trust
     assert "'rbee hive trust gpu1'" in message
 
 
-async def test_a_changed_host_key_is_refused(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
-) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+async def test_a_changed_host_key_is_refused(trusted: Trusted) -> None:
+    host, known, target = trusted.host, trusted.known, trusted.target
     host.new_host_key()
     with pytest.raises(SshError, match="has CHANGED") as err:
         await ssh.connect(target, known, hive="gpu1")
@@ -155,11 +158,9 @@ async def test_a_refused_connection_says_so(
 
 
 async def test_stream_yields_output_as_it_comes_and_closing_stops_the_command(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
+    trusted: Trusted,
 ) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+    host, known, target = trusted.host, trusted.known, trusted.target
     async with ssh.session(target, known, hive="h") as conn:
         script = "echo first; echo oops >&2; exec sleep 60"
         chunks = conn.stream(["sh", "-c", script])
@@ -175,12 +176,8 @@ async def test_stream_yields_output_as_it_comes_and_closing_stops_the_command(
                 await trio.sleep(0.05)
 
 
-async def test_a_host_that_drops_ssh_times_out_with_a_hint(
-    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
-) -> None:
-    host = ssh_hosts.make()
-    known = _known(tmp_path)
-    target = await _trusted(host, client_key, known)
+async def test_a_host_that_drops_ssh_times_out_with_a_hint(trusted: Trusted) -> None:
+    host, known, target = trusted.host, trusted.known, trusted.target
     host.in_netns("nft", "add", "table", "inet", "drop22")
     chain = ["{", "type", "filter", "hook", "input", "priority", "0", ";", "}"]
     host.in_netns("nft", "add", "chain", "inet", "drop22", "input", *chain)

@@ -7,14 +7,33 @@ process, as a user runs it.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
-from tests.queen.ssh_queen import queen
+from tests.helpers import RBEE
+from tests.queen.ssh_queen import TOKEN, Queen, queen
 from tests.ssh_hosts import ClientKey, SshHosts
 
 pytestmark = pytest.mark.slow
+
+
+async def _followed(q: Queen, hive: str, until: bytes) -> bool:
+    """Whether ``rbee hive logs --follow`` prints ``until``; then the command is stopped."""
+    command = [*RBEE, "--queen", q.url, "--token", TOKEN, "hive", "logs", hive, "--follow"]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    received = b""
+    try:
+        with trio.fail_after(30):
+            while until not in received:
+                received += await process.stdout.receive_some(4096)
+    finally:
+        process.terminate()
+        await process.wait()
+    return True
 
 
 async def test_a_host_added_trusted_started_and_stopped_from_the_command_line(
@@ -58,6 +77,7 @@ async def test_a_host_added_trusted_started_and_stopped_from_the_command_line(
         assert (status["status"], status["labels"]) == ("online", {"zone": "attic"})
         logs = await q.rbee("hive", "logs", "gpu1", "-n", "20")
         assert "rbee hive listening on" in logs.stdout
+        assert await _followed(q, "gpu1", b"rbee hive listening on")
 
         stopped = await q.rbee("hive", "stop", "gpu1")
         assert stopped.stdout.strip() == "hive gpu1 stopped"

@@ -97,15 +97,23 @@ class QueenClient:
 
     @contextlib.contextmanager
     def _stream(
-        self, path: str, what: str, body: bytes, read_s: float | None
+        self,
+        path: str,
+        what: str,
+        body: bytes | None,
+        read_s: float | None,
+        params: dict[str, str] | None = None,
     ) -> Iterator[tuple[str, Iterator[str]]]:
-        """POST ``body`` to ``path``: the answer's job id header and its SSE ``data`` payloads."""
+        """POST ``body`` to ``path`` (GET without one): the answer's job id header and its SSE
+        ``data`` payloads.
+        """
         with (
             translate_errors("queen", self.url),
             self._http.stream(
-                "POST",
+                "GET" if body is None else "POST",
                 path,
                 content=body,
+                params=params,
                 headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
                 timeout=httpx.Timeout(self._http.timeout.connect, read=read_s),
             ) as response,
@@ -306,24 +314,8 @@ class QueenClient:
         """The last ``lines`` lines of the hive's log, then each batch it writes, until closed."""
         params = {"lines": str(lines), "follow": "1"}
         what = f"following the log of hive {name}"
-        with (
-            translate_errors("queen", self.url),
-            self._http.stream(
-                "GET",
-                f"/v1/hives/{name}/logs",
-                params=params,
-                timeout=httpx.Timeout(self._http.timeout.connect, read=None),
-            ) as response,
-        ):
-            if not response.is_success:
-                response.read()
-                check(response, what)
-            payloads = (
-                line[5:].removeprefix(" ")
-                for line in response.iter_lines()
-                if line.startswith("data:")
-            )
-            for data in payloads:
+        with self._stream(f"/v1/hives/{name}/logs", what, None, None, params) as (_, events):
+            for data in events:
                 if sse.is_terminal(data):
                     if data.startswith(sse.ERROR_PREFIX):
                         raise SshError(data.removeprefix(sse.ERROR_PREFIX).strip())

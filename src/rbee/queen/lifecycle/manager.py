@@ -194,7 +194,9 @@ class HostHives:
                 "start it with --host 0.0.0.0 and a --token",
                 409,
             )
-        host = conn.local_address
+        # A queen bound to one address is reached there; on every address, by the route SSH took.
+        wildcard = self.queen_host in ("0.0.0.0", "::", "")
+        host = conn.local_address if wildcard else self.queen_host
         return (
             f"http://[{host}]:{self.queen_port}"
             if ":" in host
