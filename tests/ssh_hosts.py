@@ -157,6 +157,29 @@ class SshHost:
         """Run a command in the host's network namespace (as root)."""
         return _run(*argv, netns=self.netns)
 
+    def only_ssh(self) -> None:
+        """A firewall on the host: only SSH comes in, and nothing new goes out but on loopback."""
+        rules = [
+            ["add", "table", "inet", "fw"],
+            ["add", "chain", "inet", "fw", "input", "{", "type", "filter", "hook", "input",
+             "priority", "0", ";", "policy", "drop", ";", "}"],
+            ["add", "rule", "inet", "fw", "input", "iif", "lo", "accept"],
+            ["add", "rule", "inet", "fw", "input", "ct", "state", "established,related", "accept"],
+            ["add", "rule", "inet", "fw", "input", "tcp", "dport", str(self.port), "accept"],
+            ["add", "chain", "inet", "fw", "output", "{", "type", "filter", "hook", "output",
+             "priority", "0", ";", "policy", "drop", ";", "}"],
+            ["add", "rule", "inet", "fw", "output", "oif", "lo", "accept"],
+            ["add", "rule", "inet", "fw", "output", "ct", "state", "established,related", "accept"],
+        ]  # fmt: skip
+        for rule in rules:
+            self.in_netns("nft", *rule)
+
+    def can_reach(self, address: str, port: int) -> bool:
+        """Whether a TCP connection from the host to ``address:port`` opens (within 2 s)."""
+        probe = f"import socket; socket.create_connection(({address!r}, {port}), 2)"
+        argv = ["ip", "netns", "exec", self.netns, "/usr/bin/python3", "-c", probe]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
     def link(self, up: bool) -> None:
         """Take the host's link down or bring it back up."""
         _run("ip", "link", "set", self.veth, "up" if up else "down")

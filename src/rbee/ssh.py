@@ -454,16 +454,20 @@ class Connection:
 
         return await self._call(forward)
 
-    async def forward_local(self, remote_host: str, remote_port: int) -> int:
-        """Listen on a loopback port here and carry each connection to ``remote_host:
-        remote_port`` as the host sees it; return the local port.
+    async def forward_local(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` here and carry each connection to ``host:port`` as the host
+        sees it (a loopback address of the host, mirrored on this machine's loopback).
         """
 
-        async def forward() -> int:
-            listener = await self._conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
-            return int(listener.get_port())
+        async def forward() -> None:
+            await self._conn.forward_local_port(host, port, host, port)
 
-        return await self._call(forward)
+        await self._call(forward)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has closed (the host went away, or `close`)."""
+        return bool(self._conn.is_closed())
 
     async def close(self) -> None:
         async def close() -> None:

@@ -235,3 +235,35 @@ async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
         kept = sorted(p.name for p in (host.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
         assert Path(second_file).name in kept
         assert len(kept) == 2
+
+
+async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    host.only_ssh()
+    async with queen(tmp_path, pyz, model_store) as q:
+        queen_port = int(q.url.rsplit(":", 1)[1])
+        assert not await trio.to_thread.run_sync(host.can_reach, host.gateway, queen_port)
+        await q.add("far", host, client_key, tunnel=True)
+        await q.trust("far", host)
+        started = await q.start("far")
+        assert started.status_code == 200, started.text
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["far"]["status"] == "online"
+        assert hives["far"]["url"].startswith("http://127.77.")
+
+        pulled = await _pull(q.http, "far", DEFAULT_MODEL)
+        assert pulled[-1] == "[DONE]", pulled[-3:]
+        spawn = {"hive": "far", "model": DEFAULT_MODEL, "wait": True}
+        spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
+        assert spawned.status_code == 201, spawned.text
+        answered = await q.rbee(
+            "infer", "-m", DEFAULT_MODEL, "-p", "Hello", "--max-tokens", "8", "--temperature", "0"
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip()
+        job = (await q.http.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
+        assert job["state"] == "completed"
+        stopped = (await q.http.post("/v1/hives/far/stop", timeout=60)).json()
+        assert stopped["was_running"] is True

@@ -161,6 +161,11 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--python", metavar="PATH", help="The interpreter to run rbee with on the host.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label for policies.")
+@click.option(
+    "--tunnel",
+    is_flag=True,
+    help="All traffic over the queen's SSH connection (a host that lets only SSH in).",
+)
 @queen_options
 @pass_context
 def add(
@@ -170,6 +175,7 @@ def add(
     identity: Path | None,
     python: str | None,
     labels: tuple[str, ...],
+    tunnel: bool,
 ) -> None:
     """Register hive NAME on a host the queen reaches over SSH (then: 'rbee hive trust NAME')."""
     from rbee.wire.hosts import HiveAdd
@@ -180,6 +186,7 @@ def add(
         identity=str(identity.resolve()) if identity else "",
         python=python or "",
         labels=_labels(labels),
+        tunnel=tunnel,
     )
     with ctx.client() as queen:
         added = queen.add_hive(request)

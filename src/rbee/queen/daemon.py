@@ -139,6 +139,7 @@ async def run_queen(
             heartbeat_interval_s=config.heartbeat_interval_s,
         )
         lifecycle_routes.add_routes(app, hosts)
+        dispatcher.before_connect = hosts.before_connect
         if hives.store is not None:
             app.register_blueprint(store_blueprint(hives.store))
         stop_serving = trio.Event()

@@ -77,6 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE hives ADD COLUMN python TEXT;
     ALTER TABLE hives ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE hives ADD COLUMN auto_start INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hives ADD COLUMN tunnel INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

@@ -34,6 +34,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 import msgspec
@@ -101,6 +102,8 @@ class Dispatcher:
         self.records = JobStore(conn)
         self.hive_records = HiveStore(conn)
         self.hive_labels: dict[str, dict[str, str]] = {}
+        # Awaited before the queen opens a connection to a worker (see `rbee.queen.http11`).
+        self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback)
@@ -129,7 +132,7 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
-        pool = Pool(self.config.token)
+        pool = Pool(self.config.token, self.before_connect)
         try:
             async with trio.open_nursery() as nursery:
                 self._pool = pool

@@ -34,13 +34,18 @@ _Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 
 class HiveAdd(Struct, frozen=True, kw_only=True):
-    """Register hive ``name`` on the host ``ssh`` (``USER@HOST[:PORT]`` or an ssh alias)."""
+    """Register hive ``name`` on the host ``ssh`` (``USER@HOST[:PORT]`` or an ssh alias).
+
+    ``tunnel``: all traffic between the queen and the hive rides the queen's SSH connection (a
+    host that lets only SSH in, or cannot reach the queen).
+    """
 
     name: Name
     ssh: Annotated[str, Meta(min_length=1, max_length=300)]
     identity: Annotated[str, Meta(max_length=4096)] = ""
     python: Annotated[str, Meta(max_length=4096)] = ""
     labels: dict[_Label, Annotated[str, Meta(max_length=256)]] = {}
+    tunnel: bool = False
 
 
 class HiveTrust(Struct, frozen=True, kw_only=True):
@@ -70,6 +75,7 @@ class HostHive(Struct, frozen=True, kw_only=True):
     python: str = ""
     labels: dict[str, str] = {}
     auto_start: bool = False
+    tunnel: bool = False
     status: Literal["online", "offline"] = "offline"
     url: str = ""
 

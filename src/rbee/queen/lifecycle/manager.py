@@ -9,6 +9,13 @@ starts again those that do not report within the hive's longest backoff and
 
 The hive is told to bind the address its host has on the SSH connection and to report to the
 address this machine has on it, so that both ends use the route SSH already found.
+
+A hive added with ``tunnel`` (a host that lets only SSH in) talks to the queen only through one
+SSH connection the queen keeps open (`_Tunnel`): its heartbeats and model pulls go through a
+port forwarded from the host's loopback to the queen; the hive and its workers bind a loopback
+address of their own on the host (``127.77.x.y``), which the queen mirrors on its own loopback,
+forwarding each port there (the hive's at start, a worker's as the queen first connects to it).
+The URLs the hive reports are then good on the queen's side as they are.
 """
 
 from __future__ import annotations
@@ -64,6 +71,15 @@ def own_file() -> Path | None:
 
 
 @dataclasses.dataclass
+class _Tunnel:
+    conn: ssh.Connection
+    address: str
+    queen_port: int
+    forwarded: set[int] = dataclasses.field(default_factory=set)
+    lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+
+
+@dataclasses.dataclass
 class _FileInfo:
     path: Path
     sha256: str
@@ -104,6 +120,9 @@ class HostHives:
         self.start_timeout_s = start_timeout_s
         self._file_info: _FileInfo | None = None
         self._nursery: trio.Nursery | None = None
+        self._tunnels: dict[str, _Tunnel] = {}
+        self._tunnel_at: dict[str, _Tunnel] = {}
+        self._addresses = 0
         self._locks: dict[str, trio.Lock] = {}
         for record in self.records.all():
             self._publish_labels(record)
@@ -114,7 +133,7 @@ class HostHives:
         if req.name == LOCAL_HIVE:
             raise ApiError(f"the name {LOCAL_HIVE!r} is the queen's own hive: choose another", 409)
         target = ssh.parse_target(req.ssh, identity=req.identity)
-        record = HostRecord(req.name, target, req.python, dict(req.labels))
+        record = HostRecord(req.name, target, req.python, dict(req.labels), tunnel=req.tunnel)
         if not self.records.add(record):
             raise ApiError(
                 f"hive {req.name} is already registered ('rbee hive remove {req.name}' first)", 409
@@ -140,6 +159,7 @@ class HostHives:
             python=record.python,
             labels=record.labels,
             auto_start=record.auto_start,
+            tunnel=record.tunnel,
             status="online" if online is not None and online.online else "offline",
             url=online.heartbeat.url if online is not None else "",
         )
@@ -187,11 +207,14 @@ class HostHives:
             self._file_info = _FileInfo(self.file, sha, stat.st_size, stamp)
         return self._file_info
 
-    def _queen_url(self, conn: ssh.Connection) -> str:
+    def _queen_url(self, name: str, conn: ssh.Connection) -> str:
+        tunnel = self._tunnels.get(name)
+        if tunnel is not None:
+            return f"http://127.0.0.1:{tunnel.queen_port}"
         if is_loopback(self.queen_host):
             raise ApiError(
                 f"the queen listens on {self.queen_host} only, which another host cannot reach: "
-                "start it with --host 0.0.0.0 and a --token",
+                "start it with --host 0.0.0.0 and a --token, or add the hive with --tunnel",
                 409,
             )
         # A queen bound to one address is reached there; on every address, by the route SSH took.
@@ -207,8 +230,48 @@ class HostHives:
     async def _host(self, name: str) -> AsyncIterator[tuple[HostRecord, ssh.Connection]]:
         record = self.get(name)
         lock = self._locks.setdefault(name, trio.Lock())
-        async with lock, ssh.session(record.target, self.known, hive=name) as conn:
-            yield record, conn
+        async with lock:
+            if record.tunnel:
+                yield record, (await self._tunnel(name, record)).conn
+                return
+            async with ssh.session(record.target, self.known, hive=name) as conn:
+                yield record, conn
+
+    async def _tunnel(self, name: str, record: HostRecord) -> _Tunnel:
+        """The hive's tunnel: its SSH connection, kept open, and the queen's port forwarded."""
+        tunnel = self._tunnels.get(name)
+        if tunnel is not None and not tunnel.conn.closed:
+            return tunnel
+        self._close_tunnel(name)
+        conn = await ssh.connect(record.target, self.known, hive=name)
+        try:
+            local = self.queen_host if not self.queen_host.startswith(("0.0.0.0", "::")) else ""
+            queen_port = await conn.forward_remote(0, local or "127.0.0.1", self.queen_port)
+        except BaseException:
+            await conn.close()
+            raise
+        self._addresses += 1
+        n = self._addresses
+        tunnel = _Tunnel(conn, f"127.77.{n // 250}.{n % 250 + 1}", queen_port)
+        self._tunnels[name] = self._tunnel_at[tunnel.address] = tunnel
+        return tunnel
+
+    def _close_tunnel(self, name: str) -> None:
+        tunnel = self._tunnels.pop(name, None)
+        if tunnel is not None:
+            self._tunnel_at.pop(tunnel.address, None)
+            if self._nursery is not None:
+                self._nursery.start_soon(tunnel.conn.close)
+
+    async def before_connect(self, host: str, port: int) -> None:
+        """Forward ``port`` of a tunnelled hive's address before the queen connects to it."""
+        tunnel = self._tunnel_at.get(host)
+        if tunnel is None or port in tunnel.forwarded:
+            return
+        async with tunnel.lock:
+            if port not in tunnel.forwarded:
+                await tunnel.conn.forward_local(host, port)
+                tunnel.forwarded.add(port)
 
     async def start(self, name: str, progress: Progress | None = None) -> HiveStarted:
         """Start hive ``name`` on its host; nothing changes when it already runs this file."""
@@ -295,11 +358,14 @@ class HostHives:
     ) -> int:
         """Start the hive on ``remote`` and wait for its first heartbeat; return its pid."""
         conn = connector.conn
+        tunnel = self._tunnels.get(name)
+        if tunnel is not None:
+            await self.before_connect(tunnel.address, HIVE_PORT)
         argv = steps.hive_argv(
             [interpreter, remote],
-            self._queen_url(conn),
+            self._queen_url(name, conn),
             name=name,
-            host=conn.peer_address,
+            host=tunnel.address if tunnel is not None else conn.peer_address,
             port=HIVE_PORT,
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
@@ -338,6 +404,7 @@ class HostHives:
         """Stop the hive (SIGTERM over SSH: it retires its workers first)."""
         async with self._host(name) as (_, conn):
             outcome = await steps.stop(SshConnector(conn), name)
+        self._close_tunnel(name)
         self.records.set_auto_start(name, False)
         self.dispatcher.registry.take_offline(name)
         self.dispatcher.hive_records.offline(name, time.time())

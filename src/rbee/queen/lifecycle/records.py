@@ -22,6 +22,7 @@ class HostRecord:
     python: str = ""
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     auto_start: bool = False
+    tunnel: bool = False
 
 
 def _record(row: sqlite3.Row) -> HostRecord:
@@ -34,6 +35,7 @@ def _record(row: sqlite3.Row) -> HostRecord:
         python=row["python"] or "",
         labels=json.loads(row["labels"] or "{}"),
         auto_start=bool(row["auto_start"]),
+        tunnel=bool(row["tunnel"]),
     )
 
 
@@ -48,11 +50,11 @@ class HostRecords:
         t = record.target
         cursor = self._conn.execute(
             "INSERT INTO hives (name, ssh_address, ssh_user, ssh_port, identity_file, python,"
-            " labels) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " labels, tunnel) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET ssh_address = excluded.ssh_address,"
             " ssh_user = excluded.ssh_user, ssh_port = excluded.ssh_port,"
             " identity_file = excluded.identity_file, python = excluded.python,"
-            " labels = excluded.labels WHERE hives.ssh_address IS NULL",
+            " labels = excluded.labels, tunnel = excluded.tunnel WHERE hives.ssh_address IS NULL",
             (
                 record.name,
                 t.host,
@@ -61,6 +63,7 @@ class HostRecords:
                 t.identity or None,
                 record.python or None,
                 json.dumps(record.labels),
+                int(record.tunnel),
             ),
         )
         return cursor.rowcount == 1
