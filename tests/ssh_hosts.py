@@ -180,6 +180,13 @@ class SshHost:
         argv = ["ip", "netns", "exec", self.netns, "/usr/bin/python3", "-c", probe]
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
+    def drop_ssh_sessions(self) -> None:
+        """End every SSH connection to the host (its sshd keeps listening): a dropped link."""
+        for proc in psutil.process_iter(["username", "name"]):
+            if proc.info["username"] == self.user and proc.info["name"] == "sshd":
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
     def link(self, up: bool) -> None:
         """Take the host's link down or bring it back up."""
         _run("ip", "link", "set", self.veth, "up" if up else "down")

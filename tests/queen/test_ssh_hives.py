@@ -242,7 +242,7 @@ async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
 ) -> None:
     host = ssh_hosts.make()
     host.only_ssh()
-    async with queen(tmp_path, pyz, model_store) as q:
+    async with queen(tmp_path, pyz, model_store, heartbeat_interval_s=0.5) as q:
         queen_port = int(q.url.rsplit(":", 1)[1])
         assert not await trio.to_thread.run_sync(host.can_reach, host.gateway, queen_port)
         await q.add("far", host, client_key, tunnel=True)
@@ -265,5 +265,14 @@ async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
         assert answered.stdout.strip()
         job = (await q.http.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
         assert job["state"] == "completed"
+
+        hive_pid = _pid(host, "far")
+        host.drop_ssh_sessions()
+        await _until_status(q, "far", "offline", 30)
+        await _until_status(q, "far", "online", MAX_BACKOFF_S + 30)
+        assert _pid(host, "far") == hive_pid
+        again = await q.rbee("infer", "-m", DEFAULT_MODEL, "-p", "Hi", "--max-tokens", "4")
+        assert again.returncode == 0, again.stderr
+
         stopped = (await q.http.post("/v1/hives/far/stop", timeout=60)).json()
         assert stopped["was_running"] is True

@@ -239,22 +239,45 @@ class HostHives:
 
     async def _tunnel(self, name: str, record: HostRecord) -> _Tunnel:
         """The hive's tunnel: its SSH connection, kept open, and the queen's port forwarded."""
-        tunnel = self._tunnels.get(name)
-        if tunnel is not None and not tunnel.conn.closed:
-            return tunnel
-        self._close_tunnel(name)
+        old = self._tunnels.get(name)
+        if old is not None and not old.conn.closed:
+            return old
         conn = await ssh.connect(record.target, self.known, hive=name)
         try:
             local = self.queen_host if not self.queen_host.startswith(("0.0.0.0", "::")) else ""
-            queen_port = await conn.forward_remote(0, local or "127.0.0.1", self.queen_port)
+            # Again the port and address a running hive already uses, when the tunnel is back.
+            want = old.queen_port if old is not None else 0
+            queen_port = await conn.forward_remote(want, local or "127.0.0.1", self.queen_port)
         except BaseException:
             await conn.close()
             raise
-        self._addresses += 1
-        n = self._addresses
-        tunnel = _Tunnel(conn, f"127.77.{n // 250}.{n % 250 + 1}", queen_port)
-        self._tunnels[name] = self._tunnel_at[tunnel.address] = tunnel
+        if old is not None:
+            address = old.address
+        else:
+            self._addresses += 1
+            address = f"127.77.{self._addresses // 250}.{self._addresses % 250 + 1}"
+        tunnel = _Tunnel(conn, address, queen_port)
+        self._tunnels[name] = self._tunnel_at[address] = tunnel
+        if old is not None:
+            await self.before_connect(address, HIVE_PORT)
         return tunnel
+
+    async def _mend_tunnels(self) -> None:
+        """Open again, every few heartbeat intervals, the tunnels whose connection has closed."""
+        while True:
+            await trio.sleep(REATTACH_INTERVALS * self.heartbeat_interval_s)
+            for name, tunnel in list(self._tunnels.items()):
+                record = self.records.get(name)
+                if tunnel.conn.closed and record is not None:
+                    lock = self._locks.setdefault(name, trio.Lock())
+                    try:
+                        async with lock:
+                            await self._tunnel(name, record)
+                    except RbeeError as err:
+                        log.warning(
+                            "cannot open the SSH tunnel to a hive again; retrying",
+                            extra=kv(hive=name, error=str(err)),
+                        )
 
     def _close_tunnel(self, name: str) -> None:
         tunnel = self._tunnels.pop(name, None)
@@ -436,6 +459,7 @@ class HostHives:
         async with trio.open_nursery() as self._nursery:
             task_status.started()
             self._nursery.start_soon(self.reattach)
+            self._nursery.start_soon(self._mend_tunnels)
             await trio.sleep_forever()
 
     def deploy_events(
