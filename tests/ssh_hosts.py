@@ -180,12 +180,24 @@ class SshHost:
         argv = ["ip", "netns", "exec", self.netns, "/usr/bin/python3", "-c", probe]
         return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
-    def drop_ssh_sessions(self) -> None:
-        """End every SSH connection to the host (its sshd keeps listening): a dropped link."""
-        for proc in psutil.process_iter(["username", "name"]):
-            if proc.info["username"] == self.user and proc.info["name"] == "sshd":
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
+    def ssh_sessions(self) -> set[int]:
+        """The pids of sshd's processes serving the host's user: one per SSH connection."""
+        return {
+            proc.pid
+            for proc in psutil.process_iter(["username", "name"])
+            if proc.info["username"] == self.user and proc.info["name"] == "sshd"
+        }
+
+    def drop_ssh_sessions(self) -> set[int]:
+        """End every SSH connection to the host (its sshd keeps listening): a dropped link.
+
+        Returns the pids of the sessions it ended.
+        """
+        ended = self.ssh_sessions()
+        for pid in ended:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        return ended
 
     def link(self, up: bool) -> None:
         """Take the host's link down or bring it back up."""

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import zipfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import h11
@@ -25,6 +26,7 @@ from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
 from rbee.queen.registry import STALE_INTERVALS
+from tests.helpers import eventually
 from tests.queen.ssh_queen import TOKEN, Queen, queen
 from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 
@@ -150,6 +152,13 @@ async def _until_status(q: Queen, name: str, want: str, within: float) -> float:
     return trio.current_time() - began
 
 
+def _is(q: Queen, name: str, want: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await _status(q, name) == want
+
+    return check
+
+
 def _pid(host: SshHost, hive: str) -> int:
     return int((host.home / RBEE_DIR / "hives" / hive / "pid").read_text())
 
@@ -158,7 +167,7 @@ async def test_hives_outlive_a_queen_restart_and_a_link_that_goes_down(
     ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
 ) -> None:
     one, two = ssh_hosts.make(), ssh_hosts.make()
-    interval = 0.5
+    interval = 1.0
     with socket.socket() as probe:
         probe.bind(("0.0.0.0", 0))
         port = probe.getsockname()[1]
@@ -267,9 +276,10 @@ async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
         assert job["state"] == "completed"
 
         hive_pid = _pid(host, "far")
-        host.drop_ssh_sessions()
-        await _until_status(q, "far", "offline", 30)
-        await _until_status(q, "far", "online", MAX_BACKOFF_S + 30)
+        ended = host.drop_ssh_sessions()
+        assert ended
+        await eventually(lambda: bool(host.ssh_sessions() - ended), 30, "the tunnel is back")
+        await eventually(_is(q, "far", "online"), MAX_BACKOFF_S + 30, "the hive reports again")
         assert _pid(host, "far") == hive_pid
         again = await q.rbee("infer", "-m", DEFAULT_MODEL, "-p", "Hi", "--max-tokens", "4")
         assert again.returncode == 0, again.stderr

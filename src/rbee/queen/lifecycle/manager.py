@@ -456,6 +456,10 @@ class HostHives:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the deploys that report through `deploy_events`, and `reattach`, until cancelled."""
+        for record in self.records.all():
+            if record.auto_start:
+                # Jobs sent right after a restart wait for the hives that ran before it.
+                self.dispatcher.expect_hive(record.name, self._reattach_after_s())
         async with trio.open_nursery() as self._nursery:
             task_status.started()
             self._nursery.start_soon(self.reattach)
@@ -511,13 +515,16 @@ class HostHives:
         due = [r for r in self.records.all() if r.auto_start]
         if not due:
             return
-        # A running hive may be backing off after failing to reach the queen while it was down.
-        await trio.sleep(MAX_BACKOFF_S + REATTACH_INTERVALS * self.heartbeat_interval_s)
+        await trio.sleep(self._reattach_after_s())
         async with trio.open_nursery() as nursery:
             for record in due:
                 online = self.dispatcher.registry.hive(record.name)
                 if online is None or not online.online:
                     nursery.start_soon(self._start_quietly, record.name)
+
+    def _reattach_after_s(self) -> float:
+        # A running hive may be backing off after failing to reach the queen while it was down.
+        return MAX_BACKOFF_S + REATTACH_INTERVALS * self.heartbeat_interval_s
 
     async def _start_quietly(self, name: str) -> None:
         try:
