@@ -184,3 +184,25 @@ async def test_a_host_that_drops_ssh_times_out_with_a_hint(trusted: Trusted) -> 
     host.in_netns("nft", "add", "rule", "inet", "drop22", "input", "tcp", "dport", "22", "drop")
     with pytest.raises(SshError, match=r"timed out connecting to .*: check the address"):
         await ssh.connect(target, known, hive="gpu1")
+
+
+async def test_an_alias_resolves_as_ssh_config_says(
+    ssh_hosts: SshHosts, client_key: ClientKey, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host gpu-box\n  HostName {host.address}\n  User {host.user}\n  Port {host.port}\n"
+        f"  IdentityFile {client_key.path}\n"
+    )
+    known = dataclasses.replace(_known(tmp_path), ssh_config=config)
+    target = ssh.parse_target("gpu-box")
+    offered = await ssh.fetch_host_key(target, known)
+    assert (offered.host, offered.port, offered.fingerprint) == (
+        host.address,
+        host.port,
+        host.fingerprint(),
+    )
+    known.record(offered.host, offered.port, offered)
+    async with ssh.session(target, known, hive="gpu-box") as conn:
+        assert (await conn.run(["id", "-un"])).stdout.strip() == host.user
