@@ -11,6 +11,7 @@ import trio
 
 from rbee import ssh
 from rbee.errors import SshError, UsageError
+from tests.helpers import eventually
 from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 
 
@@ -171,9 +172,12 @@ async def test_stream_yields_output_as_it_comes_and_closing_stops_the_command(
                 break
         await chunks.aclose()  # type: ignore[attr-defined]
         assert seen == "first\noops\n"
-        with trio.fail_after(10):
-            while (await conn.run(["pgrep", "-u", host.user, "-x", "sleep"])).exit_status == 0:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+
+        async def stopped() -> bool:
+            found = await conn.run(["pgrep", "-u", host.user, "-x", "sleep"])
+            return found.exit_status != 0
+
+        await eventually(stopped, 10, "the remote command ends")
 
 
 async def test_a_host_that_drops_ssh_times_out_with_a_hint(trusted: Trusted) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import trio
 
 from rbee.errors import ApiError, SshError
 from rbee.queen.lifecycle import steps
 from rbee.queen.lifecycle.connector import LocalConnector
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -89,10 +89,12 @@ async def test_start_detaches_hands_the_token_on_stdin_and_stop_ends_it(
     hive_dir = host.home / steps.RBEE_DIR / "hives" / "h"
     assert (hive_dir / "token").stat().st_mode & 0o777 == 0o600
     assert "s3cret" not in " ".join(psutil.Process(pid).cmdline())
-    with trio.fail_after(10):
-        while not (lines := await steps.log_tail(host, "h")):  # noqa: ASYNC110
-            await trio.sleep(0.01)
-    assert lines == ["token=s3cret args=--x a b"]
+
+    async def logged() -> bool:
+        return bool(await steps.log_tail(host, "h"))
+
+    await eventually(logged, 10, "the fake hive's first line")
+    assert await steps.log_tail(host, "h") == ["token=s3cret args=--x a b"]
     assert os.getsid(pid) == pid
     facts = await steps.preflight(host, hive="h", file="x", port=0)
     assert (facts.running_pid, facts.running_file) == (pid, str(script))

@@ -145,10 +145,9 @@ async def _status(q: Queen, name: str) -> str:
 
 
 async def _until_status(q: Queen, name: str, want: str, within: float) -> float:
+    """Wait until hive ``name`` is ``want``; return how long that took."""
     began = trio.current_time()
-    with trio.fail_after(within):
-        while await _status(q, name) != want:  # noqa: ASYNC110 - another process's heartbeats
-            await trio.sleep(0.05)
+    await eventually(_is(q, name, want), within, f"hive {name} {want}")
     return trio.current_time() - began
 
 
