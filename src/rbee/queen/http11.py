@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import h11
@@ -101,8 +101,14 @@ class Response:
 class Pool:
     """Idle keep-alive connections per ``host:port``; requests for base URLs ``http://host:port``."""
 
-    def __init__(self, token: str = "") -> None:
+    def __init__(
+        self,
+        token: str = "",
+        before_connect: Callable[[str, int], Awaitable[None]] | None = None,
+    ) -> None:
         self._idle: dict[tuple[str, int], collections.deque[_Conn]] = {}
+        # Awaited before each new connection (a hive behind an SSH tunnel forwards the port).
+        self._before_connect = before_connect
         # Workers share the cluster's token (their hive passes it on to them).
         self._auth = [("Authorization", f"Bearer {token}")] if token else []
 
@@ -137,7 +143,12 @@ class Pool:
         idle = self._idle.get(key)
         while True:
             reused = bool(idle)
-            conn = idle.popleft() if idle else _Conn(await trio.open_tcp_stream(*key))
+            if idle:
+                conn = idle.popleft()
+            else:
+                if self._before_connect is not None:
+                    await self._before_connect(*key)
+                conn = _Conn(await trio.open_tcp_stream(*key))
             try:
                 data = conn.h11.send(h11.Request(method=method, target=path, headers=headers))
                 if body:
