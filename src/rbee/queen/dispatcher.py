@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import sqlite3
 import time
 import uuid
 from typing import Literal, Protocol
 
+import msgspec
 import trio
 
 from rbee import __version__, sse, wire
@@ -234,6 +236,9 @@ class Dispatcher:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
             )
+        if request.seed is None:
+            # A seed of its own makes the job resumable on another worker (and reproducible).
+            request = msgspec.structs.replace(request, seed=secrets.randbits(63))
         t = trio.current_time()
         self._seq += 1
         job = Job(

@@ -12,8 +12,9 @@ A slot's cache outlives its sequence: the batch remembers the tokens it holds, a
 begins with them (the next turn of a chat, a shared system prompt) runs only the rest;
 `Batch.best_slot` finds such a slot.
 
-Each sequence has its own random generator, and batched logits equal single-sequence logits, so a
-sequence's text does not depend on what else shares the batch.
+A token's random draw depends only on its sequence's seed and its position (`rbee.worker.sampling`),
+and batched logits equal single-sequence logits, so a sequence's text does not depend on what else
+shares the batch. A request without a seed gets a random one here.
 
 The scheduler calls `step` from a worker thread, one step at a time; nothing here touches trio.
 """
@@ -22,16 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import numpy as np
-
 from rbee.log import kv
 from rbee.wire.worker import Finished, SamplingParams, Started, Timings, Token, Usage
 from rbee.worker.interfaces import EngineLike, Logits, TokenizerLike
-from rbee.worker.sampling import make_rng, sample
+from rbee.worker.sampling import sample
 from rbee.worker.text import Detokenizer, StopMatcher
 
 __all__ = ["PREFILL_CHUNK", "Admit", "Batch", "Event", "StepOutput"]
@@ -77,7 +77,7 @@ class _Sequence:
     key: str
     slot: int
     params: SamplingParams
-    rng: np.random.Generator
+    seed: int
     seen: set[int]
     detokenizer: Detokenizer
     stops: StopMatcher
@@ -173,7 +173,7 @@ class Batch:
             key=request.key,
             slot=request.slot,
             params=request.params,
-            rng=make_rng(request.params.seed),
+            seed=secrets.randbits(64) if request.params.seed is None else request.params.seed,
             seen=set(request.prompt_ids),
             detokenizer=Detokenizer(self._tokenizer),
             stops=StopMatcher(request.params.stop),
@@ -219,7 +219,7 @@ class Batch:
 
     def _advance(self, seq: _Sequence, logits: Logits, out: StepOutput) -> None:
         """Sample one token for ``seq``, emit its text, and finish the sequence if it is done."""
-        token = sample(logits, seq.params, seq.rng, seq.seen)
+        token = sample(logits, seq.params, seq.seed, seq.generated, seq.seen)
         seq.generated += 1
         if token in self._stop_ids:
             self._finish(seq, "stop", out)
