@@ -86,6 +86,13 @@ class Job:
     worker_body: bytes = b""
     worker_job_url: str | None = None
     started_sent: bool = False
+    # The token ids whose text the client has, in order: what another worker resumes from. A
+    # worker whose token events do not name their ids leaves a job that cannot be resumed.
+    emitted_ids: list[int] = dataclasses.field(default_factory=list)
+    resumable: bool = True
+    # When (trio clock) and why its stream was cut off mid-way, while it waits to continue.
+    interrupted_at: float | None = None
+    interrupted: str = ""
     readmitted: bool = False
     started: bool = False
     stop_reason: str = ""
