@@ -93,6 +93,10 @@ class QueenConfig:
     # How long a stream cut off mid-way may wait for a worker (or for one to be started) to
     # continue it on, before it ends with the reason.
     migrate_timeout_s: float = 60 * SECONDS
+    # A client that drops a job's stream may reconnect with `Last-Event-ID` for this long before
+    # the job is cancelled (0: at once); a finished job's events are kept for `events_kept_s`.
+    reconnect_grace_s: float = 10 * SECONDS
+    events_kept_s: float = 10 * MINUTES
     local_hive: bool = True
     models_dir: str = ""
 

@@ -212,6 +212,7 @@ class Dispatcher:
             await trio.sleep(TICK_S)
             # Held records whose client went away before `accepted` wrote them.
             self.records.flush()
+            self._forget_old()
             hive_of = {
                 job.id: record.hive
                 for job in self.running.values()
@@ -648,9 +649,34 @@ class Dispatcher:
         self.records.update(job.id, **fields)
         self.metrics.jobs.inc(state=state)
         job.done.set()
+        job.ended_at = trio.current_time()
         self._finished.append(job.id)
         while len(self._finished) > FINISHED_KEPT:
             self.jobs.pop(self._finished.popleft(), None)
+
+    def _forget_old(self) -> None:
+        """Drop the finished jobs whose events were kept for ``queen.events_kept_s``."""
+        cutoff = trio.current_time() - self.config.events_kept_s
+        while self._finished:
+            job = self.jobs.get(self._finished[0])
+            if job is not None and job.ended_at is not None and job.ended_at > cutoff:
+                return
+            self.jobs.pop(self._finished.popleft(), None)
+
+    def reader_left(self, job: Job) -> None:
+        """A client stopped reading ``job``'s stream before it ended: cancel the job, unless a
+        client reads it again within ``queen.reconnect_grace_s``."""
+        if self.config.reconnect_grace_s <= 0:
+            self.cancel(job.id)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._cancel_unread, job)
+
+    async def _cancel_unread(self, job: Job) -> None:
+        with trio.move_on_after(self.config.reconnect_grace_s):
+            await job.done.wait()
+        if not job.done.is_set() and not job.stream.readers:
+            log.info("stream left unread; job cancelled", extra=kv(job=job.id))
+            self.cancel(job.id)
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a waiting or running job (a no-op for a finished one); None if not held here."""
