@@ -368,7 +368,8 @@ class Dispatcher:
         snapshot = self.registry.snapshot()
         if job.tried:
             others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
-            if others:
+            # A stream is never continued on a worker that broke it off: it is gone or unwell.
+            if others or job.emitted_ids:
                 snapshot = Snapshot(
                     workers=tuple(w for w in snapshot.workers if w.id not in job.tried),
                     hives=snapshot.hives,
