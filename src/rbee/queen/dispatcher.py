@@ -665,8 +665,10 @@ class Dispatcher:
             self.jobs.pop(self._finished.popleft(), None)
 
     def reader_left(self, job: Job) -> None:
-        """A client stopped reading ``job``'s stream before it ended: cancel the job, unless a
-        client reads it again within ``queen.reconnect_grace_s``."""
+        """A client stopped reading ``job``'s stream before it ended: cancel the job, unless some
+        client reads it still, or again within ``queen.reconnect_grace_s``."""
+        if job.stream.readers:
+            return
         if self.config.reconnect_grace_s <= 0:
             self.cancel(job.id)
         elif self._nursery is not None:
