@@ -151,3 +151,22 @@ async def test_a_stream_that_no_worker_takes_up_in_time_ends_with_the_reason(
     assert record["state"] == "failed"
     payloads = await read_stream(http, f"{queen.url}/v1/jobs/{held}/stream")
     assert payloads[-1] == "[DONE]"
+
+
+async def test_a_worker_that_dies_after_the_last_token_ends_the_job_as_completed(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    dying = await FakeWorker(mode="die").start(nursery)
+    spare = await FakeWorker().start(nursery)
+    await register(queen.url, "hive-a", dying, spare)
+    body = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 1}
+    job_id = (await http.post(f"{queen.url}/v1/jobs", json=body)).json()["job_id"]
+    payloads = await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream")
+    events = [json.loads(p) for p in payloads[:-1]]
+    assert payloads[-1] == "[DONE]"
+    assert text(events) == "tok0 "
+    assert events[-1]["type"] == "finished"
+    assert (events[-1]["finish_reason"], events[-1]["usage"]["completion_tokens"]) == ("length", 1)
+    record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
+    assert (record["state"], record["tokens_out"]) == ("completed", 1)
+    assert spare.posts == []
