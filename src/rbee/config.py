@@ -84,6 +84,19 @@ class QueenConfig:
     hive_start_timeout_s: float = 30 * SECONDS
     keep_alive_s: float = 10 * MINUTES
     drain_grace_s: float = 30 * SECONDS
+    # A worker that sends nothing for this long after a request (its prompt may run in one step),
+    # or, once it streams, for `stall_steps` of its own step time (never less than
+    # `stall_floor_s`), is taken as stalled: out of rotation, its streams continued elsewhere.
+    first_event_timeout_s: float = 30 * SECONDS
+    stall_steps: float = 50
+    stall_floor_s: float = 2 * SECONDS
+    # How long a stream cut off mid-way may wait for a worker (or for one to be started) to
+    # continue it on, before it ends with the reason.
+    migrate_timeout_s: float = 60 * SECONDS
+    # A client that drops a job's stream may reconnect with `Last-Event-ID` for this long before
+    # the job is cancelled (0: at once); a finished job's events are kept for `events_kept_s`.
+    reconnect_grace_s: float = 10 * SECONDS
+    events_kept_s: float = 10 * MINUTES
     local_hive: bool = True
     models_dir: str = ""
 

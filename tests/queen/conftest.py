@@ -63,7 +63,11 @@ async def start_queen(
 @pytest.fixture
 def queen_config(tmp_path: Path) -> QueenConfig:
     return QueenConfig(
-        port=0, db=str(tmp_path / "queen.db"), retry_backoff_s=0.01, drain_grace_s=2.0
+        port=0,
+        db=str(tmp_path / "queen.db"),
+        retry_backoff_s=0.01,
+        drain_grace_s=2.0,
+        reconnect_grace_s=0.0,
     )
 
 

@@ -3,8 +3,10 @@
 It generates ``tokens`` tokens ``tok0 tok1 ...``, one every ``delay`` seconds, and can misbehave on
 demand (``mode``), or ``hold`` every generation until an event is set: ``refuse`` answers 500 to every POST, ``busy`` 429, ``drop`` closes the stream
 after ``started`` without a token, ``error`` sends ``[ERROR]`` before the first token, ``die``
-fails after the first token. It records what it was asked (`posts`, `deletes`) and which
-generations were stopped early (`stopped`).
+fails after the first token (once ``die_when`` is set, if given), ``stall`` goes silent after it (``/health`` silent too), ``garbage``
+sends a malformed event after it. Token ``i`` has id ``i`` (``named_ids`` off: no ids, as a worker
+that cannot be resumed from); a request that resumes from n ids continues at ``tok<n>``. It records
+what it was asked (`posts`, `deletes`) and which generations were stopped early (`stopped`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rbee.server import create_app, json_response, serve
 from rbee.wire import worker as ww
 from rbee.wire.queen import HiveHeartbeat, HostTelemetry, WorkerStatus
 
-Mode = Literal["ok", "refuse", "busy", "drop", "error", "die"]
+Mode = Literal["ok", "refuse", "busy", "drop", "error", "die", "stall", "garbage"]
 
 _ids = itertools.count()
 
@@ -38,6 +40,9 @@ class FakeWorker:
     mode: Mode = "ok"
     hold: trio.Event | None = None
     token: str = ""
+    named_ids: bool = True
+    die_when: trio.Event | None = None
+    step_ms: float = 0.0
     id: str = dataclasses.field(default_factory=lambda: f"fake-{next(_ids)}")
     url: str = ""
     posts: list[ww.InferenceRequest] = dataclasses.field(default_factory=list)
@@ -64,7 +69,7 @@ class FakeWorker:
         cancel = self._cancel[gen_id]
         done = False
         try:
-            yield sse.event(wire.encode(ww.Started()))
+            yield sse.event(wire.encode(ww.Started(step_ms=self.step_ms)))
             if self.hold is not None:
                 await self.hold.wait()
             if self.mode == "drop":
@@ -74,8 +79,9 @@ class FakeWorker:
                 done = True
                 yield sse.event(sse.error_marker("the fake engine failed"))
                 return
-            n = min(self.tokens, req.max_tokens)
-            for i in range(n):
+            first = len(req.resume.emitted_ids) if req.resume is not None else 0
+            n = min(self.tokens, first + req.max_tokens)
+            for i in range(first, n):
                 if self.delay:
                     with trio.move_on_after(self.delay):
                         await cancel.wait()
@@ -84,15 +90,24 @@ class FakeWorker:
                     self.stopped.append(gen_id)
                     yield sse.event(sse.CANCELLED)
                     return
-                yield sse.event(wire.encode(ww.Token(f"tok{i} ", i)))
+                ids = [i] if self.named_ids else []
+                yield sse.event(wire.encode(ww.Token(f"tok{i} ", i, ids)))
                 if self.mode == "die":
+                    if self.die_when is not None:
+                        await self.die_when.wait()
                     done = True
+                    return
+                if self.mode == "stall":
+                    await trio.sleep_forever()
+                if self.mode == "garbage":
+                    done = True
+                    yield b"data: {not json\n\n"
                     return
             usage = ww.Usage(
                 len((req.prompt or "").split()), n, len((req.prompt or "").split()) + n
             )
             timings = ww.Timings(0.0, 1.0, 1.0, 1.0, 100.0)
-            reason: ww.FinishReason = "length" if n == req.max_tokens else "stop"
+            reason: ww.FinishReason = "length" if n == first + req.max_tokens else "stop"
             yield sse.event(wire.encode(ww.Finished(reason, usage, timings)))
             yield sse.event(sse.DONE)
             done = True
@@ -130,6 +145,8 @@ class FakeWorker:
 
         @app.get("/health")
         async def health() -> Response:
+            if self.mode == "stall":
+                await trio.sleep_forever()
             return json_response(ww.Health("ready"))
 
         return app

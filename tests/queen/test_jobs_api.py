@@ -58,6 +58,24 @@ async def test_job_is_relayed_and_recorded(
     assert record["attempt_log"][0]["worker"] == worker.id
 
 
+async def test_a_job_without_a_seed_gets_one_from_the_queen_and_keeps_it(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    worker = await FakeWorker(tokens=1).start(nursery)
+    await register(queen.url, "hive-a", worker)
+    for _ in range(2):
+        accepted = (await submit(http, queen)).json()
+        assert (await read_stream(http, queen.url + accepted["sse_url"]))[-1] == "[DONE]"
+    seeds = [sent.seed for sent in worker.posts]
+    assert None not in seeds
+    assert len(set(seeds)) == 2
+    db = sqlite3.connect(queen.config.db)
+    stored = [
+        json.loads(row[0])["seed"] for row in db.execute("SELECT request FROM jobs ORDER BY seq")
+    ]
+    assert stored == seeds
+
+
 async def test_one_call_answers_the_post_with_the_jobs_stream(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:

@@ -57,6 +57,19 @@ def test_queries() -> None:
     assert registry.models() == ["m", "x"]
 
 
+def test_a_stalled_worker_is_in_no_snapshot_until_unstalled_whatever_its_hive_says() -> None:
+    registry = Registry(Clock())
+    registry.heartbeat(heartbeat("h1", [status("a"), status("b")]))
+    registry.stall("a")
+    registry.heartbeat(heartbeat("h1", [status("a"), status("b")]))
+    assert [w.id for w in registry.snapshot().workers] == ["b"]
+    assert [w.id for w in registry.with_capacity("m")] == ["b"]
+    assert [e.stalled for e in registry.worker_entries()] == [True, False]
+    registry.unstall("a")
+    assert [w.id for w in registry.snapshot().workers] == ["a", "b"]
+    registry.stall("gone")  # a worker that left already: nothing to do
+
+
 def test_inflight_counts_between_heartbeats() -> None:
     registry = Registry(Clock())
     registry.heartbeat(heartbeat("h1", [status("a")]))

@@ -1,4 +1,5 @@
-"""Retries: a worker that fails before the first token is replaced; after it, the job fails."""
+"""Retries: a worker that fails before the first token is replaced; after it, the job fails when
+its tokens did not name their ids (`tests/queen/test_migration.py` has the streams that continue)."""
 
 from __future__ import annotations
 
@@ -92,14 +93,14 @@ async def test_gives_up_after_max_attempts(
     assert any("answered 500" in e["message"] for e in status["recent_errors"])
 
 
-async def test_failure_after_the_first_token_is_not_retried(
+async def test_failure_after_a_token_without_ids_is_not_retried(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:
-    dying = await FakeWorker(mode="die").start(nursery)
+    dying = await FakeWorker(mode="die", named_ids=False).start(nursery)
     spare = await FakeWorker().start(nursery)
     await register(queen.url, "hive-a", dying, spare)
     payloads, record = await run_job(http, queen)
-    assert json.loads(payloads[1]) == {"type": "token", "t": "tok0 ", "i": 0}
+    assert json.loads(payloads[1]) == {"type": "token", "t": "tok0 ", "i": 0, "ids": []}
     assert payloads[-1].startswith("[ERROR]")
     assert "dropped the stream" in payloads[-1]
     assert (record["state"], record["attempts"]) == ("failed", 1)

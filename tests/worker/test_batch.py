@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from rbee.wire.worker import Finished, SamplingParams, Started, Token
@@ -111,7 +112,7 @@ def test_batched_equals_one_at_a_time_with_seeds(temperature: float) -> None:
     requests = {
         "a": ("a", params(temperature=temperature, seed=1, max_tokens=12)),
         "b": ("hello", params(temperature=temperature, seed=2, max_tokens=7)),
-        "c": ("q", params(temperature=temperature, seed=3, max_tokens=9, top_k=5)),
+        "c": ("q", params(temperature=temperature, seed=8, max_tokens=9, top_k=5)),
         "d": ("zz", params(temperature=temperature, seed=4, max_tokens=12, top_p=0.9)),
     }
     c = Collector(FakeEngine(flat=temperature > 0))
@@ -201,3 +202,45 @@ def test_a_decode_failure_ends_every_running_sequence_with_an_error() -> None:
     assert "fake decode failure" in out.errors["a"]
     assert sorted(out.freed) == [0, 1]
     assert len(c.batch) == 0
+
+
+def _run_events(prompt_ids: list[int], p: SamplingParams, resumed: int = 0) -> list[object]:
+    batch = Batch(FakeEngine(slots=1, flat=p.temperature > 0), FakeTokenizer())
+    events: list[object] = []
+    out = batch.step([Admit("x", 0, prompt_ids, p, 0.0, resumed)])
+    while True:
+        events += out.events.get("x", [])
+        if not len(batch):
+            return events
+        out = batch.step()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "p"),
+    [
+        ("x", params(max_tokens=20)),  # "é" is two tokens: a cut character at a seam
+        ("a", params(max_tokens=12, stop=["dex", "hij"])),  # held text, then a stop string
+        ("q", params(temperature=1.0, seed=5, max_tokens=14)),
+        ("zz", params(temperature=0.9, seed=8, max_tokens=14, top_p=0.9, repetition_penalty=1.3)),
+    ],
+)
+def test_resumed_after_any_piece_continues_exactly_as_the_uninterrupted_run(
+    prompt: str, p: SamplingParams
+) -> None:
+    prompt_ids = FakeTokenizer().encode(prompt)
+    whole = _run_events(prompt_ids, p)
+    tokens = [e for e in whole if isinstance(e, Token)]
+    final = whole[-1]
+    assert isinstance(final, Finished)
+    assert len(tokens) > 2
+    text = "".join(t.t for t in tokens)
+    for cut in range(1, len(tokens)):
+        emitted = [i for t in tokens[:cut] for i in t.ids]
+        rest = msgspec.structs.replace(p, max_tokens=p.max_tokens - len(emitted))
+        resumed = _run_events(prompt_ids + emitted, rest, resumed=len(emitted))
+        pieces = [e for e in resumed if isinstance(e, Token)]
+        assert "".join(t.t for t in tokens[:cut] + pieces) == text, cut
+        assert [t.i for t in pieces] == list(range(cut, len(tokens))), cut
+        last = resumed[-1]
+        assert isinstance(last, Finished)
+        assert (last.finish_reason, last.usage) == (final.finish_reason, final.usage), cut

@@ -135,7 +135,7 @@ async def test_a_stop_string_spanning_tokens_is_never_emitted(worker: WorkerProc
     assert finished["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 11}])
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 12}])
 async def test_four_concurrent_streams_equal_one_at_a_time(
     worker: WorkerProcess, sampling: dict[str, Any]
 ) -> None:
@@ -182,3 +182,41 @@ async def test_a_prompt_longer_than_the_context_is_400(worker: WorkerProcess) ->
         r = await client.post("/v1/inference", json={"prompt": "hello " * 20000})
     assert r.status_code == 400
     assert "longer than the model's context" in r.json()["error"]["message"]
+
+
+async def token_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The token events of one generation, and its finished event last."""
+    r = await client.post("/v1/inference", json=body)
+    assert r.status_code == 202, r.text
+    async with client.stream("GET", r.json()["sse_url"]) as stream:
+        payloads = [line[6:] async for line in stream.aiter_lines() if line.startswith("data: ")]
+    assert payloads[-1] == "[DONE]", payloads[-1]
+    events = [json.loads(p) for p in payloads[:-1]]
+    return [e for e in events if e["type"] in ("token", "finished")]
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 11}])
+async def test_a_resumed_generation_continues_byte_for_byte(
+    worker: WorkerProcess, sampling: dict[str, Any]
+) -> None:
+    body = chat("Tell me a short story about a fox.", max_tokens=40, **sampling)
+    async with httpx.AsyncClient(base_url=worker.url, timeout=120) as client:
+        whole = await token_events(client, body)
+        tokens, finished = whole[:-1], whole[-1]
+        text = "".join(t["t"] for t in tokens)
+        for cut in (1, len(tokens) // 2, len(tokens) - 1):
+            emitted = [i for t in tokens[:cut] for i in t["ids"]]
+            resume = {"emitted_ids": emitted}
+            rest = {**body, "max_tokens": 40 - len(emitted), "resume": resume}
+            resumed = await token_events(client, rest)
+            assert "".join(t["t"] for t in tokens[:cut] + resumed[:-1]) == text, cut
+            assert [t["i"] for t in resumed[:-1]] == list(range(cut, len(tokens))), cut
+            assert resumed[-1]["usage"] == finished["usage"], cut
+
+
+async def test_a_resume_with_a_token_outside_the_vocabulary_is_400(worker: WorkerProcess) -> None:
+    body = {"prompt": "Once", "max_tokens": 2, "resume": {"emitted_ids": [5, 10**7]}}
+    async with httpx.AsyncClient(base_url=worker.url, timeout=60) as client:
+        r = await client.post("/v1/inference", json=body)
+    assert r.status_code == 400
+    assert "token id 10000000 is not in the model's vocabulary" in r.json()["error"]["message"]

@@ -30,7 +30,7 @@ from rbee.wire.queen import (
 )
 from rbee.wire.worker import Health
 
-__all__ = ["build_app", "follow_job"]
+__all__ = ["build_app", "follow_job", "last_event_id"]
 
 _STATES: tuple[JobState, ...] = ("queued", "running", "completed", "failed", "cancelled")
 
@@ -48,20 +48,43 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-async def follow_job(dispatcher: Dispatcher, job: Job) -> AsyncGenerator[bytes, None]:
-    """The job's stream as SSE bytes; a client that goes away before the job ends cancels it."""
+def last_event_id(job: Job, header: str | None) -> int:
+    """How many of the job's events a reconnecting client has (its ``Last-Event-ID``); 0 without.
+
+    `UsageError` for an id that is no number, or one the job never sent.
+    """
+    if header is None or not header.strip():
+        return 0
+    value = header.strip()
+    if not value.isdigit() or int(value) > len(job.stream):
+        raise UsageError(
+            f"invalid Last-Event-ID header: {value!r} is not an event id of job {job.id} "
+            f"(it has sent {len(job.stream)} events, numbered from 1)"
+        )
+    return int(value)
+
+
+async def follow_job(
+    dispatcher: Dispatcher, job: Job, after: int = 0
+) -> AsyncGenerator[bytes, None]:
+    """The job's stream as SSE bytes, past its first ``after`` events.
+
+    A client that goes away before the job ends cancels it, unless it (or another) reconnects
+    within ``queen.reconnect_grace_s`` (`Dispatcher.reader_left`).
+    """
     try:
-        async with contextlib.aclosing(job.stream.follow()) as each:
+        async with contextlib.aclosing(job.stream.follow(after)) as each:
             async for frame in each:
                 yield frame
     finally:
         if not job.done.is_set():
-            dispatcher.cancel(job.id)
+            dispatcher.reader_left(job)
 
 
-def _stream_response(dispatcher: Dispatcher, job: Job) -> Response:
+def _stream_response(dispatcher: Dispatcher, job: Job, after: int = 0) -> Response:
     return Response(
-        follow_job(dispatcher, job), headers={**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id}
+        follow_job(dispatcher, job, after),
+        headers={**sse.SSE_HEADERS, sse.JOB_ID_HEADER: job.id},
     )
 
 
@@ -125,7 +148,8 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
                 f"GET /v1/jobs/{job_id} has its record",
                 410,
             )
-        return _stream_response(dispatcher, job)
+        after = last_event_id(job, request.headers.get("Last-Event-ID"))
+        return _stream_response(dispatcher, job, after)
 
     @app.delete("/v1/jobs/<job_id>")
     async def cancel_job(job_id: str) -> Response:

@@ -6,12 +6,16 @@ models), which the queen forwards to the right hive: the keeper never talks to a
 Transport failures become `ConnectError` ("cannot reach the queen at URL: is it running?"), error
 answers `ApiError` / `NotFoundError` with the queen's message, a failed job `InferenceError` and a
 failed pull `ModelError`, so every caller fails with one line.
+
+`QueenClient.run` survives a dropped connection: it reconnects to the job's stream with the
+``Last-Event-ID`` it last saw, and the queen sends the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,7 +24,7 @@ import msgspec
 
 from rbee import sse, wire
 from rbee.client import auth_headers, check, translate_errors
-from rbee.errors import InferenceError, ModelError, SshError
+from rbee.errors import ConnectError, InferenceError, ModelError, SshError
 from rbee.wire.hive import ModelInfo, ModelList, ModelRemoved, PullEvent, WorkerRetired
 from rbee.wire.hosts import (
     HiveAdd,
@@ -49,16 +53,39 @@ from rbee.wire.queen import (
 )
 from rbee.wire.worker import Finished, StreamEvent, Token, stream_event_decoder
 
-__all__ = ["LONG_TIMEOUT_S", "QueenClient"]
+__all__ = ["LONG_TIMEOUT_S", "RECONNECTS", "QueenClient"]
 
 T = TypeVar("T")
 
 # A spawn that waits for a model to load, a retire that waits out a worker's grace period.
 LONG_TIMEOUT_S = 300.0
 
+# A job's stream that drops is followed again this many times in a row, a pause between tries.
+RECONNECTS = 5
+RECONNECT_PAUSE_S = 0.5
+
 _pull_events = msgspec.json.Decoder(PullEvent)
 _deploy_events = msgspec.json.Decoder(PushProgress | HiveStarted)
 _log_events = msgspec.json.Decoder(HiveLogs)
+
+
+class _Dropped(Exception):
+    """The connection of a stream that had begun broke."""
+
+
+def _frames(response: httpx.Response) -> Iterator[tuple[int | None, str]]:
+    """An SSE answer's events as (``id`` or None, ``data``); `_Dropped` if the connection breaks."""
+    event_id: int | None = None
+    try:
+        for line in response.iter_lines():
+            if line.startswith("id:"):
+                value = line[3:].strip()
+                event_id = int(value) if value.isdigit() else None
+            elif line.startswith("data:"):
+                yield event_id, line[5:].removeprefix(" ")
+                event_id = None
+    except httpx.TransportError as err:
+        raise _Dropped(str(err) or type(err).__name__) from None
 
 
 class QueenClient:
@@ -102,11 +129,15 @@ class QueenClient:
         what: str,
         body: bytes | None,
         read_s: float | None,
+        *,
         params: dict[str, str] | None = None,
-    ) -> Iterator[tuple[str, Iterator[str]]]:
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[tuple[str, Iterator[tuple[int | None, str]]]]:
         """POST ``body`` to ``path`` (GET without one): the answer's job id header and its SSE
-        ``data`` payloads.
-        """
+        events (`_frames`)."""
+        sent = {"Accept": "text/event-stream", **(headers or {})}
+        if body is not None:
+            sent["Content-Type"] = "application/json"
         with (
             translate_errors("queen", self.url),
             self._http.stream(
@@ -114,36 +145,64 @@ class QueenClient:
                 path,
                 content=body,
                 params=params,
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                headers=sent,
                 timeout=httpx.Timeout(self._http.timeout.connect, read=read_s),
             ) as response,
         ):
             if not response.is_success:
                 response.read()
                 check(response, what)
-            data = (
-                line[5:].removeprefix(" ")
-                for line in response.iter_lines()
-                if line.startswith("data:")
-            )
-            yield response.headers.get(sse.JOB_ID_HEADER, "?"), data
+            yield response.headers.get(sse.JOB_ID_HEADER, "?"), _frames(response)
 
     # --- jobs ----------------------------------------------------------------------------------
 
     def run(self, job: JobRequest) -> Iterator[str | Token | Finished]:
         """Submit ``job`` and follow it in one call: its id, then its tokens, then `Finished`.
 
-        Raises `InferenceError` if the job fails or is cancelled.
+        A stream whose connection drops is followed again from the last event seen, up to
+        `RECONNECTS` times in a row. Raises `InferenceError` if the job fails or is cancelled.
         """
-        decoder: msgspec.json.Decoder[StreamEvent] = stream_event_decoder()
         with self._stream("/v1/jobs", "submitting the job", wire.encode(job), None) as (
             job_id,
-            events,
+            frames,
         ):
             yield job_id
-            for data in events:
+            seen = yield from self._follow(job_id, frames, 0)
+        failures = 0
+        while seen is not None:
+            if failures == RECONNECTS:
+                raise InferenceError(
+                    f"lost the stream of job {job_id} and could not get it back after "
+                    f"{RECONNECTS} tries"
+                )
+            failures += 1
+            time.sleep(RECONNECT_PAUSE_S)
+            try:
+                with self._stream(
+                    f"/v1/jobs/{job_id}/stream",
+                    f"following job {job_id}",
+                    None,
+                    None,
+                    headers={"Last-Event-ID": str(seen)},
+                ) as (_, frames):
+                    resumed = yield from self._follow(job_id, frames, seen)
+            except ConnectError:
+                continue
+            if resumed != seen:
+                failures = 0
+            seen = resumed
+
+    def _follow(
+        self, job_id: str, frames: Iterator[tuple[int | None, str]], seen: int
+    ) -> Generator[Token | Finished, None, int | None]:
+        """Yield the events of one connection to a job's stream; return None at its end, or the
+        id of the last event seen if the connection dropped first."""
+        decoder: msgspec.json.Decoder[StreamEvent] = stream_event_decoder()
+        try:
+            for event_id, data in frames:
+                seen = event_id if event_id is not None else seen
                 if data == sse.DONE:
-                    return
+                    return None
                 if data == sse.CANCELLED:
                     raise InferenceError(f"job {job_id} was cancelled")
                 if data.startswith(sse.ERROR_PREFIX):
@@ -152,7 +211,9 @@ class QueenClient:
                 event = decoder.decode(data)
                 if isinstance(event, Token | Finished):
                     yield event
-        raise InferenceError(f"the queen ended the stream of job {job_id} early")
+        except _Dropped:
+            return seen
+        return seen
 
     def job(self, job_id: str) -> JobInfo:
         return self._call("GET", f"/v1/jobs/{job_id}", f"job {job_id}", JobInfo)
@@ -228,11 +289,14 @@ class QueenClient:
         outcome: str | None = None
         path = f"/v1/hives/{hive}/models/pull"
         with self._stream(path, what, body, LONG_TIMEOUT_S) as (_, events):
-            for data in events:
-                if sse.is_terminal(data):
-                    outcome = data
-                    break
-                yield _pull_events.decode(data)
+            try:
+                for _, data in events:
+                    if sse.is_terminal(data):
+                        outcome = data
+                        break
+                    yield _pull_events.decode(data)
+            except _Dropped as err:
+                raise ModelError(f"{what}: the connection to the queen broke: {err}") from None
         if outcome == sse.DONE:
             return
         if outcome is None:
@@ -276,7 +340,7 @@ class QueenClient:
         what = f"{'upgrading' if upgrade else 'starting'} hive {name}"
         outcome: str | None = None
         with self._stream(f"/v1/hives/{name}/{verb}", what, b"", LONG_TIMEOUT_S) as (_, events):
-            for data in events:
+            for _, data in events:
                 if sse.is_terminal(data):
                     outcome = data
                     break
@@ -314,8 +378,11 @@ class QueenClient:
         """The last ``lines`` lines of the hive's log, then each batch it writes, until closed."""
         params = {"lines": str(lines), "follow": "1"}
         what = f"following the log of hive {name}"
-        with self._stream(f"/v1/hives/{name}/logs", what, None, None, params) as (_, events):
-            for data in events:
+        with self._stream(f"/v1/hives/{name}/logs", what, None, None, params=params) as (
+            _,
+            events,
+        ):
+            for _, data in events:
                 if sse.is_terminal(data):
                     if data.startswith(sse.ERROR_PREFIX):
                         raise SshError(data.removeprefix(sse.ERROR_PREFIX).strip())

@@ -18,9 +18,13 @@ an attempt ending, a worker exiting, and every housekeeping tick (which also enf
 takes silent hives offline: their workers leave the registry and the attempts running on them
 end as failures, retried elsewhere by the rule below).
 
-An attempt that fails before the first token is retried elsewhere after an exponential backoff,
-at most ``queen.max_attempts`` times in all; after the first token a failure ends the job. Every
-attempt and every decision (but only the first `Queue` or `Spawn` of a job) is recorded.
+An attempt whose worker fails is retried elsewhere after an exponential backoff, at most
+``queen.max_attempts`` times in all. After tokens went out the next attempt resumes from them
+(`rbee.queen.relay`): the client's stream continues on another worker of the model, or on one the
+queen starts, as if nothing had happened; a stream that finds no worker to continue on within
+``queen.migrate_timeout_s`` ends with the reason. A worker that went silent mid-stream (stopped,
+swapped out) is taken out of rotation until it answers ``/health`` again. Every attempt and every
+decision (but only the first `Queue` or `Spawn` of a job) is recorded.
 
 A policy that raises (`PolicyError`, or any bug in it) does not stop the queen: the fallback policy
 (``queen.policy_fallback``; ``"reject"`` rejects) decides instead, and the error is logged, counted
@@ -30,7 +34,9 @@ and kept for ``rbee status``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import secrets
 import sqlite3
 import time
 import uuid
@@ -45,11 +51,11 @@ from rbee.config import QueenConfig
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
 from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError
 from rbee.log import kv
-from rbee.queen.http11 import Pool
+from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
 from rbee.queen.metrics import Labels, Metrics
 from rbee.queen.registry import STALE_INTERVALS, Registry
-from rbee.queen.relay import AttemptError, Outcome, cancel_on_worker, run_attempt
+from rbee.queen.relay import AttemptError, Outcome, StallBounds, cancel_on_worker, run_attempt
 from rbee.queen.scheduler import Watched, make_fallback
 from rbee.queen.store import HiveStore, JobStore
 from rbee.wire.queen import (
@@ -69,6 +75,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.1
 FINISHED_KEPT = 512
 CANCEL_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 1.0
 
 
 class Provisioner(Protocol):
@@ -127,6 +134,9 @@ class Dispatcher:
         self._lost: dict[str, str] = {}
         # Hives started by the queen that have not reported yet: name -> (deadline, bound in s).
         self._expected: dict[str, tuple[float, float]] = {}
+        self._bounds = StallBounds(
+            config.first_event_timeout_s, config.stall_steps, config.stall_floor_s
+        )
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -206,6 +216,7 @@ class Dispatcher:
             await trio.sleep(TICK_S)
             # Held records whose client went away before `accepted` wrote them.
             self.records.flush()
+            self._forget_old()
             hive_of = {
                 job.id: record.hive
                 for job in self.running.values()
@@ -219,7 +230,12 @@ class Dispatcher:
                 self._error(f"hive {name}", f"no heartbeat for {STALE_INTERVALS} intervals")
             now = trio.current_time()
             for job in self.queue.in_order():
-                if job.deadline is not None and now > job.deadline:
+                if job.interrupted_at is not None and now > job.interrupted_at + (
+                    self.config.migrate_timeout_s
+                ):
+                    self.queue.remove(job.id)
+                    self._finish(job, "failed", error=self._unresumed(job))
+                elif job.deadline is not None and now > job.deadline:
                     self.queue.remove(job.id)
                     deadline_s = job.request.deadline_s or 0.0
                     self._finish(
@@ -239,6 +255,9 @@ class Dispatcher:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
             )
+        if request.seed is None:
+            # A seed of its own makes the job resumable on another worker (and reproducible).
+            request = msgspec.structs.replace(request, seed=secrets.randbits(63))
         t = trio.current_time()
         self._seq += 1
         job = Job(
@@ -305,7 +324,12 @@ class Dispatcher:
             decision = self._decide(job)
             if isinstance(decision, Route):
                 worker = self.registry.get(decision.worker_id)
-                if worker is None or worker.slots_free <= 0 or worker.status.model != job.model:
+                if (
+                    worker is None
+                    or worker.stalled
+                    or worker.slots_free <= 0
+                    or worker.status.model != job.model
+                ):
                     self._error("scheduler", f"chose unusable worker {decision.worker_id!r}")
                     blocked.add(job.model)
                     continue
@@ -348,7 +372,8 @@ class Dispatcher:
         snapshot = self.registry.snapshot()
         if job.tried:
             others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
-            if others:
+            # A stream is never continued on a worker that broke it off: it is gone or unwell.
+            if others or job.emitted_ids:
                 snapshot = Snapshot(
                     workers=tuple(w for w in snapshot.workers if w.id not in job.tried),
                     hives=snapshot.hives,
@@ -442,6 +467,7 @@ class Dispatcher:
         job.attempts += 1
         job.worker = worker_id
         job.tried.add(worker_id)
+        job.interrupted_at = None
         now = time.time()
         fields: dict[str, object] = {"state": "running", "worker": worker_id}
         fields["attempts"] = job.attempts
@@ -478,7 +504,7 @@ class Dispatcher:
                 scope.cancel()
             try:
                 outcome = await run_attempt(
-                    self._pool, worker_id, url, job, lambda: self._first_token(job)
+                    self._pool, worker_id, url, job, lambda: self._first_token(job), self._bounds
                 )
             except AttemptError as err:
                 failure = err
@@ -489,7 +515,7 @@ class Dispatcher:
         job.scope = None
         lost = self._lost.pop(job.id, None)
         if outcome is None and failure is None and lost is not None and not job.stop_reason:
-            failure = AttemptError(lost, retryable=job.first_token_at is None)
+            failure = AttemptError(lost, retryable=job.resumable or job.first_token_at is None)
         self.registry.release(worker_id)
         now = time.time()
         if outcome is None and failure is None:
@@ -503,6 +529,10 @@ class Dispatcher:
             self.records.end_attempt(job.id, job.attempts, now, message)
             self.metrics.attempts_failed.inc(retried=str(failure.retryable).lower())
             self._error(f"worker {worker_id}", message)
+            if failure.stalled:
+                self._stalled(worker_id, url)
+            if job.emitted_ids and job.interrupted_at is None:
+                job.interrupted_at, job.interrupted = trio.current_time(), message
             retry = failure.retryable and job.attempts < self.config.max_attempts
             if retry and self.draining:
                 self._not_running(job)
@@ -530,6 +560,30 @@ class Dispatcher:
             self._finish(job, "failed", error="the queen shut down while the job ran")
         else:
             self._finish(job, "cancelled")
+
+    def _unresumed(self, job: Job) -> str:
+        return (
+            f"the stream broke off after {len(job.emitted_ids)} tokens ({job.interrupted}) and "
+            f"no worker for model {job.model!r} took it up within "
+            f"{self.config.migrate_timeout_s:g} s"
+        )
+
+    def _stalled(self, worker_id: str, url: str) -> None:
+        """Take a silent worker out of rotation, and back in once it answers ``/health``."""
+        self.registry.stall(worker_id)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._probe, worker_id, url)
+
+    async def _probe(self, worker_id: str, url: str) -> None:
+        assert self._pool is not None
+        while (record := self.registry.get(worker_id)) is not None and record.stalled:
+            await trio.sleep(self.config.heartbeat_interval_s)
+            with trio.move_on_after(PROBE_TIMEOUT_S), contextlib.suppress(*TransportError):
+                async with await self._pool.request("GET", url, "/health") as response:
+                    await response.body()
+                    if response.status == 200:
+                        self.registry.unstall(worker_id)
+                        self.pump()
 
     def _back_to_queue_for_restart(self, job: Job) -> None:
         job.state = "queued"
@@ -600,9 +654,36 @@ class Dispatcher:
         self.records.update(job.id, **fields)
         self.metrics.jobs.inc(state=state)
         job.done.set()
+        job.ended_at = trio.current_time()
         self._finished.append(job.id)
         while len(self._finished) > FINISHED_KEPT:
             self.jobs.pop(self._finished.popleft(), None)
+
+    def _forget_old(self) -> None:
+        """Drop the finished jobs whose events were kept for ``queen.events_kept_s``."""
+        cutoff = trio.current_time() - self.config.events_kept_s
+        while self._finished:
+            job = self.jobs.get(self._finished[0])
+            if job is not None and job.ended_at is not None and job.ended_at > cutoff:
+                return
+            self.jobs.pop(self._finished.popleft(), None)
+
+    def reader_left(self, job: Job) -> None:
+        """A client stopped reading ``job``'s stream before it ended: cancel the job, unless some
+        client reads it still, or again within ``queen.reconnect_grace_s``."""
+        if job.stream.readers:
+            return
+        if self.config.reconnect_grace_s <= 0:
+            self.cancel(job.id)
+        elif self._nursery is not None:
+            self._nursery.start_soon(self._cancel_unread, job)
+
+    async def _cancel_unread(self, job: Job) -> None:
+        with trio.move_on_after(self.config.reconnect_grace_s):
+            await job.done.wait()
+        if not job.done.is_set() and not job.stream.readers:
+            log.info("stream left unread; job cancelled", extra=kv(job=job.id))
+            self.cancel(job.id)
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a waiting or running job (a no-op for a finished one); None if not held here."""

@@ -26,7 +26,7 @@ from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.errors import RbeeError
-from rbee.queen.app import follow_job
+from rbee.queen.app import follow_job, last_event_id
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
 from rbee.server import MAX_BODY_BYTES, bearer_ok, error_parts
@@ -69,7 +69,7 @@ class FastRoutes:
         submit = method == "POST" and path == "/v1/jobs"
         headers: dict[bytes, bytes] = dict(scope["headers"]) if job is not None or submit else {}
         if job is not None and self._authorized(headers):
-            await _stream(self.dispatcher, job, receive, send)
+            await self._follow(job, headers, receive, send)
         elif submit and self._authorized(headers):
             await self._submit(scope, headers, receive, send)
         else:
@@ -79,6 +79,16 @@ class FastRoutes:
         if not self.token:
             return True
         return bearer_ok(headers.get(b"authorization", b"").decode("latin-1"), self.token)
+
+    async def _follow(
+        self, job: Job, headers: dict[bytes, bytes], receive: Receive, send: Send
+    ) -> None:
+        try:
+            after = last_event_id(job, _header(headers, b"last-event-id"))
+        except RbeeError as err:
+            await _answer_error(send, err)
+            return
+        await _stream(self.dispatcher, job, receive, send, after)
 
     async def _submit(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -104,6 +114,11 @@ class FastRoutes:
             await _stream(self.dispatcher, job, receive, send)
         else:
             await _answer(send, 202, wire.encode(JobAccepted(job.id, f"/v1/jobs/{job.id}/stream")))
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -154,13 +169,15 @@ async def _answer(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _stream(dispatcher: Dispatcher, job: Job, receive: Receive, send: Send) -> None:
-    """Send the job's stream until it ends; a client that goes away cancels the job."""
+async def _stream(
+    dispatcher: Dispatcher, job: Job, receive: Receive, send: Send, after: int = 0
+) -> None:
+    """Send the job's stream (past its first ``after`` events) until it ends (`follow_job`)."""
     headers = [*_SSE_HEADERS, (sse.JOB_ID_HEADER.lower().encode(), job.id.encode())]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        async with contextlib.aclosing(follow_job(dispatcher, job)) as frames:
+        async with contextlib.aclosing(follow_job(dispatcher, job, after)) as frames:
             async for frame in frames:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

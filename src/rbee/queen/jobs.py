@@ -1,7 +1,9 @@
 """A job while the queen holds it: its event buffer and the admission queue.
 
-The worker's events land in a `JobStream` (payloads kept as the worker sent them) and every client reading the job's stream follows that buffer, so a client may connect after the
-first tokens, and a retried attempt is invisible to it. The `AdmissionQueue` orders waiting jobs:
+The worker's events land in a `JobStream` (payloads kept as the worker sent them) and every client
+reading the job's stream follows that buffer, so a client may connect after the first tokens, and
+a retried attempt is invisible to it. Each event's SSE ``id`` is its number in the buffer (from 1),
+so a client that lost its connection reconnects with ``Last-Event-ID`` and gets the rest. The `AdmissionQueue` orders waiting jobs:
 interactive before batch, first come first served within a class (by admission number, so a job
 that is retried keeps its place).
 """
@@ -32,6 +34,7 @@ class JobStream:
         self._payloads: list[bytes] = []
         self._changed = trio.Event()
         self.closed = False
+        self.readers = 0
 
     def push(self, payload: bytes) -> None:
         """Add one event payload (``{"type": "token", ...}``)."""
@@ -45,9 +48,13 @@ class JobStream:
             self.push(marker.encode())
             self.closed = True
 
-    async def batches(self) -> AsyncGenerator[list[bytes], None]:
-        """Everything pushed so far, then each new batch of payloads, until the stream closes."""
-        sent = 0
+    def __len__(self) -> int:
+        return len(self._payloads)
+
+    async def batches(self, after: int = 0) -> AsyncGenerator[list[bytes], None]:
+        """Everything pushed so far (past the first ``after``), then each new batch of payloads,
+        until the stream closes."""
+        sent = after
         while True:
             if sent < len(self._payloads):
                 batch = self._payloads[sent:]
@@ -58,11 +65,20 @@ class JobStream:
             else:
                 await self._changed.wait()
 
-    async def follow(self) -> AsyncGenerator[bytes, None]:
-        """The same as SSE bytes: one ``data:`` event per payload, batched per write."""
-        async with contextlib.aclosing(self.batches()) as batches:
-            async for batch in batches:
-                yield b"".join([b"data: " + p + b"\n\n" for p in batch])
+    async def follow(self, after: int = 0) -> AsyncGenerator[bytes, None]:
+        """The same as SSE bytes: one event per payload, with its ``id``, batched per write."""
+        n = after
+        self.readers += 1
+        try:
+            async with contextlib.aclosing(self.batches(after)) as batches:
+                async for batch in batches:
+                    frames = []
+                    for p in batch:
+                        n += 1
+                        frames.append(b"id: %d\ndata: %s\n\n" % (n, p))
+                    yield b"".join(frames)
+        finally:
+            self.readers -= 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -86,6 +102,14 @@ class Job:
     worker_body: bytes = b""
     worker_job_url: str | None = None
     started_sent: bool = False
+    # The token ids whose text the client has, in order: what another worker resumes from. A
+    # worker whose token events do not name their ids leaves a job that cannot be resumed.
+    emitted_ids: list[int] = dataclasses.field(default_factory=list)
+    resumable: bool = True
+    # When (trio clock) and why its stream was cut off mid-way, while it waits to continue.
+    interrupted_at: float | None = None
+    interrupted: str = ""
+    ended_at: float | None = None
     readmitted: bool = False
     started: bool = False
     stop_reason: str = ""

@@ -11,6 +11,10 @@ but ready and idle (loading, busy with requests from elsewhere). Workers idle lo
 keep-alive are what `idle_longer_than` returns; `eviction_order` ranks a hive's idle workers for
 when its host runs short of memory.
 
+A worker the queen found stalled (`stall`: it stopped answering mid-stream) is out of rotation, in
+no snapshot and in no list of workers with capacity, until `unstall` (it answers again); its hive's
+heartbeats, which may still call it ready, do not bring it back.
+
 `snapshot()` is what a scheduling policy sees; it is rebuilt only when something changed.
 """
 
@@ -48,6 +52,7 @@ class WorkerRecord:
     last_used: float = 0.0
     # Added by `Registry.add_worker` and not yet listed by a heartbeat of its hive.
     pending: bool = False
+    stalled: bool = False
 
     @property
     def id(self) -> str:
@@ -199,6 +204,20 @@ class Registry:
             record.last_used = self._clock()
             self._snapshot = None
 
+    def stall(self, worker_id: str) -> None:
+        """Take a worker that stopped answering out of rotation (until `unstall`)."""
+        self._set_stalled(worker_id, True)
+
+    def unstall(self, worker_id: str) -> None:
+        """Put a stalled worker back into rotation: it answers again."""
+        self._set_stalled(worker_id, False)
+
+    def _set_stalled(self, worker_id: str, stalled: bool) -> None:
+        record = self._workers.get(worker_id)
+        if record is not None and record.stalled != stalled:
+            record.stalled = stalled
+            self._snapshot = None
+
     def mark_stopping(self, worker_id: str) -> None:
         """The queen is retiring this worker: no policy may pick it any more."""
         record = self._workers.get(worker_id)
@@ -259,6 +278,7 @@ class Registry:
             w
             for w in self._workers.values()
             if w.status.state in ("ready", "busy")
+            and not w.stalled
             and w.slots_free > 0
             and (model is None or w.status.model == model)
         ]
@@ -282,7 +302,9 @@ class Registry:
             for w in self._workers.values():
                 counts[w.hive] = counts.get(w.hive, 0) + 1
             self._snapshot = Snapshot(
-                workers=tuple(w.view(hives.get(w.hive)) for w in self._workers.values()),
+                workers=tuple(
+                    w.view(hives.get(w.hive)) for w in self._workers.values() if not w.stalled
+                ),
                 hives=tuple(
                     HiveView(
                         name=name,
@@ -301,7 +323,11 @@ class Registry:
         now = self._clock()
         return [
             WorkerEntry(
-                hive=w.hive, worker=w.status, inflight=w.inflight, last_seen_s=now - w.seen_at
+                hive=w.hive,
+                worker=w.status,
+                inflight=w.inflight,
+                last_seen_s=now - w.seen_at,
+                stalled=w.stalled,
             )
             for w in self._workers.values()
         ]

@@ -1,9 +1,15 @@
 """One attempt of a job on one worker: start it there and relay its stream into the job's buffer.
 
 The worker's event payloads are pushed on as they arrived (bytes, not re-encoded); each is decoded
-once only to tell a token from the final event, for the job's record. A failure is an
-`AttemptError` that says whether the job may be retried elsewhere: only when the worker failed
-before the first token (connection refused, 5xx or 429, a dropped or failed stream).
+once to tell a token from the final event and to keep the token ids it names (`Job.emitted_ids`).
+A later attempt resumes from those ids (`rbee.wire.worker.Resume`), so a stream that a worker
+broke off continues on another one, and its client sees no seam: the second worker's started
+event is not passed on, its tokens carry on the first one's text and numbering.
+
+A failure is an `AttemptError` that says whether the job may continue elsewhere: when the worker
+failed (connection refused, 5xx or 429, a dropped, failed or malformed stream, silence), unless a
+token already went out without its ids. Silence is bounded (`StallBounds`): a worker that says
+nothing for too long is taken as stalled (``AttemptError.stalled``).
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import dataclasses
 from collections.abc import Callable
 
 import msgspec
+import trio
 
-from rbee import sse
+from rbee import sse, wire
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import Job
 from rbee.wire import worker as wire_worker
 
-__all__ = ["AttemptError", "Outcome", "cancel_on_worker", "run_attempt"]
+__all__ = ["AttemptError", "Outcome", "StallBounds", "cancel_on_worker", "run_attempt"]
 
 _events = wire_worker.stream_event_decoder()
 _DONE = sse.DONE.encode()
@@ -28,11 +35,28 @@ _ERROR = sse.ERROR_PREFIX.encode()
 
 
 class AttemptError(Exception):
-    """The attempt failed; ``retryable`` when no token reached the client yet."""
+    """The attempt failed; ``retryable`` when the job may run (or continue) elsewhere.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    ``stalled``: the worker went silent, rather than failing or going away.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, stalled: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.stalled = stalled
+
+
+@dataclasses.dataclass(frozen=True)
+class StallBounds:
+    """How long a worker may say nothing: ``first_s`` until an attempt's first token, then
+    ``steps`` of the step time its started event gave, but never less than ``floor_s``."""
+
+    first_s: float
+    steps: float
+    floor_s: float
+
+    def between(self, step_ms: float) -> float:
+        return max(self.floor_s, self.steps * step_ms / 1000)
 
 
 @dataclasses.dataclass
@@ -57,10 +81,12 @@ class _Relay:
         self.where = where
         self.on_first_token = on_first_token
         self.tokens = 0
+        self.step_ms = 0.0
         self.outcome: Outcome | None = None
 
-    def fail(self, message: str) -> AttemptError:
-        return AttemptError(message, retryable=self.tokens == 0)
+    def fail(self, message: str, *, stalled: bool = False) -> AttemptError:
+        resumable = self.job.resumable or self.job.first_token_at is None
+        return AttemptError(message, retryable=resumable, stalled=stalled)
 
     def line(self, line: bytes) -> bool:
         """Handle one line of the worker's stream; True once it ended well."""
@@ -78,9 +104,11 @@ class _Relay:
             raise self.fail(f"{self.where} failed: {message}")
         event = _events.decode(payload)
         if isinstance(event, wire_worker.Token):
-            if self.tokens == 0:
+            if self.job.first_token_at is None:
                 self.on_first_token()
             self.tokens += 1
+            self.job.resumable = self.job.resumable and bool(event.ids)
+            self.job.emitted_ids += event.ids
             self.job.stream.push(payload)
         elif isinstance(event, wire_worker.Finished):
             usage = event.usage
@@ -88,10 +116,38 @@ class _Relay:
                 event.finish_reason, usage.prompt_tokens, usage.completion_tokens
             )
             self.job.stream.push(payload)
-        elif not self.job.started_sent:
-            self.job.started_sent = True
-            self.job.stream.push(payload)
+        else:
+            self.step_ms = event.step_ms
+            if not self.job.started_sent:
+                self.job.started_sent = True
+                self.job.stream.push(payload)
         return False
+
+    def timeout(self, bounds: StallBounds) -> float:
+        return bounds.first_s if self.tokens == 0 else bounds.between(self.step_ms)
+
+
+def worker_body(job: Job) -> bytes | None:
+    """What to post to the next worker: the job's request, or its resumption where tokens went
+    out already; None when no token is left to generate."""
+    if not job.emitted_ids:
+        return job.worker_body
+    request = job.request.to_worker()
+    left = request.max_tokens - len(job.emitted_ids)
+    if left <= 0:
+        return None
+    resume = wire_worker.Resume(emitted_ids=job.emitted_ids)
+    return wire.encode(msgspec.structs.replace(request, max_tokens=left, resume=resume))
+
+
+def _length_outcome(job: Job) -> Outcome:
+    """The end of a job whose worker broke off after its last token (before its final event)."""
+    n = len(job.emitted_ids)
+    usage = wire_worker.Usage(prompt_tokens=0, completion_tokens=n, total_tokens=n)
+    timings = wire_worker.Timings(0.0, 0.0, 0.0, 0.0, 0.0)
+    finished = wire_worker.Finished(finish_reason="length", usage=usage, timings=timings)
+    job.stream.push(wire.encode(finished))
+    return Outcome("length", 0, n)
 
 
 async def run_attempt(
@@ -100,6 +156,7 @@ async def run_attempt(
     url: str,
     job: Job,
     on_first_token: Callable[[], None],
+    bounds: StallBounds,
 ) -> Outcome:
     """Run ``job`` on the worker at ``url`` until its stream ends; raise `AttemptError` if it fails.
 
@@ -108,13 +165,21 @@ async def run_attempt(
     """
     where = f"worker {worker_id} ({url})"
     relay = _Relay(job, where, on_first_token)
+    body = worker_body(job)
+    if body is None:
+        job.sent.set()
+        return _length_outcome(job)
     pending = b""
+    silent = f"{where} stalled: it sent nothing for {bounds.first_s:g} s"
     try:
-        response = await pool.request(
-            "POST", url, "/v1/inference", job.worker_body, "text/event-stream", job.sent.set
-        )
+        with trio.move_on_after(bounds.first_s) as waiting:
+            response = await pool.request(
+                "POST", url, "/v1/inference", body, "text/event-stream", job.sent.set
+            )
     except TransportError as err:
         raise AttemptError(f"cannot reach {where}: {err!r}", retryable=True) from None
+    if waiting.cancelled_caught:
+        raise relay.fail(silent, stalled=True)
     try:
         async with response:
             if response.status != 200:
@@ -123,7 +188,16 @@ async def run_attempt(
             if job_id is None:
                 raise relay.fail(f"{where} answered a stream without its job id")
             job.worker_job_url = f"/v1/inference/{job_id.decode()}"
-            while (chunk := await response.read()) is not None:
+            while True:
+                timeout = relay.timeout(bounds)
+                with trio.move_on_after(timeout) as waiting:
+                    chunk = await response.read()
+                if waiting.cancelled_caught:
+                    raise relay.fail(
+                        f"{where} stalled: it sent nothing for {timeout:g} s", stalled=True
+                    )
+                if chunk is None:
+                    break
                 *lines, pending = (pending + chunk).split(b"\n")
                 for line in lines:
                     if relay.line(line.rstrip(b"\r")):
@@ -134,6 +208,8 @@ async def run_attempt(
                         return relay.outcome
     except (*TransportError, msgspec.DecodeError) as err:
         raise relay.fail(f"the stream from {where} broke: {err!r}") from None
+    except UnicodeDecodeError:
+        raise relay.fail(f"the stream from {where} broke: it is not UTF-8") from None
     raise relay.fail(f"{where} dropped the stream")
 
 

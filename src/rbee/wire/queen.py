@@ -298,12 +298,17 @@ class DecisionList(Struct, frozen=True):
 
 
 class WorkerEntry(Struct, frozen=True, kw_only=True):
-    """A worker in the queen's registry: its hive's report plus what the queen adds."""
+    """A worker in the queen's registry: its hive's report plus what the queen adds.
+
+    ``stalled``: it stopped answering in the middle of a stream and gets no jobs until it answers
+    again.
+    """
 
     hive: str
     worker: WorkerStatus
     inflight: int
     last_seen_s: float
+    stalled: bool = False
 
 
 class HiveEntry(Struct, frozen=True, kw_only=True):

@@ -7,6 +7,10 @@ then ``[DONE]`` (or ``[ERROR] <message>`` / ``[CANCELLED]``); a stream can be re
 whose stream is not opened within 30 s is dropped. A ``POST`` with ``Accept: text/event-stream`` is
 answered with that stream at once (200, the job id in the ``Rbee-Job-Id`` header); ``DELETE /v1/inference/{id}`` cancels (204 once
 the slot is free); ``GET /v1/info`` answers `WorkerInfo`; ``GET /health`` answers `Health`.
+
+A request with `Resume` continues a generation that another worker began (the queen sends it when
+that worker died or stalled): the new worker picks up at the next position as if it had generated
+the tokens itself, and its stream carries only the text that follows them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "Health",
     "InferenceAccepted",
     "InferenceRequest",
+    "Resume",
     "SamplingParams",
     "Started",
     "StreamEvent",
@@ -69,12 +74,29 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in SamplingParams.__struct_fields__}
 
 
+class Resume(Struct, frozen=True, kw_only=True):
+    """The tokens generated so far, as the `Token` events' ``ids`` gave them, in order.
+
+    The worker encodes the prompt as for a new request (the same model's tokenizer gives the same
+    ids), runs it with these tokens appended, and generates from position ``len(emitted_ids)``;
+    ``max_tokens`` counts only the tokens still to come. The text of ``emitted_ids`` is never sent
+    again, and `Usage` covers the whole generation.
+    """
+
+    emitted_ids: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1)]
+
+
 class InferenceRequest(SamplingParams, frozen=True, kw_only=True):
-    """Exactly one of ``prompt`` (raw text) or ``messages`` (chat, templated by the worker)."""
+    """Exactly one of ``prompt`` (raw text) or ``messages`` (chat, templated by the worker).
+
+    ``resume`` continues a generation begun elsewhere (it needs a ``seed`` for sampled text to
+    continue as it would have).
+    """
 
     model: str | None = None
     prompt: Annotated[str, Meta(max_length=1_000_000)] | None = None
     messages: list[ChatMessage] | None = None
+    resume: Resume | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -111,14 +133,26 @@ class Timings(Struct, frozen=True):
 
 
 class Started(Struct, frozen=True, tag="started", tag_field="type"):
-    """The request has a slot and its prompt is being processed."""
+    """The request has a slot and its prompt is being processed.
+
+    ``step_ms`` is the worker's recent time for one batched step (0 before its first): a reader
+    that hears nothing for many steps may take the worker to be stalled.
+    """
+
+    step_ms: float = 0.0
 
 
 class Token(Struct, frozen=True, tag="token", tag_field="type"):
-    """One generated piece of text; ``i`` counts from 0."""
+    """One generated piece of text; ``i`` counts from 0.
+
+    ``ids`` are the tokens generated since the previous piece, this one's last: a piece can cover
+    several (a character cut across tokens, text held back as the possible start of a stop
+    string). Together they are what `Resume` takes.
+    """
 
     t: str
     i: int
+    ids: list[int] = []
 
 
 class Finished(Struct, frozen=True, tag="finished", tag_field="type"):

@@ -107,7 +107,11 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
             ids = prompt_ids(tokenizer, body, state.context_length)
         else:
             ids = await trio.to_thread.run_sync(prompt_ids, tokenizer, body, state.context_length)
-        job = scheduler.submit(ids, body.sampling())
+        resumed = 0
+        if body.resume is not None:
+            resumed = len(body.resume.emitted_ids)
+            _check_ids(body.resume.emitted_ids, scheduler.engine.vocab_size)
+        job = scheduler.submit(ids, body.sampling(), resumed)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(scheduler, job)
         accepted = InferenceAccepted(job_id=job.id, sse_url=f"/v1/inference/{job.id}/stream")
@@ -131,6 +135,16 @@ def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
         return Response(b"", status=204)
 
     return app
+
+
+def _check_ids(ids: list[int], vocab_size: int) -> None:
+    """Refuse token ids that the model does not have (400, naming the first such)."""
+    bad = next((i for i in ids if i >= vocab_size), None)
+    if bad is not None:
+        raise UsageError(
+            f"invalid request body: token id {bad} is not in the model's vocabulary of "
+            f"{vocab_size} - at `$.resume.emitted_ids`"
+        )
 
 
 def _stream_response(scheduler: Scheduler, job: Job) -> Response:

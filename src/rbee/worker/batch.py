@@ -12,8 +12,15 @@ A slot's cache outlives its sequence: the batch remembers the tokens it holds, a
 begins with them (the next turn of a chat, a shared system prompt) runs only the rest;
 `Batch.best_slot` finds such a slot.
 
-Each sequence has its own random generator, and batched logits equal single-sequence logits, so a
-sequence's text does not depend on what else shares the batch.
+A resumed sequence (`Admit.resumed`) has the tokens another worker generated at the end of its
+prompt: they are replayed through the detokenizer and the stop matcher without emitting their text
+(the client has it), so that text cut across the seam (a character, a possible stop string) comes
+out whole, and sampling continues at their position. Each `Token` names the ids it covers, which
+is what a later resume needs.
+
+A token's random draw depends only on its sequence's seed and its position (`rbee.worker.sampling`),
+and batched logits equal single-sequence logits, so a sequence's text does not depend on what else
+shares the batch. A request without a seed gets a random one here.
 
 The scheduler calls `step` from a worker thread, one step at a time; nothing here touches trio.
 """
@@ -22,16 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-import numpy as np
-
 from rbee.log import kv
 from rbee.wire.worker import Finished, SamplingParams, Started, Timings, Token, Usage
 from rbee.worker.interfaces import EngineLike, Logits, TokenizerLike
-from rbee.worker.sampling import make_rng, sample
+from rbee.worker.sampling import sample
 from rbee.worker.text import Detokenizer, StopMatcher
 
 __all__ = ["PREFILL_CHUNK", "Admit", "Batch", "Event", "StepOutput"]
@@ -50,13 +56,17 @@ Event = Started | Token | Finished
 
 @dataclasses.dataclass(frozen=True)
 class Admit:
-    """A request that got ``slot``; ``submitted`` is its arrival on the ``time.perf_counter`` clock."""
+    """A request that got ``slot``; ``submitted`` is its arrival on the ``time.perf_counter`` clock.
+
+    The last ``resumed`` of ``prompt_ids`` were generated already (by another worker).
+    """
 
     key: str
     slot: int
     prompt_ids: Sequence[int]
     params: SamplingParams
     submitted: float
+    resumed: int = 0
 
 
 @dataclasses.dataclass
@@ -77,22 +87,25 @@ class _Sequence:
     key: str
     slot: int
     params: SamplingParams
-    rng: np.random.Generator
+    seed: int
     seen: set[int]
     detokenizer: Detokenizer
     stops: StopMatcher
     prompt: Sequence[int]
     submitted: float
     admitted: float
+    resumed: int = 0
     prefilled: float = 0.0
     generated: int = 0
     pieces: int = 0
     pending: int = -1
     fed: int = 0
+    # Generated ids that no `Token` has named yet.
+    unsent: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.prompt)
+        return len(self.prompt) - self.resumed
 
     @property
     def prefilling(self) -> bool:
@@ -115,6 +128,7 @@ class Batch:
         self._stop_ids = frozenset(tokenizer.stop_token_ids)
         self._clock = clock
         self._active: dict[str, _Sequence] = {}
+        self.step_ms = 0.0
         # The tokens whose keys and values each slot's cache holds, from position 0.
         self._cached: dict[int, list[int]] = {}
 
@@ -139,6 +153,7 @@ class Batch:
 
     def step(self, admit: Sequence[Admit] = (), cancel: Sequence[str] = ()) -> StepOutput:
         """Drop ``cancel``, decode one token for every running sequence, then start ``admit``."""
+        began = self._clock()
         out = StepOutput()
         for key in cancel:
             seq = self._active.pop(key, None)
@@ -149,6 +164,10 @@ class Batch:
         for request in admit:
             self._admit(request, out)
         self._prefill(out)
+        if self._active or admit:
+            # Smoothed, but quick to follow a slower batch: the stall bound readers derive from it.
+            ms = 1000 * (self._clock() - began)
+            self.step_ms = ms if not self.step_ms else max(ms, 0.8 * self.step_ms + 0.2 * ms)
         return out
 
     def _decode(self, out: StepOutput) -> None:
@@ -173,20 +192,28 @@ class Batch:
             key=request.key,
             slot=request.slot,
             params=request.params,
-            rng=make_rng(request.params.seed),
+            seed=secrets.randbits(64) if request.params.seed is None else request.params.seed,
             seen=set(request.prompt_ids),
             detokenizer=Detokenizer(self._tokenizer),
             stops=StopMatcher(request.params.stop),
             prompt=request.prompt_ids,
             submitted=request.submitted,
             admitted=now,
+            resumed=request.resumed,
         )
+        self._replay(seq)
         # At least the prompt's last token runs: its logits give the first token.
         held = self._cached.get(seq.slot, [])
         seq.fed = max(0, min(_common_prefix(held, seq.prompt), len(seq.prompt) - 1))
         self._cached[seq.slot] = held[: seq.fed]
         self._active[seq.key] = seq
-        out.emit(seq.key, Started())
+        out.emit(seq.key, Started(step_ms=round(self.step_ms, 3)))
+
+    def _replay(self, seq: _Sequence) -> None:
+        """Bring a resumed sequence's text state to where the first worker's stream left it."""
+        for token in seq.prompt[len(seq.prompt) - seq.resumed :]:
+            if seq.stops.feed(seq.detokenizer.push(token)):
+                seq.pieces += 1
 
     def _prefill(self, out: StepOutput) -> None:
         """Run the prompts waiting, oldest first: all of them, or one piece while others decode."""
@@ -219,12 +246,13 @@ class Batch:
 
     def _advance(self, seq: _Sequence, logits: Logits, out: StepOutput) -> None:
         """Sample one token for ``seq``, emit its text, and finish the sequence if it is done."""
-        token = sample(logits, seq.params, seq.rng, seq.seen)
+        token = sample(logits, seq.params, seq.seed, seq.resumed + seq.generated, seq.seen)
         seq.generated += 1
         if token in self._stop_ids:
             self._finish(seq, "stop", out)
             return
         seq.seen.add(token)
+        seq.unsent.append(token)
         self._emit(seq, seq.stops.feed(seq.detokenizer.push(token)), out)
         if seq.stops.stopped:
             self._finish(seq, "stop", out)
@@ -238,7 +266,8 @@ class Batch:
 
     def _emit(self, seq: _Sequence, text: str, out: StepOutput) -> None:
         if text:
-            out.emit(seq.key, Token(t=text, i=seq.pieces))
+            out.emit(seq.key, Token(t=text, i=seq.pieces, ids=seq.unsent))
+            seq.unsent = []
             seq.pieces += 1
 
     def _finish(self, seq: _Sequence, reason: Literal["stop", "length"], out: StepOutput) -> None:
@@ -258,10 +287,11 @@ class Batch:
             decode_ms=1000 * decode_s,
             tokens_per_s=(seq.generated - 1) / decode_s if seq.generated > 1 and decode_s else 0.0,
         )
+        completion = seq.resumed + seq.generated
         usage = Usage(
             prompt_tokens=seq.prompt_tokens,
-            completion_tokens=seq.generated,
-            total_tokens=seq.prompt_tokens + seq.generated,
+            completion_tokens=completion,
+            total_tokens=seq.prompt_tokens + completion,
         )
         out.emit(seq.key, Finished(finish_reason=reason, usage=usage, timings=timings))
         del self._active[seq.key]

@@ -14,7 +14,8 @@ def prompt_ids(
 ) -> list[int]:
     """Render ``messages`` with the chat template (or take ``prompt`` as is) and encode it.
 
-    A prompt must leave room for at least one generated token: ``UsageError`` (a 400) otherwise.
+    A request that resumes a generation gets its generated tokens appended (`Resume`). A prompt
+    must leave room for at least one generated token: ``UsageError`` (a 400) otherwise.
     """
     if request.messages is not None:
         text = tokenizer.render_chat([(m.role, m.content) for m in request.messages])
@@ -23,9 +24,13 @@ def prompt_ids(
     ids = tokenizer.encode(text)
     if not ids:
         raise UsageError("invalid request body: the prompt is empty")
+    what = "the prompt"
+    if request.resume is not None:
+        ids += request.resume.emitted_ids
+        what = "the prompt with the tokens to resume from"
     if len(ids) >= context_length:
         raise UsageError(
-            f"invalid request body: the prompt is {len(ids)} tokens, longer than the model's "
+            f"invalid request body: {what} is {len(ids)} tokens, longer than the model's "
             f"context of {context_length} tokens allows (at most {context_length - 1})"
         )
     return ids

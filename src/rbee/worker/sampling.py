@@ -1,11 +1,14 @@
 """Picking the next token from logits: greedy, temperature, top-k, top-p, repetition penalty.
 
-Each request owns a `numpy.random.Generator` seeded from its ``seed``, so the same seed gives the
-same tokens however many other requests share the batch.
+The random draw for a token depends only on the request's seed and the token's position in the
+generated text (a counter-based generator: a hash of the two), not on a generator's state. So the
+same seed gives the same tokens however many other requests share the batch, and a generation that
+is resumed at position n on another worker continues exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -15,19 +18,20 @@ from rbee.wire.worker import SamplingParams
 
 __all__ = [
     "apply_repetition_penalty",
-    "make_rng",
     "sample",
     "softmax",
     "top_k_mask",
     "top_p_mask",
+    "uniform",
 ]
 
 Floats = npt.NDArray[np.float32]
 
 
-def make_rng(seed: int | None) -> np.random.Generator:
-    """A generator for one request: from ``seed``, or fresh entropy when there is none."""
-    return np.random.default_rng(seed)
+def uniform(seed: int, position: int) -> float:
+    """A draw in [0, 1) that is a function of ``seed`` and ``position`` alone (53 random bits)."""
+    digest = hashlib.blake2b(b"%d:%d" % (seed, position), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 11) * 2.0**-53
 
 
 def apply_repetition_penalty(logits: Floats, seen: Iterable[int], penalty: float) -> Floats:
@@ -80,15 +84,19 @@ def top_p_mask(logits: Floats, p: float) -> Floats:
 
 
 def sample(
-    logits: Floats, params: SamplingParams, rng: np.random.Generator, seen: Iterable[int] = ()
+    logits: Floats, params: SamplingParams, seed: int, position: int, seen: Iterable[int] = ()
 ) -> int:
-    """The next token for one sequence; ``seen`` (prompt and output so far) feeds the penalty."""
+    """The token at ``position`` (0 for the first generated one) of the sequence seeded ``seed``.
+
+    ``seen`` (prompt and output so far) feeds the penalty.
+    """
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.temperature == 0.0:
         return int(np.argmax(logits))
     scaled = (logits / np.float32(params.temperature)).astype(np.float32)
     scaled = top_p_mask(top_k_mask(scaled, params.top_k), params.top_p)
     probs = softmax(scaled)
-    # Inverse-CDF with one uniform draw per token: one draw per step keeps seeded runs comparable.
-    index = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
+    # Inverse-CDF with one uniform draw per token, the draw fixed by the seed and the position.
+    draw = uniform(seed, position) * probs.sum()
+    index = int(np.searchsorted(np.cumsum(probs), draw, side="right"))
     return min(index, probs.size - 1)
