@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import tomllib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +21,11 @@ import msgspec
 import tomli_w
 
 from rbee.errors import ModelError, UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 __all__ = ["MANIFEST", "FileEntry", "Manifest", "ModelStore", "sha256_file", "validate_name"]
 

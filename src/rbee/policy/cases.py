@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,11 @@ import msgspec
 from rbee.errors import PolicyError, UsageError
 from rbee.queen.scheduler import Decision, Queue, Reject, Route, Scheduler, Spawn
 from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 __all__ = ["Case", "CaseResult", "Expect", "describe", "load_cases", "run_case", "summary"]
 
