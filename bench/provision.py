@@ -68,7 +68,8 @@ def idle_cpu(args: argparse.Namespace, scratch: Path, models_dir: Path) -> None:
     threading.Thread(target=queen.serve_forever, daemon=True).start()
     queen_url = f"http://127.0.0.1:{queen.server_address[1]}"
 
-    command = [sys.executable, "-m", "rbee", "hive", "--queen", queen_url, "--name", "bench"]
+    command = [sys.executable, "-m", "rbee", "hive", "daemon", "--queen", queen_url]
+    command += ["--name", "bench"]
     command += ["--port", "0", "--models-dir", str(models_dir), "--state-dir", str(scratch)]
     hive = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

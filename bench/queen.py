@@ -391,7 +391,8 @@ def main() -> None:
         with daemon(queen_cmd, "rbee queen listening on") as queen:
             if not args.skip_real:
                 store = model_store(args.models_dir, Path(tmp))
-                worker_cmd = [*rbee, "worker", "--model", MODEL, "--models-dir", str(store)]
+                worker_cmd = [*rbee, "worker", "daemon", "--model", MODEL]
+                worker_cmd += ["--models-dir", str(store)]
                 worker_cmd += ["--port", "0", "--slots", "4", "--threads", str(args.worker_threads)]
                 print(f"real worker: {MODEL} int4, {args.worker_threads or 'all'} CPU threads")
                 with daemon(worker_cmd, "rbee worker listening on", "rbee worker ready") as w:

@@ -38,7 +38,7 @@ PYENV_PYTHONS = {
 }
 SUPPORTED = [f"{major}.{minor}" for major, minor in pythons.SUPPORTED]
 # The command line that starts a worker daemon, after the interpreter and the archive.
-WORKER_DAEMON = ("worker",)
+WORKER_DAEMON = ("worker", "daemon")
 FIRST_START_S = 300  # unpacking and compiling one interpreter's packages on a busy machine
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 

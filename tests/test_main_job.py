@@ -2,19 +2,20 @@
 model starts a worker on demand, the keep-alive retires it, and the keeper's cluster commands,
 crash detection and a pull from the queen's store to a second hive work through the queen.
 
-One queen (and its local hive) serves the whole module; every test leaves no worker behind.
+One queen (and its local hive) serves the module's tests, each of which leaves no worker behind
+and the cluster as it found it; a test that adds a hive or kills the queen has a queen of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.models.store import sha256_file
+from tests.helpers import RBEE, eventually_sync, gone, run_rbee
 from tests.hive.fakes import make_model
 
 pytestmark = pytest.mark.slow
@@ -43,13 +45,7 @@ class Cluster:
     stderr: Path
 
     def rbee(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "rbee", "--queen", self.url, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-        )
+        return run_rbee("--queen", self.url, *args, env=self.env, timeout=timeout)
 
     def rbee_json(self, *args: str) -> Any:
         done = self.rbee(*args, "--json")
@@ -67,15 +63,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def wait_for(predicate: Callable[[], bool], within: float, what: str) -> float:
-    """Poll ``predicate`` every 20 ms; return the seconds it took to hold."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, f"{what}: not within {within} s"
-        time.sleep(0.02)
-    return time.monotonic() - started
-
-
 def environment(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
     env.update(XDG_CONFIG_HOME=str(root / "config"), XDG_DATA_HOME=str(root / "data"))
@@ -88,9 +75,9 @@ def link_default_model(store: Path, model_store: Path) -> None:
     (store / DEFAULT_MODEL).symlink_to(model_store / DEFAULT_MODEL, target_is_directory=True)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("main-job")
+@contextlib.contextmanager
+def running_cluster(root: Path, model_store: Path) -> Iterator[Cluster]:
+    """``rbee queen`` under ``root``, once its local hive has reported; leaves no process behind."""
     # The queen's store: the default model (the shared session store, never written to) and a
     # small fabricated model for the pull test.
     store = root / "queen-models"
@@ -98,7 +85,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
     make_model(store / "tiny", "tiny", {"model.int4.onnx": 300_000, "tokenizer.json": 2_000})
     env = environment(root)
     stderr = root / "queen.err"
-    argv = [sys.executable, "-m", "rbee", "queen", "--port", "0", "--db", str(root / "q.db")]
+    argv = [*RBEE, "queen", "--port", "0", "--db", str(root / "q.db")]
     argv += ["--models-dir", str(store), "--keep-alive", str(KEEP_ALIVE_S)]
     with stderr.open("w") as err:
         queen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
@@ -106,7 +93,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
         first = read_line(queen, 30)
         assert first.startswith("rbee queen listening on http://"), first
         assert read_line(queen, 30) == "rbee queen ready"
-        yield Cluster(first.rsplit(" ", 1)[1], queen, root, store, env, stderr)
+        cluster = Cluster(first.rsplit(" ", 1)[1], queen, root, store, env, stderr)
+        # Each test starts from a local hive that has reported, whichever test runs first.
+        eventually_sync(lambda: bool(cluster.get("/v1/hives")["hives"]), 30, "the local hive")
+        yield cluster
     finally:
         family = (
             [*psutil.Process(queen.pid).children(recursive=True)] if queen.poll() is None else []
@@ -120,6 +110,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iter
         for proc in alive:
             proc.kill()
         assert not alive, f"left behind: {alive}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[Cluster]:
+    """The queen the module shares."""
+    with running_cluster(tmp_path_factory.mktemp("main-job"), model_store) as shared:
+        yield shared
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path, model_store: Path) -> Iterator[Cluster]:
+    """A queen for one test that changes what the others expect."""
+    with running_cluster(tmp_path, model_store) as own:
+        yield own
 
 
 def test_a_job_starts_a_worker_on_demand_and_the_keep_alive_retires_it(cluster: Cluster) -> None:
@@ -144,7 +148,9 @@ def test_a_job_starts_a_worker_on_demand_and_the_keep_alive_retires_it(cluster: 
     assert "worker" in process.cmdline()
 
     # Idle for the keep-alive, then SIGTERM (the worker may take a few seconds to stop).
-    wait_for(lambda: cluster.get("/v1/workers")["workers"] == [], KEEP_ALIVE_S + 20, "retired")
+    eventually_sync(
+        lambda: cluster.get("/v1/workers")["workers"] == [], KEEP_ALIVE_S + 20, "retired"
+    )
     process.wait(timeout=15)
     assert cluster.rbee_json("worker", "list") == []
 
@@ -163,9 +169,7 @@ def test_keeper_worker_commands(cluster: Cluster) -> None:
     retired = cluster.rbee("worker", "retire", spawned["id"])
     assert retired.returncode == 0, retired.stderr
     assert retired.stdout.startswith(f"retired worker {spawned['id']}")
-    assert not psutil.pid_exists(spawned["pid"]) or psutil.Process(spawned["pid"]).status() == (
-        psutil.STATUS_ZOMBIE
-    )
+    assert gone(spawned["pid"])
     assert cluster.rbee_json("worker", "list") == []
 
     unknown = cluster.rbee("worker", "spawn", "--hive", "nope", "--model", DEFAULT_MODEL)
@@ -173,9 +177,9 @@ def test_keeper_worker_commands(cluster: Cluster) -> None:
     assert unknown.stderr.startswith("rbee: error: ")
     assert "no hive named 'nope' (known hives: local)" in unknown.stderr
     assert unknown.stderr.count("\n") == 1
-    gone = cluster.rbee("worker", "retire", "w-000000000000")
-    assert (gone.returncode, gone.stderr.count("\n")) == (1, 1)
-    assert "no worker 'w-000000000000'" in gone.stderr
+    absent = cluster.rbee("worker", "retire", "w-000000000000")
+    assert (absent.returncode, absent.stderr.count("\n")) == (1, 1)
+    assert "no worker 'w-000000000000'" in absent.stderr
     # The hive's own refusal passes through with its message.
     bad = cluster.rbee("worker", "spawn", "--hive", "local", "--model", "absent-model")
     assert bad.returncode == 1
@@ -206,16 +210,17 @@ def test_a_worker_that_cannot_start_fails_its_job_at_once_with_the_reason(
 def test_a_killed_worker_leaves_the_registry_within_a_second(cluster: Cluster) -> None:
     body = {"hive": "local", "model": DEFAULT_MODEL, "wait": True}
     status = httpx.post(f"{cluster.url}/v1/workers", json=body, timeout=180).json()
-    wait_for(lambda: len(cluster.get("/v1/workers")["workers"]) == 1, 5, "listed")
+    eventually_sync(lambda: len(cluster.get("/v1/workers")["workers"]) == 1, 5, "listed")
     os.kill(status["pid"], signal.SIGKILL)
-    took = wait_for(lambda: cluster.get("/v1/workers")["workers"] == [], 5, "gone")
+    took = eventually_sync(lambda: cluster.get("/v1/workers")["workers"] == [], 5, "gone")
     assert took < 1.0
 
 
-def test_pull_to_a_second_hive_and_its_death(cluster: Cluster, model_store: Path) -> None:
+def test_pull_to_a_second_hive_and_its_death(own_cluster: Cluster, model_store: Path) -> None:
+    cluster = own_cluster
     other = cluster.root / "second-models"
     link_default_model(other, model_store)  # so that a worker can run there without a pull
-    argv = [sys.executable, "-m", "rbee", "hive", "--queen", cluster.url, "--name", "second"]
+    argv = [*RBEE, "hive", "daemon", "--queen", cluster.url, "--name", "second"]
     argv += ["--port", "0", "--models-dir", str(other), "--state-dir", str(cluster.root / "s2")]
     argv += ["--heartbeat-interval", str(SECOND_INTERVAL_S)]
     hive = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=cluster.env)
@@ -225,7 +230,7 @@ def test_pull_to_a_second_hive_and_its_death(cluster: Cluster, model_store: Path
         def online() -> bool:
             return any(h["name"] == "second" for h in cluster.get("/v1/hives")["hives"])
 
-        wait_for(online, 10, "second hive online")
+        eventually_sync(online, 10, "second hive online")
 
         pulled = cluster.rbee("model", "pull", "tiny", "--hive", "second")
         assert pulled.returncode == 0, pulled.stderr
@@ -253,7 +258,7 @@ def test_pull_to_a_second_hive_and_its_death(cluster: Cluster, model_store: Path
             states = {h["name"]: h["status"] for h in cluster.get("/v1/hives")["hives"]}
             return bool(states["second"] == "offline")
 
-        wait_for(offline, 5, "second hive offline")
+        eventually_sync(offline, 5, "second hive offline")
         # 3 missed intervals, plus the one that may have just begun and a housekeeping tick.
         assert time.monotonic() - killed_at < 4 * SECOND_INTERVAL_S + 0.3
         workers = cluster.get("/v1/workers")["workers"]
@@ -269,7 +274,8 @@ def test_pull_to_a_second_hive_and_its_death(cluster: Cluster, model_store: Path
         hive.stdout.close()
 
 
-def test_a_killed_queen_takes_its_local_hive_along(cluster: Cluster) -> None:
+def test_a_killed_queen_takes_its_local_hive_along(own_cluster: Cluster) -> None:
+    cluster = own_cluster
     family = psutil.Process(cluster.queen.pid).children(recursive=True)
     assert len(family) == 1
     assert "hive" in family[0].cmdline()

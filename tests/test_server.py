@@ -1,11 +1,26 @@
-"""What every daemon's HTTP side shares: token checks and the JSON error shape."""
+"""What every daemon's HTTP side shares: token checks, the JSON error shape and the one mapping
+from error class to status."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
-from rbee.errors import ConfigError
-from rbee.server import create_app, is_loopback, require_token
+from rbee.errors import (
+    ApiError,
+    ConfigError,
+    ConnectError,
+    InferenceError,
+    ModelError,
+    ModelNotFoundError,
+    NotFoundError,
+    PolicyError,
+    QueueFullError,
+    RbeeError,
+    SshError,
+    UsageError,
+)
+from rbee.server import create_app, error_parts, is_loopback, require_token
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -44,3 +59,49 @@ async def test_unknown_route_is_a_json_404() -> None:
     response = await client.get("/v1/nope")
     assert response.status_code == 404
     assert "error" in await response.get_json()
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "type_", "code"),
+    [
+        (UsageError("bad"), 400, "invalid_request_error", None),
+        (NotFoundError("no job"), 404, "invalid_request_error", None),
+        (ModelNotFoundError("no model"), 404, "invalid_request_error", "model_not_found"),
+        (ModelError("bad graph"), 422, "invalid_request_error", None),
+        (QueueFullError("full", retry_after=3), 429, "rate_limit_exceeded", "queue_full"),
+        (ConnectError("down"), 502, "server_error", None),
+        (SshError("refused"), 502, "server_error", None),
+        (InferenceError("engine"), 500, "server_error", None),
+        (PolicyError("fuel"), 500, "server_error", None),
+        (ConfigError("bad key"), 500, "server_error", None),
+        (ApiError("gone", 410), 410, "invalid_request_error", None),
+    ],
+)
+def test_each_error_class_answers_with_its_status(
+    error: RbeeError, status: int, type_: str, code: str | None
+) -> None:
+    got, body, headers = error_parts(error)
+    detail = msgspec.json.decode(body)["error"]
+    assert (got, detail["type"], detail["code"]) == (status, type_, code)
+    assert detail["message"] == str(error)
+    assert headers == ({"Retry-After": "3"} if status == 429 else {})
+
+
+async def test_quart_routes_answer_errors_through_the_one_mapping() -> None:
+    app = create_app("test")
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, str]:
+        raise ModelError("model m has no fp16 graph")
+
+    @app.post("/v1/thing")
+    async def thing() -> dict[str, str]:
+        raise UsageError("invalid request body: temperature too high", param="temperature")
+
+    client = app.test_client()
+    unloadable = await client.get("/v1/model")
+    assert unloadable.status_code == 422
+    assert (await unloadable.get_json())["error"]["message"] == "model m has no fp16 graph"
+    bad = await client.post("/v1/thing")
+    assert bad.status_code == 400
+    assert (await bad.get_json())["error"]["param"] == "temperature"

@@ -2,7 +2,7 @@
 
 httpx errors are converted here, at the boundary: a refused connection becomes `ConnectError`, an
 error status becomes `ApiError` with the server's message. The API-specific clients
-(`rbee.keeper.api`, the queen's worker/hive clients) build on these two functions.
+(`rbee.queen.client`, `rbee.hive.client`, the hive's pull) build on these two functions.
 """
 
 from __future__ import annotations

@@ -85,6 +85,8 @@ class QueenConfig:
     retry_backoff_s: float = 0.1 * SECONDS
     heartbeat_interval_s: float = 1 * SECONDS
     spawn_timeout_s: float = 120 * SECONDS
+    # How long jobs wait for the local hive's first heartbeat before they are decided without it.
+    hive_start_timeout_s: float = 30 * SECONDS
     keep_alive_s: float = 10 * MINUTES
     drain_grace_s: float = 30 * SECONDS
     local_hive: bool = True

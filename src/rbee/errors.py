@@ -1,20 +1,37 @@
-"""The one error tree of rbee.
+"""The one error tree of rbee, and how each error answers over HTTP.
 
 Foreign errors (httpx, asyncssh, onnxruntime, sqlite, tomllib) are converted where they enter rbee,
-so that everything above that boundary only sees these::
+so that everything above that boundary only sees these. A daemon answers each with the status,
+OpenAI-style ``type`` and ``code`` drawn beside it (the class attributes `RbeeError.status`,
+``error_type`` and ``code``; `rbee.server.error_parts` reads them and nothing else)::
 
-    RbeeError                   anything rbee reports to a user as one line
-    ├── UsageError              the command line or a request was malformed (CLI exit code 2)
-    ├── ConfigError             the config file cannot be read or has a bad key/value
-    ├── ApiError                a peer answered with an error (carries the HTTP status)
-    │   └── NotFoundError       the thing asked for does not exist (404)
-    ├── ConnectError            a peer could not be reached (queen, hive or worker down)
-    ├── ModelError              a model cannot be imported, found or loaded
-    ├── InferenceError          generation failed or was refused (context too long, ...)
-    ├── PolicyError             a scheduling policy failed to parse, compile or run
-    └── SshError                an SSH connection, command or transfer failed
+    RbeeError                 500 server_error        anything rbee reports to a user as one line
+    ├── UsageError            400 invalid_request     the command line or a request was malformed
+    │                                                 (CLI exit code 2; ``param`` names the field)
+    ├── ConfigError           500 server_error        the config file cannot be read or has a bad
+    │                                                 key/value (the daemon's, not the client's)
+    ├── ApiError              its own status          a peer answered with an error (its status is
+    │   │                                             passed on), or a refusal with a chosen status
+    │   ├── NotFoundError     404 invalid_request     the thing asked for does not exist
+    │   │   └── NoWorkerError 404 invalid_request     no worker serves the model, none can start
+    │   └── QueueFullError    429 rate_limit_exceeded every slot busy, queue full (code queue_full,
+    │                                                 ``Retry-After``)
+    ├── ConnectError          502 server_error        a peer could not be reached (queen, hive or
+    │                                                 worker down)
+    ├── ModelError            422 invalid_request     a model cannot be imported or loaded (a bad
+    │   │                                             file, a missing precision or chat template)
+    │   └── ModelNotFoundError 404 invalid_request    no worker, hive or store has the model (code
+    │                                                 model_not_found)
+    ├── InferenceError        500 server_error        generation failed in the engine
+    ├── PolicyError           500 server_error        a scheduling policy failed to parse, compile
+    │                                                 or run (the operator's file, not the request)
+    └── SshError              502 server_error        an SSH connection, command or transfer failed
 
-Every error's message says what went wrong and, where it can, what to do about it.
+``invalid_request`` stands for ``invalid_request_error``. A `ModelError` is a 422: the request
+was well formed, the model cannot serve it. A missing or wrong API token is no error of this tree:
+`rbee.server.create_app` answers it before any route runs (401 ``authentication_error``, code
+``invalid_api_key``). Every error's message says what went wrong and, where it can, what to do
+about it.
 """
 
 from __future__ import annotations
@@ -25,8 +42,11 @@ __all__ = [
     "ConnectError",
     "InferenceError",
     "ModelError",
+    "ModelNotFoundError",
+    "NoWorkerError",
     "NotFoundError",
     "PolicyError",
+    "QueueFullError",
     "RbeeError",
     "SshError",
     "UsageError",
@@ -34,15 +54,31 @@ __all__ = [
 
 
 class RbeeError(Exception):
-    """Base of every error rbee reports; ``str(err)`` is the one line a user sees."""
+    """Base of every error rbee reports; ``str(err)`` is the one line a user sees.
+
+    ``status``, ``error_type``, ``code`` and ``param`` are how a daemon answers with it (the
+    body's ``error.type``, ``error.code`` and ``error.param``); ``retry_after`` (seconds), when
+    set, goes out as ``Retry-After``.
+    """
 
     exit_code = 1
+    status = 500
+    error_type = "server_error"
+    code: str | None = None
+    param: str | None = None
+    retry_after: int | None = None
 
 
 class UsageError(RbeeError):
-    """A command line or request body was malformed."""
+    """A command line or request body was malformed; ``param`` names the field, when known."""
 
     exit_code = 2
+    status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ConfigError(RbeeError):
@@ -52,8 +88,7 @@ class ConfigError(RbeeError):
 class ApiError(RbeeError):
     """An HTTP API answered, or answers, with an error status.
 
-    ``error_type`` and ``code`` fill the error body's ``type`` and ``code`` (OpenAI's shape);
-    ``headers`` go out with the answer (``Retry-After`` on a 429).
+    ``error_type`` and ``code`` fill the error body's ``type`` and ``code`` (OpenAI's shape).
     """
 
     def __init__(
@@ -63,13 +98,11 @@ class ApiError(RbeeError):
         *,
         error_type: str = "invalid_request_error",
         code: str | None = None,
-        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.code = code
-        self.headers = headers or {}
 
 
 class NotFoundError(ApiError):
@@ -79,12 +112,37 @@ class NotFoundError(ApiError):
         super().__init__(message, status=404)
 
 
+class NoWorkerError(NotFoundError):
+    """No worker serves the model and none can be started for it (the policy rejected the job,
+    or the queen has no way to start workers)."""
+
+
+class QueueFullError(ApiError):
+    """Every slot is busy and the wait queue is full: retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, 429, error_type="rate_limit_exceeded", code="queue_full")
+        self.retry_after = retry_after
+
+
 class ConnectError(RbeeError):
     """A queen, hive or worker could not be reached."""
 
+    status = 502
+
 
 class ModelError(RbeeError):
-    """A model file is invalid or unsupported, or the model is not in the store."""
+    """A model file is invalid or unsupported, or the model cannot serve what was asked."""
+
+    status = 422
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(ModelError):
+    """No worker serves the model, no hive has it and no store it could come from has it."""
+
+    status = 404
+    code = "model_not_found"
 
 
 class InferenceError(RbeeError):
@@ -125,3 +183,5 @@ class PolicyError(RbeeError):
 
 class SshError(RbeeError):
     """An SSH connection, remote command or file transfer failed."""
+
+    status = 502

@@ -1,6 +1,7 @@
 """What every rbee daemon's HTTP side shares: the app, its errors, auth, and serving it.
 
-Each daemon builds its routes on `create_app`, so that a bad body is always a 4xx JSON error
+Each daemon builds its routes on `create_app`, so that every `RbeeError` a route raises is answered
+by `error_parts` (the status, type and code its class gives, see `rbee.errors`) as a JSON error
 (`rbee.wire.ErrorBody`), and runs it with `serve`, which binds (port 0 allowed), reports the bound
 URL through ``task_status`` and shuts down gracefully when ``shutdown`` fires.
 """
@@ -21,7 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from rbee import wire
-from rbee.errors import ApiError, ConfigError, RbeeError
+from rbee.errors import ConfigError, RbeeError
 
 __all__ = [
     "BAD_TOKEN",
@@ -32,6 +33,7 @@ __all__ = [
     "error_response",
     "is_loopback",
     "json_response",
+    "rbee_error_response",
     "require_token",
     "serve",
 ]
@@ -59,17 +61,23 @@ def error_response(
     return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
+def rbee_error_response(err: RbeeError) -> Response:
+    """The answer to ``err`` (`error_parts`) as a quart response."""
+    status, body, headers = error_parts(err)
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
 def error_parts(err: RbeeError) -> tuple[int, bytes, dict[str, str]]:
-    """The status, JSON body and headers that answer ``err`` (400 unless it is an `ApiError`)."""
-    if not isinstance(err, ApiError):
-        return 400, _error_body(str(err), "invalid_request_error", None), {}
-    return err.status, _error_body(str(err), err.error_type, err.code), err.headers
+    """The status, JSON body and headers that answer ``err``, as its class says (`rbee.errors`)."""
+    headers = {} if err.retry_after is None else {"Retry-After": str(err.retry_after)}
+    return err.status, _error_body(str(err), err.error_type, err.code, err.param), headers
 
 
-def _error_body(message: str, type_: str, code: str | None) -> bytes:
-    return wire.encode(
-        wire.ErrorBody(error=wire.ErrorDetail(message=message, type=type_, code=code))
-    )
+def _error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    detail = wire.ErrorDetail(message=message, type=type_, param=param, code=code)
+    return wire.encode(wire.ErrorBody(error=detail))
 
 
 def bearer_ok(authorization: str, token: str) -> bool:
@@ -111,8 +119,7 @@ def create_app(name: str, token: str = "") -> QuartTrio:
 
     @app.errorhandler(RbeeError)
     async def _rbee_error(err: RbeeError) -> Response:
-        status, body, headers = error_parts(err)
-        return Response(body, status=status, mimetype="application/json", headers=headers)
+        return rbee_error_response(err)
 
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException) -> Response:
@@ -131,7 +138,7 @@ def create_app(name: str, token: str = "") -> QuartTrio:
             if request.path == "/health":
                 return None
             if not bearer_ok(request.headers.get("Authorization", ""), token):
-                return error_response(BAD_TOKEN, 401, "authentication_error")
+                return error_response(BAD_TOKEN, 401, "authentication_error", "invalid_api_key")
             return None
 
     return app

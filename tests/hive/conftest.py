@@ -50,7 +50,8 @@ async def start_hive(
         name="test-hive",
         queen_url=queen_url,
         heartbeat_interval_s=0.2,
-        worker_stop_grace_s=1.0,
+        # Long enough that a loaded machine never turns a clean stop into a kill.
+        worker_stop_grace_s=10.0,
         worker_ready_timeout_s=10.0,
     )
     config = HiveConfig(**{**config.__dict__, **settings})

@@ -25,15 +25,6 @@ STANDIN_WORKER = Path(__file__).with_name("standin_worker.py")
 STANDIN_COMMAND = [sys.executable, str(STANDIN_WORKER)]
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll ``predicate`` (for state outside trio: files, logs) until true or ``within`` passes."""
-    with trio.fail_after(within):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.02)
-
-
 def make_model(directory: Path, name: str, sizes: dict[str, int]) -> Manifest:
     """A model directory with random files of ``sizes`` bytes and a correct manifest."""
     directory.mkdir(parents=True)

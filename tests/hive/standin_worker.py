@@ -1,4 +1,4 @@
-"""A stand-in for ``rbee worker`` in fast supervisor tests: same arguments, same two stdout lines.
+"""A stand-in for ``rbee worker daemon`` in fast supervisor tests: same arguments, same two stdout lines.
 
 It serves ``GET /health`` and ``GET /v1/info`` (a real `WorkerInfo`) and loads nothing. Behaviour
 for a test comes from the environment the hive passes on: ``STANDIN_IGNORE_SIGTERM=1`` ignores
@@ -23,7 +23,8 @@ from rbee.wire.worker import Health, WorkerInfo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode")
+    parser.add_argument("group", choices=["worker"])
+    parser.add_argument("verb", choices=["daemon"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -214,7 +214,7 @@ async def test_removing_a_model_in_use_is_refused(hive: Hive) -> None:
         ("m1", "/nonexistent/dir", 400, "does not exist"),
         ("m1", "ftp://example.invalid/x", 400, "unsupported model source"),
         ("nope", "PEER", 404, "has no model 'nope'"),
-        ("m1", "http://127.0.0.1:9", 400, "cannot reach the model source"),
+        ("m1", "http://127.0.0.1:9", 502, "cannot reach the model source"),
         ("m1", "TMP", 400, "without a rbee-model.toml"),
     ],
 )

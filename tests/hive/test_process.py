@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers import eventually_sync, gone
 from tests.hive.conftest import MODEL
 from tests.hive.fakes import make_model
-from tests.hive.test_workers import gone
 
 pytestmark = pytest.mark.slow
 
@@ -62,15 +62,6 @@ def spawn_two(url: str) -> list[int]:
     return pids
 
 
-def wait_gone(pids: list[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(gone(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigkill_of_the_hive_leaves_no_orphan(
     standin_hive: tuple[subprocess.Popen[str], str],
 ) -> None:
@@ -80,7 +71,7 @@ def test_sigkill_of_the_hive_leaves_no_orphan(
     assert not any(gone(pid) for pid in pids)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert wait_gone(pids, timeout=3.0)
+    eventually_sync(lambda: all(gone(pid) for pid in pids), 3.0, "workers of a killed hive")
 
 
 def test_sigterm_retires_workers_and_exits_cleanly(

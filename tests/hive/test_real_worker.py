@@ -19,8 +19,8 @@ from rbee.models.importer import DEFAULT_MODEL
 from rbee.wire.hive import WorkerList, WorkerRetired
 from rbee.wire.queen import WorkerStatus
 from rbee.wire.worker import WorkerInfo
-from tests.hive.fakes import StandInQueen, eventually
-from tests.hive.test_workers import gone
+from tests.helpers import RBEE, eventually, gone
+from tests.hive.fakes import StandInQueen
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +32,9 @@ async def hive_process(
     nursery: trio.Nursery, queen: StandInQueen, model_store: Path, tmp_path: Path
 ) -> AsyncIterator[tuple[trio.Process, str]]:
     command = [
-        sys.executable,
-        "-m",
-        "rbee",
+        *RBEE,
         "hive",
+        "daemon",
         "--queen",
         queen.url,
         "--name",
@@ -114,7 +113,8 @@ async def test_real_worker_supervised_end_to_end(
 async def test_the_zipapp_hive_runs_workers_from_the_same_zipapp(
     nursery: trio.Nursery, pyz: Path, model_store: Path, tmp_path: Path
 ) -> None:
-    command = [sys.executable, str(pyz), "hive", "--queen", "http://127.0.0.1:9", "--port", "0"]
+    command = [sys.executable, str(pyz), "hive", "daemon", "--queen", "http://127.0.0.1:9"]
+    command += ["--port", "0"]
     command += ["--models-dir", str(model_store), "--state-dir", str(tmp_path)]
     proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -127,7 +127,7 @@ async def test_the_zipapp_hive_runs_workers_from_the_same_zipapp(
             assert response.status_code == 201, response.text
             worker = wire.decode(response.content, WorkerStatus)
         cmdline = psutil.Process(worker.pid).cmdline()
-        assert cmdline[:3] == [sys.executable, str(pyz), "worker"]
+        assert cmdline[:4] == [sys.executable, str(pyz), "worker", "daemon"]
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
             assert await proc.wait() == 0

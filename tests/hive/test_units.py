@@ -1,32 +1,16 @@
-"""Small pure pieces of the hive: how workers are started, device names, telemetry without GPUs."""
+"""Small pure pieces of the hive: device names, peer store addresses, telemetry without GPUs."""
 
 from __future__ import annotations
 
 import os
 import sys
-import zipfile
-from pathlib import Path
 
 import pytest
 
 from rbee.errors import UsageError
 from rbee.hive.pull import peer_store_url
-from rbee.hive.supervisor import rbee_command, validate_device
+from rbee.hive.supervisor import validate_device
 from rbee.hive.telemetry import Gpus, ProcessStats, host_telemetry
-
-
-def test_rbee_command_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", [str(Path(sys.executable).parent / "rbee"), "hive"])
-    assert rbee_command() == [sys.executable, "-m", "rbee"]
-
-
-def test_rbee_command_inside_the_zipapp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pyz = tmp_path / "rbee.pyz"
-    with zipfile.ZipFile(pyz, "w") as archive:
-        archive.writestr("__main__.py", "")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["rbee.pyz", "hive"])
-    assert rbee_command() == [sys.executable, str(pyz)]
 
 
 @pytest.mark.parametrize(("device", "gpus"), [("cpu", 0), ("cuda:0", 1), ("cuda:3", 4)])
@@ -50,7 +34,8 @@ def test_invalid_devices(device: str, gpus: int, words: str) -> None:
         validate_device(device, gpus)
 
 
-def test_no_nvidia_driver_means_no_gpus_and_no_error() -> None:
+def test_no_nvidia_driver_means_no_gpus_and_no_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # whatever this machine has: no driver
     gpus = Gpus()
     try:
         assert gpus.count == 0

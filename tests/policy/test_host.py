@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from rbee.decisions import Route
 from rbee.errors import PolicyError
 from rbee.policy import Limits, PolicyHost
-from rbee.queen.scheduler import Route
 from rbee.wire.queen import Snapshot
 
 from .cluster import job, worker

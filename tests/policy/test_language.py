@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from rbee.decisions import Reject, Route, Spawn
 from rbee.errors import PolicyError
 from rbee.policy import load_source
-from rbee.queen.scheduler import Reject, Route, Spawn
 from rbee.wire.queen import Snapshot
 
 from .cluster import hive, job, worker

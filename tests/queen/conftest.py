@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from rbee.config import QueenConfig
+from rbee.decisions import Scheduler
 from rbee.queen.daemon import run_queen
 from rbee.queen.dispatcher import Provisioner
-from rbee.queen.scheduler import Scheduler
 
 
 @dataclasses.dataclass
@@ -33,8 +33,12 @@ async def start_queen(
     config: QueenConfig,
     scheduler: Scheduler | None = None,
     provisioner: Provisioner | None = None,
+    *,
+    provision: bool = False,
+    store_dir: Path | None = None,
+    local_hive: Sequence[str] | None = None,
 ) -> QueenHandle:
-    """Run a queen in ``nursery`` until its handle's `shutdown`."""
+    """Run a queen in ``nursery`` until its handle's `shutdown` (options as for `run_queen`)."""
     stop, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[str]) -> None:
@@ -43,6 +47,9 @@ async def start_queen(
                 config,
                 scheduler=scheduler,
                 provisioner=provisioner,
+                provision=provision,
+                store_dir=store_dir,
+                local_hive=local_hive,
                 shutdown=stop.wait,
                 task_status=task_status,
             )
@@ -71,19 +78,19 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def read_stream(client: httpx.AsyncClient, url: str) -> list[str]:
-    """Every ``data:`` payload of an SSE stream, up to and including its terminal marker."""
+async def read_stream(
+    client: httpx.AsyncClient, url: str, first_token: trio.Event | None = None
+) -> list[str]:
+    """Every ``data:`` payload of an SSE stream, up to and including its terminal marker.
+
+    ``first_token`` is set as the first token event arrives.
+    """
     payloads: list[str] = []
     async with client.stream("GET", url) as response:
         assert response.status_code == 200, await response.aread()
         async for line in response.aiter_lines():
             if line.startswith("data: "):
                 payloads.append(line[6:])
+                if first_token is not None and '"type":"token"' in line:
+                    first_token.set()
     return payloads
-
-
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate()`` until it is true (for effects that land in another process's task)."""
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110 - the effect has no event to wait on
-            await trio.sleep(0.01)

@@ -8,7 +8,8 @@ import h11
 import httpx
 import trio
 
-from tests.queen.conftest import QueenHandle, read_stream, wait_for
+from tests.helpers import eventually
+from tests.queen.conftest import QueenHandle, read_stream
 from tests.queen.fake_worker import FakeWorker, register
 
 BODY = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 1000}
@@ -21,19 +22,20 @@ async def test_delete_cancels_at_the_worker(
     await register(queen.url, "hive-a", worker)
     job_id = (await http.post(f"{queen.url}/v1/jobs", json=BODY)).json()["job_id"]
     payloads: list[str] = []
+    streaming = trio.Event()
 
     async def follow() -> None:
-        payloads.extend(await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream"))
+        url = f"{queen.url}/v1/jobs/{job_id}/stream"
+        payloads.extend(await read_stream(http, url, first_token=streaming))
 
     async with trio.open_nursery() as inner:
         inner.start_soon(follow)
-        await wait_for(lambda: len(worker.posts) == 1)
-        await trio.sleep(0.05)
+        await streaming.wait()
         record = (await http.delete(f"{queen.url}/v1/jobs/{job_id}")).json()
     assert record["state"] == "cancelled"
     assert payloads[-1] == "[CANCELLED]"
     assert len(worker.deletes) == 1
-    await wait_for(lambda: len(worker.stopped) == 1)
+    await eventually(lambda: len(worker.stopped) == 1)
     assert worker.finished == []
 
 
@@ -68,8 +70,8 @@ async def test_a_client_that_disconnects_cancels_its_job(
         received = b""
         while b'"type":"token"' not in received:
             received += await sock.receive_some(4096)
-    await wait_for(lambda: len(worker.deletes) == 1)
-    await wait_for(lambda: len(worker.stopped) == 1)
+    await eventually(lambda: len(worker.deletes) == 1)
+    await eventually(lambda: len(worker.stopped) == 1)
     record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
     assert record["state"] == "cancelled"
 
@@ -96,7 +98,7 @@ async def test_a_client_that_disconnects_from_a_one_call_stream_cancels_its_job(
         while b'"type":"token"' not in received:
             received += await sock.receive_some(4096)
     job_id = received.split(b"rbee-job-id: ")[1].split(b"\r\n")[0].decode()
-    await wait_for(lambda: len(worker.deletes) == 1)
-    await wait_for(lambda: len(worker.stopped) == 1)
+    await eventually(lambda: len(worker.deletes) == 1)
+    await eventually(lambda: len(worker.stopped) == 1)
     record = (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()
     assert record["state"] == "cancelled"

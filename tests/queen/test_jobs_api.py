@@ -192,7 +192,6 @@ async def test_waiting_jobs_are_served_interactive_first_then_in_order(
     assert len(queued) == 4
     status = (await http.get(f"{queen.url}/v1/status")).json()
     assert (status["queue_depth"], status["running"]) == (4, 1)
-    await trio.sleep(0.03)
     assert worker.hold is not None
     worker.hold.set()
     for job_id in ids:

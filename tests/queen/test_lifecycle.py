@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import httpx
 import trio
 
 from rbee.config import QueenConfig
-from tests.queen.conftest import read_stream, start_queen, wait_for
+from tests.helpers import eventually
+from tests.queen.conftest import read_stream, start_queen
 from tests.queen.fake_worker import FakeWorker, register
 
 BODY = {"operation": "infer", "model": "fake-model", "prompt": "hi"}
+
+
+async def draining(http: httpx.AsyncClient, url: str) -> bool:
+    """Whether the queen at ``url`` has begun to drain."""
+    return bool((await http.get(f"{url}/v1/status")).json()["draining"])
 
 
 async def test_restart_keeps_every_record_and_runs_the_queued_jobs(
@@ -30,9 +37,13 @@ async def test_restart_keeps_every_record_and_runs_the_queued_jobs(
         (await http.post(f"{first.url}/v1/jobs", json={**BODY, "prompt": p})).json()["job_id"]
         for p in ("q1", "q2")
     ]
-    await wait_for(lambda: len(worker.posts) == 2)
-    await trio.sleep(0.05)
-    await first.shutdown()
+    # A job stopped after its first token fails; one stopped before it would be queued again.
+    streaming = trio.Event()
+    async with trio.open_nursery() as follow:
+        url = f"{first.url}/v1/jobs/{running}/stream"
+        follow.start_soon(functools.partial(read_stream, http, url, first_token=streaming))
+        await streaming.wait()
+        await first.shutdown()
     assert len(worker.posts) == 2
 
     worker.tokens = 3
@@ -68,9 +79,9 @@ async def test_drain_lets_running_jobs_finish_and_refuses_new_ones(
 
     async with trio.open_nursery() as inner:
         inner.start_soon(follow)
-        await wait_for(lambda: len(worker.posts) == 1)
+        await eventually(lambda: len(worker.posts) == 1)
         queen.stop.set()
-        await trio.sleep(0.05)
+        await eventually(functools.partial(draining, http, queen.url))
         refused = await http.post(f"{queen.url}/v1/jobs", json=BODY)
         assert refused.status_code == 503
         assert "shutting down" in refused.json()["error"]["message"]
@@ -87,7 +98,7 @@ async def test_a_stopped_job_without_tokens_is_queued_again(
     first = await start_queen(nursery, config)
     await register(first.url, "hive-a", slow)
     job_id = (await http.post(f"{first.url}/v1/jobs", json=BODY)).json()["job_id"]
-    await wait_for(lambda: len(slow.posts) == 1)
+    await eventually(lambda: len(slow.posts) == 1)
     await first.shutdown()
     assert slow.deletes
     second = await start_queen(nursery, config)

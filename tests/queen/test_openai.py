@@ -7,13 +7,20 @@ in the test's trio loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
 
+import httpx
+import msgspec
 import openai
 import pytest
 import trio
 
-from tests.queen.conftest import QueenHandle
-from tests.queen.fake_worker import FakeWorker, register
+from rbee import wire
+from rbee.config import QueenConfig
+from tests.queen.conftest import QueenHandle, read_stream, start_queen
+from tests.queen.fake_worker import FakeWorker, heartbeat, register
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
@@ -155,3 +162,105 @@ async def test_errors_in_openai_shape(queen: QueenHandle, worker: FakeWorker) ->
     with pytest.raises(openai.BadRequestError) as bad:
         await trio.to_thread.run_sync(bad_temperature)
     assert "temperature" in bad.value.message
+
+
+async def test_a_model_nobody_has_is_404_model_not_found_before_any_spawn(
+    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # A queen that starts workers itself (its store is empty) and one hive without the model.
+    queen = await start_queen(nursery, queen_config, provision=True, store_dir=tmp_path / "store")
+    empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["other"])
+    assert (await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))).is_success
+
+    def unknown_model() -> None:
+        with client(queen) as c:
+            c.chat.completions.create(model="nope", messages=MESSAGES)
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        await trio.to_thread.run_sync(unknown_model)
+    assert missing.value.code == "model_not_found"
+    assert missing.value.type == "invalid_request_error"
+    assert "no hive has it and the queen's store lacks it" in missing.value.message
+    # rbee's own jobs API answers the same, in rbee's error shape.
+    answer = await http.post(f"{queen.url}/v1/jobs", json={"model": "nope", "prompt": "hi"})
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "model_not_found"
+    # Nothing was decided, so nothing was spawned or pulled.
+    decisions = (await http.get(f"{queen.url}/v1/decisions")).json()["decisions"]
+    assert decisions == []
+    failed = (await http.get(f"{queen.url}/v1/jobs", params={"state": "failed"})).json()["jobs"]
+    assert [j["model"] for j in failed] == ["nope", "nope"]
+
+
+async def test_bad_parameters_are_400_naming_the_param(
+    queen: QueenHandle, worker: FakeWorker
+) -> None:
+    robot: list[dict[str, str]] = [{"role": "robot", "content": "hi"}]
+    cases: dict[str, dict[str, Any]] = {
+        "temperature": {"temperature": 9},
+        "max_tokens": {"max_tokens": 0},
+        "top_p": {"top_p": "high"},
+        "messages": {"messages": []},
+        "messages[0].role": {"messages": robot},
+        "n": {"n": 2},
+    }
+
+    def call(options: dict[str, Any]) -> None:
+        with client(queen) as c:
+            c.chat.completions.create(**{"model": "fake-model", "messages": MESSAGES, **options})
+
+    for param, options in cases.items():
+        with pytest.raises(openai.BadRequestError) as bad:
+            await trio.to_thread.run_sync(call, options)
+        assert bad.value.param == param, (param, bad.value.message)
+        assert bad.value.type == "invalid_request_error"
+        assert param.split("[")[0] in bad.value.message
+
+    def legacy() -> None:
+        with client(queen) as c:
+            c.completions.create(model="fake-model", prompt="once", max_tokens=0)
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        await trio.to_thread.run_sync(legacy)
+    assert bad.value.param == "max_tokens"
+    assert worker.posts == []
+
+
+async def test_a_wrong_api_key_is_an_authentication_error(
+    nursery: trio.Nursery, queen_config: QueenConfig
+) -> None:
+    config = dataclasses.replace(queen_config, token="s3cret")
+    queen = await start_queen(nursery, config)
+
+    def call(key: str) -> list[str]:
+        with openai.OpenAI(base_url=f"{queen.url}/v1", api_key=key, max_retries=0) as c:
+            return [m.id for m in c.models.list().data]
+
+    with pytest.raises(openai.AuthenticationError) as denied:
+        await trio.to_thread.run_sync(call, "guess")
+    assert denied.value.code == "invalid_api_key"
+    assert denied.value.type == "authentication_error"
+    assert await trio.to_thread.run_sync(call, "s3cret") == []
+
+
+async def test_a_full_queue_is_a_rate_limit_error_with_retry_after(
+    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient
+) -> None:
+    queen = await start_queen(nursery, dataclasses.replace(queen_config, queue_size=0))
+    release = trio.Event()
+    await register(queen.url, "hive-a", await FakeWorker(slots=1, hold=release).start(nursery))
+    busy = await http.post(f"{queen.url}/v1/jobs", json={"model": "fake-model", "prompt": "hi"})
+    assert busy.status_code == 202
+
+    def call() -> None:
+        with client(queen) as c:
+            c.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+    with pytest.raises(openai.RateLimitError) as full:
+        await trio.to_thread.run_sync(call)
+    assert full.value.code == "queue_full"
+    assert full.value.response.headers["retry-after"] == "1"
+    assert "queue is full" in full.value.message
+    release.set()
+    stream = f"{queen.url}/v1/jobs/{busy.json()['job_id']}/stream"
+    assert (await read_stream(http, stream))[-1] == "[DONE]"

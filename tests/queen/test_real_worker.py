@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import trio
 
 from rbee import wire
 from rbee.wire.queen import WorkerStatus
+from tests.helpers import RBEE
 from tests.queen.conftest import QueenHandle
 from tests.queen.fake_worker import heartbeat
 
@@ -41,7 +41,7 @@ def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
 @pytest.fixture(scope="module")
 def real_worker(model_store: Path) -> Iterator[str]:
     """The URL of a ready worker process serving the default model."""
-    command = [sys.executable, "-m", "rbee", "worker", "--model", MODEL]
+    command = [*RBEE, "worker", "daemon", "--model", MODEL]
     command += ["--models-dir", str(model_store), "--port", "0", "--slots", "2"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None

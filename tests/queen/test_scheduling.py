@@ -13,10 +13,12 @@ import trio
 
 from rbee import wire
 from rbee.config import QueenConfig
+from rbee.decisions import Decision
 from rbee.errors import PolicyError
 from rbee.policy import Limits, PolicyHost
-from rbee.queen.scheduler import Decision, JobView, Snapshot, builtin, make_scheduler
-from rbee.wire.queen import WorkerExited
+from rbee.queen.scheduler import builtin, make_scheduler
+from rbee.wire.queen import JobView, Snapshot, WorkerExited
+from tests.helpers import eventually
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
 from tests.queen.fake_worker import FakeWorker, heartbeat, register
 
@@ -148,6 +150,9 @@ class FakeProvisioner:
         worker = await FakeWorker(model=model).start(self.nursery)
         await register(self.queen_url, hive, worker)
 
+    def provides(self, model: str) -> bool:
+        return False
+
 
 async def queen_with_empty_hive(
     nursery: trio.Nursery,
@@ -191,6 +196,9 @@ class DyingProvisioner:
         path = f"{self.queen_url}/v1/workers/w-1/exited"
         assert (await self.http.post(path, content=wire.encode(exited))).status_code == 204
         await trio.sleep_forever()
+
+    def provides(self, model: str) -> bool:
+        return False
 
 
 async def test_a_worker_that_dies_while_loading_fails_the_waiting_jobs_at_once(
@@ -251,13 +259,15 @@ async def test_a_policy_file_is_reloaded_while_the_queen_runs(
 ) -> None:
     path = tmp_path / "pick.rhai"
     path.write_text("fn schedule_job(job, workers) { workers.with_model(job.model).first() }\n")
-    queen = await start_queen(nursery, queen_config, scheduler=make_scheduler(str(path)))
+    host = make_scheduler(str(path))
+    assert isinstance(host, PolicyHost)
+    queen = await start_queen(nursery, queen_config, scheduler=host)
     workers = sorted([await FakeWorker().start(nursery) for _ in range(2)], key=lambda w: w.id)
     await register(queen.url, "hive-a", *workers)
     first = await run(http, queen.url)
     path.write_text("fn schedule_job(job, workers) { workers.with_model(job.model).last() }\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
-    await trio.sleep(1.5)
+    await eventually(lambda: host.reloads == 1, what="the queen's reload of pick.rhai")
     second = await run(http, queen.url)
     assert first["worker"] != second["worker"]
     params: dict[str, str | int] = {"job_id": str(second["id"]), "last": 5}

@@ -19,6 +19,7 @@ from rbee.worker import daemon
 from rbee.worker.app import WorkerState, create_worker_app
 from rbee.worker.interfaces import EngineLike, TokenizerLike
 from rbee.worker.scheduler import Scheduler
+from tests.helpers import eventually
 from tests.worker.fakes import FakeEngine, FakeTokenizer
 
 
@@ -50,9 +51,10 @@ class Worker:
         return data
 
     async def wait_slots_free(self, n: int) -> None:
-        with trio.fail_after(5):
-            while (await self.info())["slots_free"] != n:  # noqa: ASYNC110 (polling over HTTP)
-                await trio.sleep(0.01)
+        async def reached() -> bool:
+            return bool((await self.info())["slots_free"] == n)
+
+        await eventually(reached, what=f"{n} free slots")
 
 
 async def start_worker(
@@ -129,12 +131,20 @@ async def test_one_call_answers_the_post_with_the_stream(worker: Worker) -> None
         assert r.headers["content-type"].startswith("text/event-stream")
         job_id = r.headers["rbee-job-id"]
         assert job_id.startswith("job-")
-        # The stream is claimed by this call: nobody else may read it.
-        assert (await worker.client.get(f"/v1/inference/{job_id}/stream")).status_code == 409
         events = [line[6:] async for line in r.aiter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     tokens = [json.loads(e)["t"] for e in events[:-1] if '"token"' in e]
     assert "".join(tokens) == "bcd"
+
+
+async def test_a_one_call_stream_is_claimed_by_its_post(slow_worker: Worker) -> None:
+    # A 2000-token job at 20 ms a step is still running when the second reader asks.
+    w = slow_worker
+    headers = {"Accept": "text/event-stream"}
+    async with w.client.stream("POST", "/v1/inference", json=LONG, headers=headers) as r:
+        job_id = r.headers["rbee-job-id"]
+        assert (await w.client.get(f"/v1/inference/{job_id}/stream")).status_code == 409
+        assert (await w.client.delete(f"/v1/inference/{job_id}")).status_code == 204
 
 
 async def test_the_job_id_of_a_one_call_stream_cancels_it(slow_worker: Worker) -> None:
@@ -245,6 +255,7 @@ async def test_slots_and_queue_full_is_429_with_retry_after(slow_worker: Worker)
     assert r.status_code == 429
     assert r.headers["retry-after"] == "1"
     assert "busy" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "queue_full"
     await w.client.delete(f"/v1/inference/{first.split('/')[3]}")
     await w.start({"prompt": "a", "max_tokens": 1})
 
@@ -334,18 +345,18 @@ async def test_daemon_announces_address_then_readiness(
         loaded.set()
 
     nursery.start_soon(run)
-    with trio.fail_after(5):
-        while not out.getvalue():  # noqa: ASYNC110 (the daemon only prints)
-            await trio.sleep(0.01)
+    await eventually(lambda: bool(out.getvalue()), what="the worker's first line")
     first = out.getvalue().splitlines()[0]
     assert first.startswith("rbee worker listening on http://127.0.0.1:")
     url = first.rsplit(" ", 1)[1]
     async with httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/health")).json() == {"status": "loading"}
         proceed.set()
-        with trio.fail_after(5):
-            while (await client.get("/health")).json()["status"] != "ready":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+
+        async def ready() -> bool:
+            return bool((await client.get("/health")).json()["status"] == "ready")
+
+        await eventually(ready, what="the worker ready")
         assert (
             out.getvalue().splitlines()[1] == "rbee worker ready model=fake provider=FakeProvider"
         )

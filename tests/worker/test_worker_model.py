@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
+from tests.helpers import RBEE
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +41,9 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
 def worker(model_store: Path) -> Iterator[WorkerProcess]:
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "rbee",
+            *RBEE,
             "worker",
+            "daemon",
             "--model",
             MODEL,
             "--models-dir",

@@ -1,4 +1,4 @@
-"""``rbee hive``: serve the hive API, supervise workers, heartbeat to the queen, until a signal.
+"""``rbee hive daemon``: serve the hive API, supervise workers, heartbeat to the queen, until a signal.
 
 One nursery owns every task: the supervisor (whose own nursery owns each worker's watchers), the
 HTTP server, the heartbeat loop and the crash reporter. On SIGTERM/SIGINT the hive retires every
@@ -63,7 +63,7 @@ async def run_hive(
     """Run a hive until ``shutdown`` returns; report its `HiveState` (``.url``) once serving.
 
     ``worker_command`` replaces ``rbee`` itself as the program that workers are started with
-    (``[*worker_command, "worker", ...]``); tests use it for a stand-in worker.
+    (``[*worker_command, "worker", "daemon", ...]``); tests use it for a stand-in worker.
     """
     server.require_token(config.host, config.token, "hive", "hive.token")
     name = config.name or default_hive_name()

@@ -28,7 +28,6 @@ from rbee.client import auth_headers, check, translate_errors
 from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError, UsageError
 from rbee.models.store import (
     MANIFEST,
-    FileEntry,
     Manifest,
     ModelStore,
     read_manifest,
@@ -36,7 +35,7 @@ from rbee.models.store import (
     validate_name,
     write_manifest,
 )
-from rbee.wire.hive import QUEEN_STORE, Importing, Pulled, PullEvent, PullProgress
+from rbee.wire.hive import QUEEN_STORE, FileEntry, Importing, Pulled, PullEvent, PullProgress
 
 __all__ = [
     "DirectorySource",

@@ -1,32 +1,24 @@
 """Worker processes: spawn, watch, report, retire, and never leave one behind.
 
-Each worker is ``rbee worker ...`` run by the same executable as the hive (`rbee_command`). Its
-stdout and stderr go to one pipe that the hive drains into a ring buffer (the tail sent with a
+Each worker is ``rbee worker daemon ...`` run by the same executable as the hive (`rbee_command`).
+Its stdout and stderr go to one pipe that the hive drains into a ring buffer (the tail sent with a
 crash report) and a log file under the hive's state directory; the two announcement lines on that
 pipe say where it listens and when its model is loaded.
 
 Orphans: on SIGTERM/SIGINT the hive retires every worker; should the hive be SIGKILLed instead,
-each worker gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``). The kernel sends that signal when
-the *thread* that forked the child ends, not the process, so workers are forked from the trio
-thread itself: ``trio.lowlevel.open_process`` forks in a worker thread that trio retires after a
-few idle seconds, which would stop every worker with it.
+each worker gets SIGTERM from the kernel (`rbee.process.start`).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import ctypes
-import functools
 import logging
 import math
 import os
 import re
 import signal
 import subprocess
-import sys
 import uuid
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +27,17 @@ import httpx
 import msgspec
 import trio
 
+from rbee import process
 from rbee.errors import ApiError, NotFoundError, UsageError
 from rbee.hive.telemetry import Gpus, ProcessStats
 from rbee.log import kv
 from rbee.models.store import ModelStore, validate_name
+from rbee.process import rbee_command
 from rbee.wire.hive import SpawnRequest, WorkerRetired
 from rbee.wire.queen import WorkerExited, WorkerState, WorkerStatus
 from rbee.wire.worker import WorkerInfo
 
-__all__ = ["Supervisor", "Worker", "rbee_command", "validate_device"]
+__all__ = ["Supervisor", "Worker", "validate_device"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +47,6 @@ _MAX_LINE = 2000
 _LISTENING = re.compile(r"^rbee worker listening on (\S+)")
 _READY = "rbee worker ready"
 _DEVICE = re.compile(r"^(cpu|cuda:(\d+))$")
-_PR_SET_PDEATHSIG = 1
-
-
-def rbee_command() -> list[str]:
-    """How to run this same rbee: ``python rbee.pyz`` inside the zipapp, else ``python -m rbee``.
-
-    shiv leaves the archive's path in ``sys.argv[0]``; anything else (the ``rbee`` console script,
-    ``python -m rbee``) runs from an installed or source package that ``-m`` finds again.
-    """
-    argv0 = sys.argv[0] if sys.argv else ""
-    if argv0 and os.path.isfile(argv0) and zipfile.is_zipfile(argv0):
-        return [sys.executable, os.path.abspath(argv0)]
-    return [sys.executable, "-m", "rbee"]
 
 
 def validate_device(device: str, gpu_count: int) -> str:
@@ -77,28 +58,6 @@ def validate_device(device: str, gpu_count: int) -> str:
         have = f"GPUs 0-{gpu_count - 1}" if gpu_count else "no NVIDIA GPU"
         raise UsageError(f"no device {device} on this host (it has {have})")
     return device
-
-
-def _die_with_parent(parent: int) -> None:
-    # Runs in the child between fork and exec: only async-signal-safe work, no Python objects
-    # beyond what ctypes needs.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the hive died before prctl took effect
-        os._exit(1)
-
-
-async def _wait_exit(popen: subprocess.Popen[bytes]) -> int:
-    """Wait for the process to end without a thread, through a pidfd."""
-    try:
-        pidfd = os.pidfd_open(popen.pid)
-    except OSError:
-        return await trio.to_thread.run_sync(popen.wait, abandon_on_cancel=True)
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
-    return popen.wait()
 
 
 @dataclass(eq=False)
@@ -156,11 +115,6 @@ class Worker:
             pinned=self.pinned,
         )
 
-    def signal(self, sig: int) -> None:
-        if self.popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(sig)
-
 
 class Supervisor:
     """Every worker of this hive; `run` owns their tasks and stops them all when it ends."""
@@ -211,7 +165,7 @@ class Supervisor:
         finally:
             self._nursery = None
             for worker in self.workers.values():
-                worker.signal(signal.SIGKILL)
+                process.kill(worker.popen)
                 worker.popen.wait()
             self.workers.clear()
 
@@ -237,6 +191,7 @@ class Supervisor:
         argv = [
             *self.command,
             "worker",
+            "daemon",
             "--model",
             req.model,
             "--models-dir",
@@ -253,18 +208,7 @@ class Supervisor:
         if req.threads is not None:
             argv += ["--threads", str(req.threads)]
         log_path = self.log_dir / f"{worker_id}.log"
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            close_fds=True,
-            env=self._env,
-            # Its own process group: a Ctrl-C at the hive's terminal reaches the hive only, which
-            # then retires the workers in order instead of seeing them all "crash" at once.
-            process_group=0,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-        )
+        popen = process.start(argv, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert popen.stdout is not None
         output = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
         popen.stdout.close()
@@ -303,7 +247,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_output, worker, output)
             nursery.start_soon(self._ready_deadline, worker)
-            code = await _wait_exit(worker.popen)
+            code = await process.wait(worker.popen)
             worker.exit_code = code
             # The last lines usually say why it died; give the pipe a moment to drain.
             with trio.move_on_after(0.3):
@@ -367,25 +311,25 @@ class Supervisor:
             return
         worker.tail.append(f"rbee hive: worker not ready after {self.ready_timeout_s:g} s")
         log.warning("worker not ready in time", extra=kv(worker=worker.id))
-        worker.signal(signal.SIGKILL)
+        process.kill(worker.popen)
 
     # Retiring
 
     async def retire(self, worker_id: str) -> WorkerRetired:
         """SIGTERM, up to the grace period, then SIGKILL; return once the process is gone."""
         worker = self.get(worker_id)
-        killed = False
         if not worker.retiring:
             worker.retiring = True
             worker.state = "stopping"
-            worker.signal(signal.SIGTERM)
-        with trio.move_on_after(self.stop_grace_s):
-            await worker.exited.wait()
-        if not worker.exited.is_set():
-            log.warning("worker ignored SIGTERM; killing it", extra=kv(worker=worker.id))
-            worker.signal(signal.SIGKILL)
-            killed = True
-            await worker.exited.wait()
+            process.send_signal(worker.popen, signal.SIGTERM)
+        # The watcher reaps the process; retiring waits for it to have seen the end.
+        killed = await process.wait_or_kill(
+            worker.popen,
+            self.stop_grace_s,
+            what="worker",
+            exited=worker.exited.wait,
+            fields={"worker": worker.id},
+        )
         return WorkerRetired(id=worker.id, exit_code=worker.exit_code, killed=killed)
 
     async def retire_all(self) -> None:

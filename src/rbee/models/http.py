@@ -23,8 +23,9 @@ import trio
 from quart import Blueprint, Response, request
 
 from rbee.errors import ApiError, ModelError, NotFoundError
-from rbee.models.store import FileEntry, ModelStore, sha256_file, validate_name
+from rbee.models.store import ModelStore, sha256_file, validate_name
 from rbee.server import error_response, json_response
+from rbee.wire.hive import FileEntry
 
 __all__ = ["store_blueprint"]
 

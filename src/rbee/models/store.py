@@ -20,23 +20,19 @@ from pathlib import Path
 import msgspec
 import tomli_w
 
-from rbee.errors import ModelError, UsageError
+from rbee.errors import ModelError, ModelNotFoundError, UsageError
+from rbee.wire.hive import FileEntry
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
-__all__ = ["MANIFEST", "FileEntry", "Manifest", "ModelStore", "sha256_file", "validate_name"]
+__all__ = ["MANIFEST", "Manifest", "ModelStore", "sha256_file", "validate_name"]
 
 MANIFEST = "rbee-model.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 _CHUNK = 1 << 20
-
-
-class FileEntry(msgspec.Struct, frozen=True):
-    size: int
-    sha256: str
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,10 +118,10 @@ class ModelStore:
         return (self.dir(name) / MANIFEST).is_file()
 
     def get(self, name: str) -> Manifest:
-        """The manifest of an installed model, or `ModelError` saying how to get it."""
+        """The manifest of an installed model, or `ModelNotFoundError` saying how to get it."""
         path = self.dir(name) / MANIFEST
         if not path.is_file():
-            raise ModelError(
+            raise ModelNotFoundError(
                 f"model {name!r} is not in the store at {self.root}; "
                 f"import it with 'rbee model import FILE.gguf --name {name}' or pull it to this hive"
             )

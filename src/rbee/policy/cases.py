@@ -29,13 +29,13 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
 from rbee.errors import PolicyError, UsageError
-from rbee.queen.scheduler import Decision, Queue, Reject, Route, Scheduler, Spawn
-from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
+from rbee.wire.queen import DecisionKind, HiveView, JobView, Snapshot, WorkerView
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,7 +46,7 @@ __all__ = ["Case", "CaseResult", "Expect", "describe", "load_cases", "run_case",
 
 
 class Expect(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    kind: Literal["route", "spawn", "queue", "reject"] | None = None
+    kind: DecisionKind | None = None
     target: str | None = None
     model: str | None = None
     device: str | None = None
@@ -120,18 +120,8 @@ def describe(decision: Decision) -> str:
     return f"reject: {decision.reason}"
 
 
-def _kind_target(decision: Decision) -> tuple[str, str | None]:
-    if isinstance(decision, Route):
-        return "route", decision.worker_id
-    if isinstance(decision, Spawn):
-        return "spawn", decision.hive
-    if isinstance(decision, Queue):
-        return "queue", None
-    return "reject", None
-
-
 def _mismatch(expect: Expect, decision: Decision) -> str | None:
-    kind, target = _kind_target(decision)
+    kind, target = kind_target(decision)
     if expect.error is not None:
         return f"expected a policy error containing {expect.error!r}"
     if expect.kind is not None and expect.kind != kind:

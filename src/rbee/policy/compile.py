@@ -19,22 +19,21 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
+from rbee.decisions import Decision, Queue, Reject, Route, Spawn, default_device
 from rbee.errors import PolicyError
 from rbee.policy import nodes as n
 from rbee.policy.helpers import FIELDS, FUNCTIONS, METHODS, Site, equal, fields_of
+from rbee.policy.limits import INT_MAX, Limits
 from rbee.policy.runtime import (
-    INT_MAX,
     Closure,
     Hives,
-    Limits,
     Meter,
     Nothing,
     ScriptError,
     Workers,
     type_name,
 )
-from rbee.queen.scheduler import Decision, Queue, Reject, Route, Spawn
-from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
+from rbee.wire.queen import JobView, Snapshot, WorkerView
 
 __all__ = ["ENTRY", "CompiledPolicy", "RunStats", "compile_program"]
 
@@ -715,7 +714,7 @@ def _arith(op: str, left: Ev, right: Ev, pos: n.Pos, meter: Meter) -> Ev:
 
 
 class CompiledPolicy:
-    """A compiled policy file: a `rbee.queen.scheduler.Scheduler`.
+    """A compiled policy file: a `rbee.decisions.Scheduler`.
 
     ``schedule`` raises `PolicyError` when the script fails (type error, limit, bad result); the
     queen's `rbee.policy.PolicyHost` turns that into its fallback. Evaluations are serialized by a
@@ -812,16 +811,9 @@ class CompiledPolicy:
             raise ScriptError(
                 f"result error: spawn() names hive {value.hive!r}, which is not online", pos
             )
-        device = value.device or _default_device(hive)
+        device = value.device or default_device(hive)
         reason = f"{self.name} spawns {value.model} on hive {hive.name} ({device}) (line {pos[0]})"
         return Spawn(hive.name, value.model, device, (*trace, reason))
-
-
-def _default_device(hive: HiveView) -> str:
-    if not hive.gpus:
-        return "cpu"
-    best = max(hive.gpus, key=lambda g: g.vram_total_mb - g.vram_used_mb)
-    return f"cuda:{best.index}"
 
 
 def compile_program(program: n.Program, limits: Limits | None = None) -> CompiledPolicy:

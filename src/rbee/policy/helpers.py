@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
+from rbee.decisions import Queue, Reject, Spawn
+from rbee.policy.limits import INT_MAX
 from rbee.policy.nodes import Pos
 from rbee.policy.runtime import (
-    INT_MAX,
     Closure,
     Hives,
     Meter,
@@ -26,7 +27,6 @@ from rbee.policy.runtime import (
     Workers,
     type_name,
 )
-from rbee.queen.scheduler import Queue, Reject, Spawn
 from rbee.wire.queen import GpuTelemetry, HiveView, JobView, WorkerView
 
 __all__ = ["FIELDS", "FUNCTIONS", "METHODS", "Site", "equal", "order_key"]

@@ -9,7 +9,6 @@ policy only if the new text compiles; a locked host (platform mode) never reload
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -17,13 +16,13 @@ from pathlib import Path
 
 import trio
 
+from rbee.decisions import Decision
 from rbee.errors import PolicyError
 from rbee.log import kv
 from rbee.policy.compile import CompiledPolicy, compile_program
+from rbee.policy.limits import Limits
 from rbee.policy.parse import parse
-from rbee.policy.runtime import Limits
-from rbee.queen.scheduler import Decision
-from rbee.wire.queen import JobView, Snapshot
+from rbee.wire.queen import JobView, PolicyStatus, Snapshot
 
 __all__ = ["PolicyHost", "PolicyStatus", "load_file", "load_source"]
 
@@ -49,18 +48,6 @@ def _read(path: Path) -> str:
         raise PolicyError("policy file not found", filename=str(path)) from None
     except (OSError, UnicodeDecodeError) as err:
         raise PolicyError(f"cannot read policy file: {err}", filename=str(path)) from None
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyStatus:
-    """What ``rbee status`` shows about the policy file."""
-
-    path: str
-    policy: str
-    locked: bool
-    loaded_at: float
-    reloads: int
-    reload_error: str | None
 
 
 def _first_line(err: PolicyError) -> str:

@@ -20,7 +20,7 @@ from lark.lexer import PatternStr, Token
 
 from rbee.errors import PolicyError
 from rbee.policy import nodes as n
-from rbee.policy.runtime import INT_MAX, Limits
+from rbee.policy.limits import INT_MAX, Limits
 
 __all__ = ["parse", "parser"]
 

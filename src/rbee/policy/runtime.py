@@ -1,9 +1,9 @@
-"""The sandbox: limits, the meter that enforces them, and the values a script can hold.
+"""The sandbox: the meter that enforces the `Limits`, and the values a script can hold.
 
 A script only ever holds these values: numbers (``int``, ``float``), ``str``, ``bool``, lists
 (``list``/``tuple``, and the tagged `Workers` and `Hives`), label maps (``dict[str, str]``), the
 views of `rbee.wire.queen` (job, worker, hive, GPU), `Closure`, `Nothing` and the decisions of
-`rbee.queen.scheduler`. Fields and methods are looked up in fixed tables (`rbee.policy.helpers`),
+`rbee.decisions`. Fields and methods are looked up in fixed tables (`rbee.policy.helpers`),
 never with ``getattr`` on a name the script chose, so no other Python object is reachable.
 
 The `Meter` counts operations. Every block, closure call and helper charges it; every
@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rbee.decisions import Queue, Reject, Spawn
+from rbee.policy.limits import Limits
 from rbee.policy.nodes import Pos
-from rbee.queen.scheduler import Queue, Reject, Spawn
 from rbee.wire.queen import GpuTelemetry, HiveView, JobView, WorkerView
 
 __all__ = [
     "CHECK_EVERY",
     "Closure",
     "Hives",
-    "Limits",
     "Meter",
     "Nothing",
     "ScriptError",
@@ -35,22 +35,6 @@ __all__ = [
 ]
 
 CHECK_EVERY = 1000
-INT_MAX = 2**63 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one policy may cost. Parse-time limits first, then run-time ones."""
-
-    max_source_bytes: int = 256 * 1024
-    max_nesting: int = 64
-    max_operations: int = 1_000_000
-    deadline_ms: float = 50.0
-    max_call_depth: int = 32
-    max_string_len: int = 65_536
-    max_array_len: int = 10_000
-    max_elements: int = 1_000_000
-    max_trace: int = 32
 
 
 class ScriptError(Exception):

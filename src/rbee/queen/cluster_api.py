@@ -2,7 +2,7 @@
 
 The keeper never talks to hives; these routes forward to the right one with `HiveClient`. An
 unknown hive or worker is a 404 naming it, a hive's refusal passes through with the hive's message
-and status, and a hive that cannot be reached is a 502.
+and status, and a hive that cannot be reached is a 502 (`rbee.errors.ConnectError`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
-from rbee.errors import ConnectError, RbeeError
+from rbee.errors import RbeeError
 from rbee.queen.provision import Hives
-from rbee.server import error_response, json_response
+from rbee.server import json_response
 from rbee.wire.hive import ModelList, SpawnRequest
 from rbee.wire.queen import HiveList, ModelPullRequest, WorkerEntryList, WorkerSpawn
 
@@ -26,10 +26,6 @@ __all__ = ["add_routes"]
 def add_routes(app: QuartTrio, hives: Hives) -> None:
     """Add the cluster routes to the queen's ``app``."""
     registry = hives.registry
-
-    @app.errorhandler(ConnectError)
-    async def _unreachable(err: ConnectError) -> Response:
-        return error_response(str(err), 502, "server_error")
 
     @app.get("/v1/hives")
     async def list_hives() -> Response:

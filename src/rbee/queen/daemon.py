@@ -19,6 +19,7 @@ import httpx
 import trio
 
 from rbee.config import QueenConfig, default_data_dir
+from rbee.decisions import Scheduler
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
@@ -28,7 +29,7 @@ from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
-from rbee.queen.scheduler import Scheduler, Watched, make_scheduler
+from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
 
 if sys.version_info < (3, 11):
@@ -103,8 +104,9 @@ async def run_queen(
     unless ``provision`` makes the queen start them on its hives itself and retire them after
     ``config.keep_alive_s`` idle). ``store_dir`` is the model store the queen serves to its hives
     under ``/v1/store``. ``local_hive`` is the command (`rbee_command`) that runs a hive on this
-    machine, started once the queen is bound; ``on_ready`` is called after that hive's first
-    heartbeat (at once without one).
+    machine, started once the queen is bound; jobs that no worker can take wait for its first
+    heartbeat (up to ``config.hive_start_timeout_s``), and ``on_ready`` is called after it (at
+    once without a local hive).
     """
     check_exposure(config)
     conn = open_db(db_path(config))
@@ -120,6 +122,9 @@ async def run_queen(
         if provision and provisioner is None:
             dispatcher.provisioner = hives
         hives.before_retire = dispatcher.close_idle_connections
+        if local_hive is not None:
+            # Before the first request can arrive: a job sent right away waits for this hive.
+            dispatcher.expect_hive(LOCAL_HIVE, config.hive_start_timeout_s)
         cluster_api.add_routes(app, hives)
         if hives.store is not None:
             app.register_blueprint(store_blueprint(hives.store))

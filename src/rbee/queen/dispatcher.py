@@ -4,7 +4,16 @@ A job is admitted into the `AdmissionQueue` and the queue is pumped at once: eac
 serving order, is shown to the scheduler with the registry's snapshot. `Route` starts an attempt
 on that worker, `Queue` leaves it (and every later job for the same model) waiting, `Spawn` asks
 the `Provisioner` for a worker (with none configured it is the clear "no worker serves model X"
-error), `Reject` fails it. The queue is pumped again whenever a slot may have freed up: a heartbeat,
+error), `Reject` fails it. A job for a model that no worker serves, no hive has and the
+provisioner cannot bring fails before the scheduler sees it (`ModelNotFoundError` at admission).
+
+While hives are expected to report, a job that no worker can take waits instead of failing or
+spawning: after a restart (the hives re-announce their workers within `STALE_INTERVALS`
+heartbeats; only the jobs re-admitted from the database wait) and while a hive the queen started
+has not reported yet (`expect_hive`, up to its bound; every job waits). Once the bound has passed,
+the job is decided as usual and a rejection says which hive never reported.
+
+The queue is pumped again whenever a slot may have freed up: a heartbeat,
 an attempt ending, a worker exiting, and every housekeeping tick (which also enforces deadlines and
 takes silent hives offline: their workers leave the registry and the attempts running on them
 end as failures, retried elsewhere by the rule below).
@@ -31,22 +40,15 @@ import trio
 
 from rbee import __version__, sse, wire
 from rbee.config import QueenConfig
-from rbee.errors import ApiError
+from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
+from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError
 from rbee.log import kv
 from rbee.queen.http11 import Pool
 from rbee.queen.jobs import AdmissionQueue, Job
 from rbee.queen.metrics import Labels, Metrics
 from rbee.queen.registry import STALE_INTERVALS, Registry
 from rbee.queen.relay import AttemptError, Outcome, cancel_on_worker, run_attempt
-from rbee.queen.scheduler import (
-    Decision,
-    Queue,
-    Reject,
-    Route,
-    Scheduler,
-    Spawn,
-    make_fallback,
-)
+from rbee.queen.scheduler import Watched, make_fallback
 from rbee.queen.store import HiveStore, JobStore
 from rbee.wire.queen import (
     DecisionRecord,
@@ -58,7 +60,7 @@ from rbee.wire.queen import (
     WorkerExited,
 )
 
-__all__ = ["Dispatcher", "NoWorkerError", "Provisioner", "QueueFullError"]
+__all__ = ["Dispatcher", "Provisioner"]
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +78,9 @@ class Provisioner(Protocol):
 
     async def spawn(self, hive: str, model: str, device: str) -> None: ...
 
-
-class QueueFullError(ApiError):
-    """Every slot is busy and the admission queue is full (429, retry after ``retry_after`` s)."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(
-            message,
-            status=429,
-            error_type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(retry_after)},
-        )
-        self.retry_after = retry_after
-
-
-class NoWorkerError(ApiError):
-    """No worker serves the model and none can be started for it (404, OpenAI's model_not_found)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status=404)
+    def provides(self, model: str) -> bool:
+        """Whether a spawn can bring ``model`` to a hive that lacks it (never raises)."""
+        ...
 
 
 Finished = Literal["completed", "failed", "cancelled"]
@@ -135,6 +120,8 @@ class Dispatcher:
         self._idle.set()
         self._heard = trio.Event()
         self._lost: dict[str, str] = {}
+        # Hives started by the queen that have not reported yet: name -> (deadline, bound in s).
+        self._expected: dict[str, tuple[float, float]] = {}
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -241,9 +228,12 @@ class Dispatcher:
     # --- admission -------------------------------------------------------------------------
 
     def submit(self, request: JobRequest) -> Job:
-        """Admit a job; raise `QueueFullError`, `NoWorkerError` or 503 while draining."""
+        """Admit a job; raise `ModelNotFoundError`, `NoWorkerError`, `QueueFullError`, or a 503
+        while draining."""
         if self.draining:
-            raise ApiError("the queen is shutting down and admits no new jobs", 503)
+            raise ApiError(
+                "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
+            )
         t = trio.current_time()
         self._seq += 1
         job = Job(
@@ -264,8 +254,9 @@ class Dispatcher:
         if job.state != "running":
             self.records.flush()
         if job.state == "failed":
-            self.metrics.rejected.inc(reason="no_worker")
-            raise NoWorkerError(job.error or f"no worker serves model {request.model!r}")
+            failure = job.failure or NoWorkerError(job.error or f"no worker serves {job.model!r}")
+            self.metrics.rejected.inc(reason=failure.code or "no_worker")
+            raise failure
         if job.state == "queued" and len(self.queue) > self.config.queue_size:
             self.queue.remove(job.id)
             self.jobs.pop(job.id, None)
@@ -300,6 +291,12 @@ class Dispatcher:
         for job in self.queue.in_order():
             if job.model in blocked:
                 continue
+            held = self._held(job)
+            if not held and self._unknown(job.model):
+                self.queue.remove(job.id)
+                job.failure = ModelNotFoundError(_not_found(job.model) + self._overdue())
+                self._finish(job, "failed", error=str(job.failure))
+                continue
             decision = self._decide(job)
             if isinstance(decision, Route):
                 worker = self.registry.get(decision.worker_id)
@@ -308,21 +305,39 @@ class Dispatcher:
                     blocked.add(job.model)
                     continue
                 self._start(job, worker.id, worker.status.url)
-            elif isinstance(decision, Queue):
-                blocked.add(job.model)
-            elif self._in_restart_grace(job):
-                # Hives re-announce their workers within a few heartbeats of a restart.
+            elif isinstance(decision, Queue) or held:
                 blocked.add(job.model)
             elif isinstance(decision, Spawn):
                 blocked.add(job.model)
                 self._spawn(job, decision)
             else:
                 self.queue.remove(job.id)
-                self._finish(job, "failed", error=decision.reason)
+                self._finish(job, "failed", error=decision.reason + self._overdue())
 
-    def _in_restart_grace(self, job: Job) -> bool:
+    def _held(self, job: Job) -> bool:
+        """Whether ``job`` waits for hives to report before a spawn or a rejection."""
+        now = trio.current_time()
         grace = STALE_INTERVALS * self.config.heartbeat_interval_s
-        return job.readmitted and trio.current_time() < self._started_at + grace
+        if job.readmitted and now < self._started_at + grace:
+            return True
+        return any(now < deadline for deadline, _ in self._expected.values())
+
+    def _unknown(self, model: str) -> bool:
+        """No worker serves ``model``, no online hive has it and the provisioner cannot bring it."""
+        snapshot = self.registry.snapshot()
+        if any(w.model == model for w in snapshot.workers):
+            return False
+        if any(model in h.models for h in snapshot.hives):
+            return False
+        return self.provisioner is None or not self.provisioner.provides(model)
+
+    def _overdue(self) -> str:
+        """What to add to a rejection about the expected hives that never reported."""
+        now = trio.current_time()
+        late = [(n, bound) for n, (deadline, bound) in self._expected.items() if now >= deadline]
+        return "".join(
+            f" (hive {name} did not report within {bound:g} s of its start)" for name, bound in late
+        )
 
     def _decide(self, job: Job) -> Decision:
         snapshot = self.registry.snapshot()
@@ -349,7 +364,10 @@ class Dispatcher:
             else:
                 policy = self.fallback.name
                 decision = self.fallback.schedule(view, snapshot)
-        kind, target, reasons = _describe(decision)
+        kind, target = kind_target(decision)
+        reasons = list(decision.reasons)
+        if isinstance(decision, Reject):
+            reasons.append(decision.reason)
         self.metrics.decisions.inc(kind=kind, policy=policy)
         # A job waits through many pumps; its first queue (or spawn) decision explains the wait.
         if kind in ("route", "reject") or kind not in job.logged:
@@ -596,6 +614,14 @@ class Dispatcher:
 
     # --- hives -----------------------------------------------------------------------------
 
+    def expect_hive(self, name: str, within_s: float) -> None:
+        """Hold the jobs no worker can take until hive ``name`` reports, for up to ``within_s``.
+
+        The queen calls it as it starts a hive, so that a job sent before the hive's first
+        heartbeat waits for it rather than fails for want of a hive.
+        """
+        self._expected[name] = (trio.current_time() + within_s, within_s)
+
     async def wait_for_hive(self, name: str) -> None:
         """Return once hive ``name`` is online (at once if it is)."""
         while (record := self.registry.hive(name)) is None or not record.online:
@@ -603,6 +629,7 @@ class Dispatcher:
 
     def heartbeat(self, hb: HiveHeartbeat) -> None:
         came_online, _ = self.registry.heartbeat(hb)
+        self._expected.pop(hb.hive, None)
         self._heard.set()
         self._heard = trio.Event()
         if came_online:
@@ -658,6 +685,7 @@ class Dispatcher:
             hives=self.registry.hive_entries(),
             recent_errors=list(self.recent_errors),
             last_policy_error=self.last_policy_error,
+            policy_file=self.scheduler.status() if isinstance(self.scheduler, Watched) else None,
         )
 
     def gauges(self) -> dict[str, tuple[str, dict[Labels, float]]]:
@@ -685,13 +713,8 @@ class Dispatcher:
         }
 
 
-def _describe(
-    decision: Decision,
-) -> tuple[Literal["route", "spawn", "queue", "reject"], str | None, list[str]]:
-    if isinstance(decision, Route):
-        return "route", decision.worker_id, list(decision.reasons)
-    if isinstance(decision, Spawn):
-        return "spawn", decision.hive, list(decision.reasons)
-    if isinstance(decision, Queue):
-        return "queue", None, list(decision.reasons)
-    return "reject", None, [*decision.reasons, decision.reason]
+def _not_found(model: str) -> str:
+    return (
+        f"no worker serves model {model!r}, no hive has it and the queen's store lacks it: "
+        f"import it on the queen's host ('rbee model import FILE.gguf --name {model}')"
+    )

@@ -9,7 +9,7 @@ They speed up the way a job is accepted and followed, nothing else: a request th
 differently from the quart app (another route, a wrong token, a body that is too large, not
 sized by ``Content-Length`` or does not decode, a job that is not held any more) goes to the
 quart app with its body, which answers it as it answers every request. Only a refusal by
-`Dispatcher.submit` (queue full, no worker, shutting down) is answered here, with
+`Dispatcher.submit` (queue full, unknown model, no worker, shutting down) is answered here, with
 `rbee.server.error_parts` like every other error.
 """
 

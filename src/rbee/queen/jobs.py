@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 
 import trio
 
+from rbee.errors import RbeeError
 from rbee.wire.queen import JobRequest, JobState, JobView
 from rbee.wire.worker import prompt_chars
 
@@ -80,7 +81,6 @@ class Job:
     worker: str | None = None
     stream: JobStream = dataclasses.field(default_factory=JobStream)
     scope: trio.CancelScope | None = None
-    cancel_requested: bool = False
     logged: set[str] = dataclasses.field(default_factory=set)
     first_token_at: float | None = None
     worker_body: bytes = b""
@@ -90,6 +90,8 @@ class Job:
     started: bool = False
     stop_reason: str = ""
     error: str | None = None
+    # Why it failed, where an error class says more than ``error`` (its status, its code).
+    failure: RbeeError | None = None
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     # Set once its attempt has sent the request to the worker (or failed to).
     sent: trio.Event = dataclasses.field(default_factory=trio.Event)

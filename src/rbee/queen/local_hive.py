@@ -1,13 +1,10 @@
 """The hive the queen runs on its own machine (``queen.local_hive``, on unless ``--no-local-hive``).
 
-It is ``rbee hive --queen <queen> --port 0 --name local`` run by the same executable as the queen
-(`rbee_command`), started once the queen is bound, restarted with backoff whenever it dies, and
+It is ``rbee hive daemon --queen <queen> --port 0 --name local`` run by the same executable as
+the queen (`rbee_command`), started once the queen is bound, restarted with backoff whenever it dies, and
 stopped with the queen: SIGTERM (the hive then retires its workers), `STOP_GRACE_S`, SIGKILL.
 
-Should the queen be SIGKILLed, the kernel sends the hive SIGTERM (``PR_SET_PDEATHSIG``). The
-kernel sends it when the *thread* that forked the child ends, so the hive is forked from the trio
-thread itself, never from a worker thread that trio retires when idle (as the hive does for its
-workers, see `rbee.hive.supervisor`).
+Should the queen be SIGKILLed, the kernel sends the hive SIGTERM (`rbee.process.start`).
 
 The hive gets the queen's token through its environment (``RBEE_HIVE_TOKEN``), where ``ps`` does
 not show it.
@@ -15,17 +12,14 @@ not show it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Sequence
 
 import trio
 
+from rbee import process
 from rbee.log import kv
 
 __all__ = ["LOCAL_HIVE", "LocalHive"]
@@ -39,25 +33,6 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 # A hive that ran this long before dying is restarted after the first backoff again.
 STABLE_S = 60.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    # Runs in the child between fork and exec: nothing beyond the prctl call and a check.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the queen died before prctl took effect
-        os._exit(1)
-
-
-async def _wait_exit(popen: subprocess.Popen[bytes]) -> int:
-    """Wait for the process to end through a pidfd (no thread)."""
-    pidfd = os.pidfd_open(popen.pid)
-    try:
-        await trio.lowlevel.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
-    return popen.wait()
 
 
 class LocalHive:
@@ -83,7 +58,7 @@ class LocalHive:
         self._stopped = trio.Event()
 
     def argv(self) -> list[str]:
-        argv = [*self.command, "hive", "--queen", self.queen_url, "--port", "0"]
+        argv = [*self.command, "hive", "daemon", "--queen", self.queen_url, "--port", "0"]
         argv += ["--name", LOCAL_HIVE, "--heartbeat-interval", f"{self.heartbeat_interval_s:g}"]
         if self.models_dir:
             argv += ["--models-dir", self.models_dir]
@@ -93,17 +68,8 @@ class LocalHive:
         env = dict(os.environ)
         if self.token:
             env["RBEE_HIVE_TOKEN"] = self.token
-        popen = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            # Its announcement line is not for the queen's readers; its logs go to our stderr.
-            stdout=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-            # A Ctrl-C at the queen's terminal reaches the queen only, which stops the hive in order.
-            process_group=0,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-        )
+        # Its announcement line is not for the queen's readers; its logs go to our stderr.
+        popen = process.start(self.argv(), env=env, stdout=subprocess.DEVNULL)
         self.pid = popen.pid
         return popen
 
@@ -117,10 +83,10 @@ class LocalHive:
                 while True:
                     started = trio.current_time()
                     try:
-                        code = await _wait_exit(popen)
+                        code = await process.wait(popen)
                     except trio.Cancelled:
                         with trio.CancelScope(shield=True):
-                            await self._terminate(popen)
+                            await process.stop(popen, STOP_GRACE_S, what="the local hive")
                         raise
                     if trio.current_time() - started > STABLE_S:
                         backoff = FIRST_BACKOFF_S
@@ -140,17 +106,3 @@ class LocalHive:
         if self._scope is not None:
             self._scope.cancel()
         await self._stopped.wait()
-
-    @staticmethod
-    async def _terminate(popen: subprocess.Popen[bytes]) -> None:
-        if popen.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            popen.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_GRACE_S):
-            await _wait_exit(popen)
-            return
-        log.warning("the local hive ignored SIGTERM; killing it", extra=kv(pid=popen.pid))
-        with contextlib.suppress(ProcessLookupError):
-            popen.kill()
-        await _wait_exit(popen)

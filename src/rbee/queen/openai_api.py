@@ -3,23 +3,32 @@
 Each request becomes an ``infer`` job (same admission, scheduling, retries and records as
 ``POST /v1/jobs``); its stream is translated into OpenAI's chunks, or collected when ``stream`` is
 false. A client that disconnects cancels its job.
+
+Errors come in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``, statuses as
+`rbee.errors` maps them), so that OpenAI's clients raise their matching exceptions: a bad
+parameter is a 400 whose ``param`` names it, a model nobody has a 404 ``model_not_found`` (at once,
+nothing is started for it), a wrong token a 401 ``invalid_api_key``, a full queue a 429
+``queue_full`` with ``Retry-After``. A job that fails before its answer starts is answered with
+the error that failed it (502 when no error class says better).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import AsyncGenerator
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
+from rbee.errors import RbeeError, UsageError
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
-from rbee.server import error_response, json_response
+from rbee.server import error_response, json_response, rbee_error_response
 from rbee.wire import openai as oa
 from rbee.wire import worker as ww
 from rbee.wire.queen import InferOperation
@@ -42,8 +51,42 @@ _ROLES: dict[str, Literal["system", "user", "assistant"]] = {
 }
 
 
+T = TypeVar("T")
+
+_chat_request = msgspec.json.Decoder(oa.ChatCompletionRequest)
+_completion_request = msgspec.json.Decoder(oa.CompletionRequest)
+# msgspec names the bad value's place last ("... - at `$.messages[0].role`"), and a missing
+# field first ("Object missing required field `messages`").
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+
+
 class _Failed(Exception):
-    pass
+    """The job ended with an error; ``failure`` is the error class that failed it, if any."""
+
+    def __init__(self, message: str, failure: RbeeError | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+def _decode(data: bytes | str, decoder: msgspec.json.Decoder[T]) -> T:
+    """The request body; a bad one is a `UsageError` whose ``param`` names the field."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as err:
+        raise UsageError(f"invalid request body: {err}", param=_param(str(err))) from None
+    except msgspec.DecodeError as err:
+        raise UsageError(f"invalid request body: not valid JSON ({err})") from None
+
+
+def _param(message: str) -> str | None:
+    """The field a msgspec validation message is about, as a dotted path (``messages[0].role``)."""
+    at = _AT.search(message)
+    path = at[1] if at else ""
+    missing = _MISSING.match(message)
+    if missing:
+        path = f"{path}.{missing[1]}" if path else missing[1]
+    return path or None
 
 
 def _operation(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> InferOperation:
@@ -71,7 +114,8 @@ async def _pieces(dispatcher: Dispatcher, job: Job) -> AsyncGenerator[ww.Token |
         async for batch in job.stream.batches():
             for payload in batch:
                 if payload.startswith(_ERROR):
-                    raise _Failed(payload[len(_ERROR) :].decode(errors="replace").strip())
+                    message = payload[len(_ERROR) :].decode(errors="replace").strip()
+                    raise _Failed(message, job.failure)
                 if payload == _CANCELLED:
                     raise _Failed("the job was cancelled")
                 if payload.startswith(b"{"):
@@ -91,6 +135,12 @@ def _usage(finished: ww.Finished) -> oa.Usage:
 def _error_frame(message: str) -> bytes:
     body = wire.ErrorBody(error=wire.ErrorDetail(message=message, type="server_error"))
     return sse.event(wire.encode(body))
+
+
+def _failed_response(err: _Failed) -> Response:
+    if err.failure is not None:
+        return rbee_error_response(err.failure)
+    return error_response(str(err), 502, "server_error")
 
 
 async def _collect(dispatcher: Dispatcher, job: Job) -> tuple[str, ww.Finished]:
@@ -116,7 +166,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        body = wire.decode(await request.get_data(), oa.ChatCompletionRequest)
+        body = _decode(await request.get_data(), _chat_request)
         job = dispatcher.submit(_operation(body))
         await dispatcher.accepted(job)
         cid, created = f"chatcmpl-{job.id.removeprefix('job-')}", int(time.time())
@@ -128,7 +178,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
         try:
             text, finished = await _collect(dispatcher, job)
         except _Failed as err:
-            return error_response(str(err), 502, "server_error")
+            return _failed_response(err)
         message = oa.ChatMessageOut(text)
         choice = oa.ChatChoice(0, message, _FINISH[finished.finish_reason])
         completion = oa.ChatCompletion(
@@ -138,7 +188,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
 
     @app.post("/v1/completions")
     async def completions() -> Response:
-        body = wire.decode(await request.get_data(), oa.CompletionRequest)
+        body = _decode(await request.get_data(), _completion_request)
         job = dispatcher.submit(_operation(body))
         await dispatcher.accepted(job)
         cid, created = f"cmpl-{job.id.removeprefix('job-')}", int(time.time())
@@ -150,7 +200,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
         try:
             text, finished = await _collect(dispatcher, job)
         except _Failed as err:
-            return error_response(str(err), 502, "server_error")
+            return _failed_response(err)
         choice = oa.CompletionChoice(0, text, _FINISH[finished.finish_reason])
         completion = oa.Completion(
             id=cid, created=created, model=body.model, choices=[choice], usage=_usage(finished)

@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import httpx
 import trio
 
-from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
+from rbee.errors import ApiError, ModelNotFoundError, NotFoundError, RbeeError, UsageError
 from rbee.hive.client import HiveClient
 from rbee.log import kv
 from rbee.models.importer import DEFAULT_MODEL
@@ -98,12 +98,22 @@ class Hives:
         status = await client.spawn(SpawnRequest(model=model, device=device, wait=True))
         self.registry.add_worker(hive, status)
 
+    def provides(self, model: str) -> bool:
+        """Whether a spawn can install ``model`` on a hive that lacks it: the queen's store has
+        it, or it is the default model (a worker imports that on first use)."""
+        if model == DEFAULT_MODEL:
+            return True
+        try:
+            return self.store is not None and self.store.has(model)
+        except UsageError:  # not a valid store name: no store has it
+            return False
+
     def check_pull(self, hive: str, model: str) -> HiveClient:
         """A client for ``hive`` if ``model`` can be pulled there from the queen's store."""
         client = self.client(hive, long=True)
         validate_name(model)
         if self.store is None or not self.store.has(model):
-            raise ModelError(
+            raise ModelNotFoundError(
                 f"model {model!r} is neither on hive {hive} nor in the queen's store: import it "
                 "on the queen's host ('rbee model import FILE.gguf') or on the hive"
             )

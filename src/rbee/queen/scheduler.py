@@ -1,18 +1,10 @@
-"""Where a job goes: the one scheduling interface and the built-in policies.
+"""The built-in scheduling policies, and the scheduler the queen runs from its config.
 
-A policy is anything with ``schedule(job, snapshot) -> Decision``. It sees an immutable
-`Snapshot` of the cluster (defined with the job and worker views in `rbee.wire.queen`, because the
-decision log carries them) (workers and hives, as the registry last heard of them) and answers one
-of four decisions, each carrying the reasons that led to it (which filter kept or removed whom), so
-that ``rbee policy explain`` and error messages can show them:
-
-- `Route`: send the job to this worker now;
-- `Spawn`: no worker can take it, start one for the model on this hive;
-- `Queue`: workers for the model exist but none has a free slot, wait;
-- `Reject`: it can never run here (no hive can host the model, ...).
-
-The registry answers queries; the policy decides (seed 002). The DSL policies of `rbee.policy`
-implement the same protocol.
+Each built-in policy filters to the model's ready workers with a free slot and picks one (first
+available, least loaded, round robin, most VRAM free); with no worker for the model it spawns on
+the hive with the most free memory. The decisions and the `Scheduler` interface they implement
+live in `rbee.decisions`, shared with the policy language of `rbee.policy`. The registry answers
+queries; the policy decides.
 """
 
 from __future__ import annotations
@@ -23,62 +15,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from rbee.wire.queen import HiveView, JobView, Snapshot, WorkerView
+from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, default_device
+from rbee.wire.queen import JobView, PolicyStatus, Snapshot, WorkerView
 
 __all__ = [
     "BUILTIN_POLICIES",
-    "Decision",
-    "HiveView",
-    "JobView",
-    "Queue",
-    "Reject",
-    "Route",
-    "Scheduler",
-    "Snapshot",
-    "Spawn",
     "Watched",
-    "WorkerView",
     "builtin",
     "make_fallback",
     "make_scheduler",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Route:
-    worker_id: str
-    reasons: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Spawn:
-    hive: str
-    model: str
-    device: str = "cpu"
-    reasons: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Queue:
-    reasons: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Reject:
-    reason: str
-    reasons: tuple[str, ...] = ()
-
-
-Decision = Route | Spawn | Queue | Reject
-
-
-class Scheduler(Protocol):
-    """Anything that can place a job."""
-
-    @property
-    def name(self) -> str: ...
-
-    def schedule(self, job: JobView, snapshot: Snapshot) -> Decision: ...
 
 
 Pick = Callable[[Sequence[WorkerView]], WorkerView]
@@ -100,7 +46,7 @@ def _spawn_target(job: JobView, snapshot: Snapshot, reasons: list[str]) -> Decis
     reasons.append(f"{len(having)}/{len(snapshot.hives)} hives have model {job.model!r}")
     pool = having or list(snapshot.hives)
     hive = max(pool, key=lambda h: (h.vram_free_mb, h.ram_free_mb))
-    device = "cuda:0" if hive.gpus else "cpu"
+    device = default_device(hive)
     reasons.append(f"spawn on hive {hive.name} (most free memory)")
     return Spawn(hive.name, job.model, device, tuple(reasons))
 
@@ -181,9 +127,14 @@ def make_scheduler(policy: str, *, locked: bool = False) -> Scheduler:
 
 @runtime_checkable
 class Watched(Protocol):
-    """A scheduler that follows a file: the queen runs its ``watch`` loop in its nursery."""
+    """A scheduler that follows a file.
+
+    The queen runs its ``watch`` loop in its nursery and shows its ``status`` in ``/v1/status``.
+    """
 
     async def watch(self, interval_s: float = 1.0) -> None: ...
+
+    def status(self) -> PolicyStatus: ...
 
 
 def make_fallback(policy_fallback: str) -> Scheduler | None:

@@ -23,11 +23,15 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-class ErrorDetail(msgspec.Struct, frozen=True):
-    """What went wrong, in OpenAI's error shape so that one client parses every rbee API."""
+class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
+    """What went wrong, in OpenAI's error shape so that one client parses every rbee API.
+
+    ``param`` names the request field that was wrong, when one was.
+    """
 
     message: str
     type: str = "invalid_request_error"
+    param: str | None = None
     code: str | None = None
 
 

@@ -23,11 +23,11 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from rbee.models.store import FileEntry
 from rbee.wire.queen import WorkerStatus
 
 __all__ = [
     "QUEEN_STORE",
+    "FileEntry",
     "Importing",
     "ModelInfo",
     "ModelList",
@@ -81,6 +81,13 @@ class WorkerLog(Struct, frozen=True):
     id: str
     lines: list[str]
     path: str
+
+
+class FileEntry(Struct, frozen=True):
+    """One file of a model: its size in bytes and its hex sha256 (a manifest lists one per file)."""
+
+    size: int
+    sha256: str
 
 
 class ModelInfo(Struct, frozen=True, kw_only=True):

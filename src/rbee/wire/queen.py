@@ -23,6 +23,7 @@ from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, samp
 
 __all__ = [
     "AttemptRecord",
+    "DecisionKind",
     "DecisionList",
     "DecisionRecord",
     "GpuTelemetry",
@@ -39,6 +40,7 @@ __all__ = [
     "JobState",
     "JobView",
     "ModelPullRequest",
+    "PolicyStatus",
     "Priority",
     "QueenStatus",
     "RecentError",
@@ -46,6 +48,7 @@ __all__ = [
     "WorkerEntry",
     "WorkerEntryList",
     "WorkerExited",
+    "WorkerLoad",
     "WorkerSpawn",
     "WorkerState",
     "WorkerStatus",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 WorkerState = Literal["loading", "ready", "busy", "stopping"]
+# What a scheduling decision was (see `rbee.decisions`).
+DecisionKind = Literal["route", "spawn", "queue", "reject"]
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
@@ -79,17 +84,16 @@ class HostTelemetry(Struct, frozen=True, kw_only=True):
     gpus: list[GpuTelemetry] = []
 
 
-class WorkerStatus(Struct, frozen=True, kw_only=True):
-    """One worker as its hive sees it (the seeds' WorkerInfo and ProcessStats).
+class WorkerLoad(Struct, frozen=True, kw_only=True):
+    """A worker and how loaded it is: the fields its hive reports and a policy sees alike.
 
-    ``pinned``: started by hand, and kept until retired by name (see `SpawnRequest`).
+    `WorkerStatus` (the hive's report) and `WorkerView` (the policy's view, with the hive's context
+    and the queen's count of free slots) extend it.
     """
 
     id: str
-    pid: int
     model: str
     device: str
-    url: str
     state: WorkerState
     slots_total: int
     slots_free: int
@@ -98,6 +102,16 @@ class WorkerStatus(Struct, frozen=True, kw_only=True):
     gpu_util_pct: float = 0.0
     vram_mb: float = 0.0
     uptime_s: float = 0.0
+
+
+class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
+    """One worker as its hive reports it: the process and where it serves.
+
+    ``pinned``: started by hand, and kept until retired by name (see `SpawnRequest`).
+    """
+
+    pid: int
+    url: str
     pinned: bool = False
 
 
@@ -135,22 +149,15 @@ class JobView(Struct, frozen=True, kw_only=True):
     labels: dict[str, str] = {}
 
 
-class WorkerView(Struct, frozen=True, kw_only=True):
-    """One worker with its hive's labels and VRAM, as a policy sees it."""
+class WorkerView(WorkerLoad, frozen=True, kw_only=True):
+    """One worker as a policy sees it, in its hive's context.
 
-    id: str
+    ``slots_free`` also counts the queen's own jobs on it; ``hive``, ``labels`` and
+    ``total_vram_mb`` (the VRAM of the worker's GPU) come from its hive.
+    """
+
     hive: str
-    model: str
-    device: str
-    state: WorkerState
-    slots_total: int
-    slots_free: int
-    cpu_pct: float = 0.0
-    rss_mb: float = 0.0
-    gpu_util_pct: float = 0.0
-    vram_mb: float = 0.0
     total_vram_mb: float = 0.0
-    uptime_s: float = 0.0
     labels: dict[str, str] = {}
 
     @property
@@ -192,7 +199,7 @@ class DecisionRecord(Struct, frozen=True, kw_only=True):
     policy: str
     job: JobView
     snapshot: Snapshot
-    kind: Literal["route", "spawn", "queue", "reject"]
+    kind: DecisionKind
     target: str | None = None
     reasons: list[str] = []
     error: str | None = None
@@ -315,8 +322,19 @@ class RecentError(Struct, frozen=True, kw_only=True):
     message: str
 
 
+class PolicyStatus(Struct, frozen=True, kw_only=True):
+    """The queen's policy file: which, loaded when, reloaded how often, the last reload's error."""
+
+    path: str
+    policy: str
+    locked: bool
+    loaded_at: float
+    reloads: int
+    reload_error: str | None
+
+
 class QueenStatus(Struct, frozen=True, kw_only=True):
-    """``GET /v1/status``: what ``rbee status`` shows."""
+    """``GET /v1/status``: what ``rbee status`` shows (``policy_file``: none for a built-in)."""
 
     version: str
     policy: str
@@ -327,6 +345,7 @@ class QueenStatus(Struct, frozen=True, kw_only=True):
     hives: list[HiveEntry] = []
     recent_errors: list[RecentError] = []
     last_policy_error: str | None = None
+    policy_file: PolicyStatus | None = None
 
 
 # --- The cluster routes: hives, their workers and models, through the queen ----------------------

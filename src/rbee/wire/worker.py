@@ -1,4 +1,4 @@
-"""The worker's HTTP API: the seeds' "dual call" (POST starts a generation, GET streams it).
+"""The worker's HTTP API: one call starts a generation, a second one streams it.
 
 ``POST /v1/inference`` takes an `InferenceRequest` and answers `InferenceAccepted` (202; 429 with
 ``Retry-After`` when every slot and the wait queue are full, 503 while the model loads);

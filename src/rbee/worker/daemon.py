@@ -1,4 +1,4 @@
-"""``rbee worker --model M``: bind, announce, load the model, serve until SIGTERM/SIGINT.
+"""``rbee worker daemon --model M``: bind, announce, load the model, serve until SIGTERM/SIGINT.
 
 The port is bound before the model loads so a parent learns the address at once; it then polls
 ``GET /health`` (``loading`` -> ``ready``) or reads the second stdout line. Both lines are flushed::

@@ -24,30 +24,15 @@ from typing import Literal
 
 import trio
 
-from rbee.errors import ApiError, NotFoundError
+from rbee.errors import ApiError, NotFoundError, QueueFullError
 from rbee.log import kv
 from rbee.wire.worker import Finished, SamplingParams
 from rbee.worker.batch import Admit, Batch, Event, StepOutput
 from rbee.worker.interfaces import EngineLike, TokenizerLike
 
-__all__ = ["Ended", "Job", "QueueFull", "Scheduler", "StreamItem"]
+__all__ = ["Ended", "Job", "Scheduler", "StreamItem"]
 
 log = logging.getLogger(__name__)
-
-
-RETRY_AFTER_S = 1
-
-
-class QueueFull(ApiError):
-    """Every slot is busy and the wait queue is full (HTTP 429, retry after a second)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(
-            message,
-            status=429,
-            error_type="rate_limit_error",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +108,9 @@ class Scheduler:
         return max(0, len(self._waiting) - len(self._free))
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Job:
-        """Queue a generation; `QueueFull` when it would wait beyond the queue's size."""
+        """Queue a generation; `QueueFullError` when it would wait beyond the queue's size."""
         if self.queue_depth + 1 > self.queue_size and not self.slots_free:
-            raise QueueFull(
+            raise QueueFullError(
                 f"worker is busy: {self.engine.slots} slots in use and {self.queue_depth} "
                 f"requests waiting (queue size {self.queue_size}); retry later"
             )

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from rbee.cli import Context, pass_context
-from rbee.keeper.api import client_for, token_option
+from rbee.cli.common import Context, pass_context, queen_options
 from rbee.wire.queen import InferOperation
 from rbee.wire.worker import ChatMessage, Finished
 
@@ -35,7 +34,7 @@ __all__ = ["infer"]
     help="Interactive jobs are served before batch jobs.",
 )
 @click.option("--no-stream", is_flag=True, help="Print the whole answer at the end.")
-@token_option
+@queen_options
 @pass_context
 def infer(
     ctx: Context,
@@ -47,7 +46,6 @@ def infer(
     seed: int | None,
     priority: str,
     no_stream: bool,
-    token: str | None,
 ) -> None:
     """Send a prompt to the queen and print the tokens."""
     job = InferOperation(
@@ -59,7 +57,7 @@ def infer(
         seed=seed,
         priority="batch" if priority == "batch" else "interactive",
     )
-    with client_for(ctx, token) as queen:
+    with ctx.client() as queen:
         job_id = ""
         pieces: list[str] = []
         finished: Finished | None = None

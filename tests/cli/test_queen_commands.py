@@ -1,10 +1,8 @@
-"""``rbee infer``, ``rbee status`` and ``rbee jobs`` against a real queen with a fake worker."""
+"""``rbee infer``, ``rbee status`` and ``rbee job`` against a real queen with a fake worker."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,8 +12,11 @@ import trio
 from rbee import wire
 from rbee.cli import main
 from rbee.config import QueenConfig
+from tests.helpers import eventually, run_rbee
 from tests.queen.conftest import QueenHandle, start_queen
 from tests.queen.fake_worker import FakeWorker, heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -145,16 +146,18 @@ async def test_infer_for_an_unknown_model_is_one_line(
 async def test_status_table_and_json(
     queen: QueenHandle, worker: FakeWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = await rbee(capsys, "--queen", queen.url, "status", "--token", "s3cret")
+    code, out, _ = await rbee(capsys, "status", "--queen", queen.url, "--token", "s3cret")
     assert code == 0
     header, row = out.splitlines()[:2]
     assert header.split()[:6] == ["WORKER", "HIVE", "MODEL", "DEVICE", "STATE", "SLOTS"]
     assert row.split()[:6] == [worker.id, "hive-a", "fake-model", "cpu", "ready", "4/4"]
     assert "queue: 0 waiting, 0 running; policy first-available" in out
+    assert "policy file" not in out
     code, out, _ = await rbee(capsys, "--queen", queen.url, "status", "--json", "--token", "s3cret")
     report = json.loads(out)
     assert report["workers"][0]["worker"]["id"] == worker.id
     assert report["queue_depth"] == 0
+    assert report["policy_file"] is None
 
 
 async def test_jobs_list_show_cancel(
@@ -163,54 +166,86 @@ async def test_jobs_list_show_cancel(
     base = ("--queen", queen.url)
     tok = ("--token", "s3cret")
     await rbee(capsys, *base, "infer", *tok, "-m", "fake-model", "-p", "hi")
-    code, out, _ = await rbee(capsys, *base, "jobs", "list", "--json", *tok)
+    code, out, _ = await rbee(capsys, *base, "job", "list", "--json", *tok)
     assert code == 0
     jobs = json.loads(out)
     assert [j["state"] for j in jobs] == ["completed"]
     job_id = jobs[0]["id"]
     code, out, _ = await rbee(capsys, *base, "jobs", "list", *tok)
     assert out.splitlines()[1].split()[:3] == [job_id, "completed", "fake-model"]
-    code, out, _ = await rbee(capsys, *base, "jobs", "show", job_id, *tok)
+    code, out, _ = await rbee(capsys, *base, "job", "show", job_id, *tok)
     assert f"id:        {job_id}" in out
     assert f"decision: route {worker.id} by policy first-available" in out
     assert f"attempt 1 on {worker.id}: ok" in out
-    code, out, _ = await rbee(capsys, *base, "jobs", "show", job_id, "--json", *tok)
+    code, out, _ = await rbee(capsys, *base, "job", "show", job_id, "--json", *tok)
     assert json.loads(out)["tokens_out"] == 3
-    code, out, _ = await rbee(capsys, *base, "jobs", "cancel", job_id, *tok)
+    code, out, _ = await rbee(capsys, *base, "job", "cancel", job_id, *tok)
     assert (code, out) == (0, f"{job_id}: completed\n")
-    code, _, err = await rbee(capsys, *base, "jobs", "show", "job-missing", *tok)
+    code, _, err = await rbee(capsys, *base, "job", "show", "job-missing", *tok)
     assert code == 1
     assert err == "rbee: error: job job-missing: no job job-missing\n"
 
 
-def test_queen_down_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "rbee", "--queen", "http://127.0.0.1:9", "status"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+async def test_queen_and_token_after_the_subcommand_reach_that_queen(
+    queen: QueenHandle,
+    worker: FakeWorker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The configured queen is wrong: only the --queen given after the subcommand can reach it.
+    monkeypatch.setenv("RBEE_KEEPER_QUEEN_URL", "http://127.0.0.1:9")
+    after = ("--queen", queen.url, "--token", "s3cret")
+    code, out, err = await rbee(capsys, "infer", *after, "-m", "fake-model", "-p", "hi")
+    assert (code, out, err) == (0, "tok0 tok1 tok2 \n", "")
+    code, out, _ = await rbee(capsys, "job", "list", "--json", *after)
+    assert code == 0
+    assert [j["state"] for j in json.loads(out)] == ["completed"]
+    code, out, _ = await rbee(capsys, "worker", "list", *after)
+    assert code == 0
+    assert out.splitlines()[1].split()[0] == worker.id
+    code, _, err = await rbee(capsys, "status", "--token", "s3cret")
+    assert code == 1
+    assert "cannot reach the queen at http://127.0.0.1:9" in err
+
+
+async def test_status_shows_the_policy_file(
+    nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "least.rhai"
+    policy.write_text((ROOT / "policies" / "least_loaded.rhai").read_text())
+    config = QueenConfig(port=0, db=str(tmp_path / "q.db"), policy=str(policy))
+    queen = await start_queen(nursery, config)
+    code, out, _ = await rbee(capsys, "status", "--queen", queen.url)
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith("policy file:")]
+    assert line.startswith(f"policy file: {policy} (loaded ")
+    assert line.endswith(", reloads: 0)")
+    code, out, _ = await rbee(capsys, "status", "--queen", queen.url, "--json")
+    shown = json.loads(out)["policy_file"]
+    assert (shown["path"], shown["locked"], shown["reloads"]) == (str(policy), False, 0)
+    assert shown["reload_error"] is None
+    policy.write_text("fn schedule_job(job, workers) {\n    return workers.nope();\n}\n")
+
+    async def reload_failed() -> bool:
+        nonlocal shown
+        async with httpx.AsyncClient() as http:
+            shown = (await http.get(f"{queen.url}/v1/status")).json()["policy_file"]
+        return shown["reload_error"] is not None
+
+    await eventually(reload_failed, within=10, what="the queen's reload of the broken policy")
+    code, out, _ = await rbee(capsys, "status", "--queen", queen.url)
+    assert f"policy file: {policy} (loaded " in out
+    assert f", reloads: 0); reload failed: {shown['reload_error']}" in out
+    await queen.shutdown()
+
+
+def test_queen_down_is_one_line() -> None:
+    result = run_rbee("--queen", "http://127.0.0.1:9", "status")
     assert result.returncode == 1
     assert result.stderr == (
         "rbee: error: cannot reach the queen at http://127.0.0.1:9: is it running?\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rbee",
-            "--queen",
-            "http://127.0.0.1:9",
-            "infer",
-            "-m",
-            "m",
-            "-p",
-            "p",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_rbee("--queen", "http://127.0.0.1:9", "infer", "-m", "m", "-p", "p")
     assert result.returncode == 1
     assert "cannot reach the queen at http://127.0.0.1:9: is it running?" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""``rbee jobs list|show|cancel``: the queen's job records."""
+"""``rbee job list|show|cancel`` (``rbee jobs ...`` works too): the queen's job records."""
 
 from __future__ import annotations
 
@@ -6,19 +6,18 @@ import time
 
 import click
 
-from rbee.cli import Context, json_option, pass_context
-from rbee.keeper.api import client_for, token_option
-from rbee.keeper.output import emit_json, table
+from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
+from rbee.cli.output import emit_json, table
 from rbee.wire.queen import JobInfo
 
-__all__ = ["jobs"]
+__all__ = ["job"]
 
 STATES = ["queued", "running", "completed", "failed", "cancelled"]
 
 
-@click.group()
-def jobs() -> None:
-    """List, show or cancel jobs."""
+@click.group(cls=Group)
+def job() -> None:
+    """List, show or cancel jobs ('rbee jobs' works too)."""
 
 
 def _row(job: JobInfo) -> dict[str, object]:
@@ -36,15 +35,15 @@ def _row(job: JobInfo) -> dict[str, object]:
     }
 
 
-@jobs.command("list")
+@job.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @json_option
-@token_option
+@queen_options
 @pass_context
-def list_(ctx: Context, state: str | None, limit: int, as_json: bool, token: str | None) -> None:
+def list_(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
     """List the newest jobs, newest first."""
-    with client_for(ctx, token) as queen:
+    with ctx.client() as queen:
         found = queen.jobs(state, limit)
     if as_json:
         emit_json(found)
@@ -67,14 +66,14 @@ def list_(ctx: Context, state: str | None, limit: int, as_json: bool, token: str
     )
 
 
-@jobs.command("show")
+@job.command("show")
 @click.argument("job_id")
 @json_option
-@token_option
+@queen_options
 @pass_context
-def show(ctx: Context, job_id: str, as_json: bool, token: str | None) -> None:
+def show(ctx: Context, job_id: str, as_json: bool) -> None:
     """Show one job: its record, attempts and scheduling decision."""
-    with client_for(ctx, token) as queen:
+    with ctx.client() as queen:
         job = queen.job(job_id)
     if as_json:
         emit_json(job)
@@ -102,12 +101,12 @@ def show(ctx: Context, job_id: str, as_json: bool, token: str | None) -> None:
             click.echo(f"  policy error: {d.error}")
 
 
-@jobs.command("cancel")
+@job.command("cancel")
 @click.argument("job_id")
-@token_option
+@queen_options
 @pass_context
-def cancel(ctx: Context, job_id: str, token: str | None) -> None:
+def cancel(ctx: Context, job_id: str) -> None:
     """Cancel a waiting or running job (it stops at the worker too)."""
-    with client_for(ctx, token) as queen:
+    with ctx.client() as queen:
         job = queen.cancel(job_id)
     click.echo(f"{job.id}: {job.state}")

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rbee.models.importer import default_model_path
 from rbee.models.store import ModelStore
-
-
-def rbee(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rbee", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+from tests.helpers import run_rbee
 
 
 @pytest.mark.slow
 def test_import_into_models_dir_with_progress(tmp_path: Path) -> None:
-    result = rbee(
+    result = run_rbee(
         "model",
         "import",
         str(default_model_path()),
@@ -48,7 +37,7 @@ def test_bad_file_exits_1_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "notes.gguf"
     bad.write_text("just text, no model here\n" * 10)
     store = tmp_path / "store"
-    result = rbee("model", "import", str(bad), "--models-dir", str(store))
+    result = run_rbee("model", "import", str(bad), "--models-dir", str(store))
     assert result.returncode == 1
     assert result.stderr.startswith("rbee: error: ")
     assert "is not a GGUF file" in result.stderr
@@ -59,19 +48,19 @@ def test_bad_file_exits_1_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_models_dir_defaults_to_the_worker_setting(tmp_path: Path) -> None:
     store = tmp_path / "configured"
-    result = rbee(
+    result = run_rbee(
         "model",
         "import",
         str(default_model_path()),
         "--precision",
         "int4",
-        env={"RBEE_WORKER_MODELS_DIR": str(store)},
+        env={**os.environ, "RBEE_WORKER_MODELS_DIR": str(store)},
     )
     assert result.returncode == 0, result.stderr
     assert ModelStore(store).get("smollm2-135m-instruct.q4_1").precisions == ["int4"]
 
 
 def test_bad_precision_is_a_usage_error(tmp_path: Path) -> None:
-    result = rbee("model", "import", "x.gguf", "--precision", "int8")
+    result = run_rbee("model", "import", "x.gguf", "--precision", "int8")
     assert result.returncode == 2
     assert "int8" in result.stderr

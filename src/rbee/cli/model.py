@@ -1,7 +1,7 @@
 """``rbee model ...``: the models on this machine's store and on the queen's hives.
 
 ``rbee model import FILE.gguf`` converts a GGUF file into the local store (no queen needed);
-``list``, ``pull`` and ``rm`` act on the hives through the queen (`rbee.keeper.cluster_api`).
+``list``, ``pull`` and ``rm`` act on the hives through the queen (`rbee.queen.client`).
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from pathlib import Path
 
 import click
 
-from rbee.cli import Context, json_option, pass_context
-from rbee.keeper.api import token_option
+from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
 
 __all__ = ["model"]
 
 _BAR = 30
 
 
-@click.group()
+@click.group(cls=Group)
 def model() -> None:
     """Import, list, pull and remove models."""
 
@@ -83,14 +82,13 @@ def import_(
 @model.command("list")
 @click.option("--hive", help="Only this hive (default: every online hive).")
 @json_option
-@token_option
+@queen_options
 @pass_context
-def list_(ctx: Context, hive: str | None, as_json: bool, token: str | None) -> None:
+def list_(ctx: Context, hive: str | None, as_json: bool) -> None:
     """List the models in the hives' stores."""
-    from rbee.keeper.cluster_api import cluster_for
-    from rbee.keeper.output import emit_json, table
+    from rbee.cli.output import emit_json, table
 
-    with cluster_for(ctx, token) as queen:
+    with ctx.client() as queen:
         names = [hive] if hive else [h.name for h in queen.hives() if h.status == "online"]
         found = {name: queen.models(name) for name in names}
     if as_json:
@@ -115,15 +113,14 @@ def list_(ctx: Context, hive: str | None, as_json: bool, token: str | None) -> N
 @model.command()
 @click.argument("name")
 @click.option("--hive", required=True, help="The hive to install it on.")
-@token_option
+@queen_options
 @pass_context
-def pull(ctx: Context, name: str, hive: str, token: str | None) -> None:
+def pull(ctx: Context, name: str, hive: str) -> None:
     """Install model NAME on HIVE from the queen's own store (resumable, sha256-checked)."""
-    from rbee.keeper.cluster_api import cluster_for
     from rbee.wire.hive import Importing, Pulled, PullProgress
 
     bars: dict[str, _ProgressBar] = {}
-    with cluster_for(ctx, token) as queen:
+    with ctx.client() as queen:
         for event in queen.pull(hive, name):
             if isinstance(event, PullProgress):
                 bar = bars.setdefault(event.file, _ProgressBar(f"{name}/{event.file}"))
@@ -142,12 +139,11 @@ def pull(ctx: Context, name: str, hive: str, token: str | None) -> None:
 @model.command("rm")
 @click.argument("name")
 @click.option("--hive", required=True, help="The hive to remove it from.")
-@token_option
+@queen_options
 @pass_context
-def rm(ctx: Context, name: str, hive: str, token: str | None) -> None:
+def rm(ctx: Context, name: str, hive: str) -> None:
     """Remove model NAME from HIVE's store (refused while a worker serves it)."""
-    from rbee.keeper.cluster_api import cluster_for
 
-    with cluster_for(ctx, token) as queen:
+    with ctx.client() as queen:
         removed = queen.remove_model(hive, name)
     click.echo(f"removed {removed.name} from hive {hive}")

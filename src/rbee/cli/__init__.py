@@ -1,81 +1,55 @@
 """The one entry point: ``rbee.pyz`` / ``python -m rbee`` / ``rbee``.
 
-Keeper commands talk to the queen's HTTP API; ``queen``, ``hive`` and ``worker`` run the daemons.
+One module per command group: ``queen``, ``hive`` and ``worker`` start the daemons (``rbee queen``,
+``rbee hive daemon``, ``rbee worker daemon``; the daemons themselves live in `rbee.queen`,
+`rbee.hive` and `rbee.worker` and import nothing from here) and manage them through the queen;
+``infer``, ``status``, ``job``, ``model``, ``policy`` and ``config`` are the keeper's commands.
+`rbee.cli.common` holds the shared context and options, `rbee.cli.output` the tables and JSON.
 Every command module is imported only when its command runs, so ``--version`` and ``--help`` stay
 fast and each mode pays only for what it uses.
 
 Conventions kept by every command: errors are one line on stderr (``-v`` adds the traceback),
-exit codes are 0 ok / 1 failure / 2 usage, list and status commands take ``--json``.
+exit codes are 0 ok / 1 failure / 2 usage, a group given no command prints its help, list and
+status commands take ``--json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from rbee import __version__, pythons
+from rbee.cli.common import Context, Group, queen_option, token_option
 from rbee.errors import RbeeError
 
-__all__ = ["Context", "json_option", "main", "pass_context"]
+__all__ = ["COMMANDS", "cli", "main"]
 
 # name -> (module:attribute, one-line help). Daemon modes first, then keeper commands.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "queen": ("rbee.queen.cli:queen", "Run the queen daemon: scheduling, job queue, API."),
+    "queen": ("rbee.cli.queen:queen", "Run the queen daemon: scheduling, job queue, API."),
+    "hive": ("rbee.cli.hive:hive", "Run a hive daemon (one per host), or list hives."),
     "worker": (
-        "rbee.worker.cli:worker",
-        "Run a worker daemon (one model on one device), or manage workers.",
+        "rbee.cli.worker:worker",
+        "Run a worker daemon (one model on one device), or spawn, list and retire workers.",
     ),
-    "hive": ("rbee.hive.cli:hive", "Run a hive daemon (one per host), or list hives."),
-    "infer": ("rbee.keeper.infer:infer", "Send a prompt to the queen and print the tokens."),
-    "status": ("rbee.keeper.status:status", "Show workers, queue depth and recent errors."),
-    "jobs": ("rbee.keeper.jobs:jobs", "List, show or cancel jobs."),
-    "model": ("rbee.keeper.models:model", "Import, list, pull and remove models."),
-    "config": ("rbee.keeper.config_cmd:config", "Show or change settings in the config file."),
-    "policy": ("rbee.keeper.policy:policy", "Check, test, explain and replay scheduling policies."),
+    "infer": ("rbee.cli.infer:infer", "Send a prompt to the queen and print the tokens."),
+    "status": ("rbee.cli.status:status", "Show workers, queue depth, policy and recent errors."),
+    "job": ("rbee.cli.job:job", "List, show or cancel jobs ('jobs' works too)."),
+    "model": ("rbee.cli.model:model", "Import, list, pull and remove models."),
+    "policy": ("rbee.cli.policy:policy", "Check, test, explain and replay scheduling policies."),
+    "config": ("rbee.cli.config:config", "Show or change settings in the config file."),
 }
 
-F = TypeVar("F", bound=Callable[..., Any])
+# Other spellings that work but are not listed: group names are singular.
+ALIASES = {"jobs": "job"}
 
 
-@dataclasses.dataclass
-class Context:
-    """What the root command hands to every subcommand."""
-
-    config_path: Path | None
-    verbose: int
-    queen_url: str | None
-    _config: Any = None
-
-    @property
-    def config(self) -> Any:
-        """The effective `rbee.config.Config`, loaded on first use."""
-        if self._config is None:
-            from rbee import config
-
-            self._config = config.load(self.config_path)
-        return self._config
-
-    def queen(self) -> str:
-        """The queen's URL: ``--queen``, else ``RBEE_KEEPER_QUEEN_URL``, else the config file."""
-        return self.queen_url or str(self.config.keeper.queen_url)
-
-
-pass_context = click.make_pass_decorator(Context)
-
-
-def json_option(f: F) -> F:
-    """``--json``: print machine-readable output instead of a table."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
-
-
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A group whose subcommands are imported only when they run (or ``--help`` lists them)."""
 
     def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
@@ -86,9 +60,9 @@ class LazyGroup(click.Group):
         return list(self._lazy)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self._lazy:
+        target, _ = self._lazy.get(ALIASES.get(cmd_name, cmd_name), ("", ""))
+        if not target:
             return None
-        target, _ = self._lazy[cmd_name]
         module, _, attr = target.partition(":")
         command = getattr(importlib.import_module(module), attr)
         assert isinstance(command, click.Command)
@@ -115,19 +89,25 @@ class LazyGroup(click.Group):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Config file (default ~/.config/rbee/config.toml, or $RBEE_CONFIG).",
 )
-@click.option("--queen", "queen_url", metavar="URL", help="The queen's URL (default from config).")
+@queen_option("The queen's URL, for the command that follows (default keeper.queen_url).")
+@token_option("The API token, for the command that follows (default keeper.token).")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, config_path: Path | None, queen_url: str | None) -> None:
+def cli(ctx: click.Context, verbose: int, config_path: Path | None) -> None:
     """rbee: run LLMs on the GPUs you have.
 
     Start the queen on one machine (`rbee queen`); it starts a hive on each host and workers on
     demand. Then send prompts from anywhere with `rbee infer`, or point any OpenAI client at the
     queen's /v1 API.
+
+    --queen and --token may come before the command or after it (`rbee --queen URL infer ...` or
+    `rbee infer --queen URL ...`); a command that takes no such option refuses it.
     """
     from rbee import log
 
     log.configure(verbose)
-    ctx.obj = Context(config_path=config_path, verbose=verbose, queen_url=queen_url)
+    shared = ctx.ensure_object(Context)
+    shared.config_path = config_path
+    shared.verbose = verbose
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -147,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="rbee", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:
+        # A group given no command: its help is the answer, not a usage error.
         click.echo(err.ctx.get_help() if err.ctx else str(err))
-        sys.exit(2)
+        sys.exit(0)
     except click.UsageError as err:
         hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
         _fail(f"{err.format_message()}{hint}", 2)

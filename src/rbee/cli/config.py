@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from rbee import config as config_mod
-from rbee.cli import Context, json_option, pass_context
-from rbee.keeper.output import emit_json
+from rbee.cli.common import Context, Group, json_option, pass_context
+from rbee.cli.output import emit_json
 
 __all__ = ["config"]
 
 
-@click.group()
+@click.group(cls=Group)
 def config() -> None:
     """Show or change settings in the config file.
 

@@ -1,4 +1,4 @@
-"""How keeper commands print: aligned tables for people, ``--json`` for programs."""
+"""How commands print: aligned tables for people, ``--json`` for programs."""
 
 from __future__ import annotations
 

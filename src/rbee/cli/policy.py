@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from rbee.cli import Context, json_option, pass_context
+from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
+from rbee.cli.output import emit_json
+from rbee.decisions import kind_target
 from rbee.errors import NotFoundError, PolicyError
-from rbee.keeper.api import client_for
-from rbee.keeper.output import emit_json
 from rbee.policy import load_file
 from rbee.policy.cases import describe, load_cases, run_case, summary
 from rbee.wire.queen import DecisionRecord
@@ -24,7 +24,7 @@ __all__ = ["policy"]
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group()
+@click.group(cls=Group)
 def policy() -> None:
     """Check, test, explain and replay scheduling policies.
 
@@ -72,7 +72,7 @@ def test_cmd(file: Path, cases: Path, verbose: bool, as_json: bool) -> None:
 
 
 def _decisions(ctx: Context, last: int, job_id: str | None = None) -> list[DecisionRecord]:
-    with client_for(ctx, None) as queen:
+    with ctx.client() as queen:
         return queen.decisions(last, job_id)
 
 
@@ -83,6 +83,7 @@ def _target(record: DecisionRecord) -> str:
 @policy.command("explain")
 @click.argument("job_id")
 @json_option
+@queen_options
 @pass_context
 def explain_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
     """Show how the queen placed JOB_ID: the policy, the decision and every step behind it."""
@@ -120,6 +121,7 @@ def explain_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
     help="How many of the latest decisions to replay.",
 )
 @json_option
+@queen_options
 @pass_context
 def replay_cmd(ctx: Context, file: Path, last: int, as_json: bool) -> None:
     """Re-run the queen's last decisions with FILE and show where it would choose differently."""
@@ -129,8 +131,7 @@ def replay_cmd(ctx: Context, file: Path, last: int, as_json: bool) -> None:
     for record in records:
         try:
             decision = compiled.schedule(record.job, record.snapshot)
-            kind = type(decision).__name__.lower()
-            target = getattr(decision, "worker_id", None) or getattr(decision, "hive", None)
+            kind, target = kind_target(decision)
             now, error = (f"{kind} {target}" if target else kind), None
         except PolicyError as err:
             now, error = "error", str(err).splitlines()[0]

@@ -1,4 +1,4 @@
-"""``rbee worker``: the daemon's flags and their errors, without loading anything heavy."""
+"""``rbee worker daemon``: the daemon's flags and their errors, without loading anything heavy."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from pathlib import Path
 
 import pytest
 
-
-def rbee(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rbee", *args], capture_output=True, text=True, check=False
-    )
+from tests.helpers import listed_commands, run_rbee
 
 
-def test_help_lists_the_worker_command() -> None:
-    result = rbee("--help")
+def test_the_worker_group_lists_the_daemon_and_the_management_commands() -> None:
+    result = run_rbee("worker", "--help")
     assert result.returncode == 0
-    assert "worker" in result.stdout
+    assert listed_commands(result.stdout) == ["daemon", "list", "retire", "spawn"]
 
 
-def test_worker_help_shows_the_daemon_flags() -> None:
-    result = rbee("worker", "--help")
+def test_daemon_help_shows_the_daemon_flags() -> None:
+    result = run_rbee("worker", "daemon", "--help")
     assert result.returncode == 0
     for flag in ("--model", "--device", "--port", "--slots", "--threads", "--precision"):
         assert flag in result.stdout
@@ -40,7 +36,7 @@ def test_worker_help_shows_the_daemon_flags() -> None:
     ],
 )
 def test_bad_flags_are_one_line_usage_errors(args: tuple[str, ...], expected: str) -> None:
-    result = rbee("worker", *args)
+    result = run_rbee("worker", "daemon", *args)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert result.stderr.startswith("rbee: error: ")
@@ -48,7 +44,9 @@ def test_bad_flags_are_one_line_usage_errors(args: tuple[str, ...], expected: st
 
 
 def test_a_missing_model_fails_after_binding_with_one_line(tmp_path: Path) -> None:
-    result = rbee("worker", "--model", "not-there", "--models-dir", str(tmp_path), "--port", "0")
+    result = run_rbee(
+        "worker", "daemon", "--model", "not-there", "--models-dir", str(tmp_path), "--port", "0"
+    )
     assert result.returncode == 1
     assert result.stdout.startswith("rbee worker listening on http://127.0.0.1:")
     assert result.stderr.startswith("rbee: error: ")
@@ -58,7 +56,7 @@ def test_a_missing_model_fails_after_binding_with_one_line(tmp_path: Path) -> No
 
 def test_the_command_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, rbee.worker.cli; "
+        "import sys, rbee.cli.worker; "
         "heavy = [m for m in ('numpy', 'onnxruntime', 'trio', 'quart') if m in sys.modules]; "
         "print(heavy)"
     )
@@ -71,7 +69,7 @@ def test_a_port_in_use_is_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = rbee("worker", "--model", "m", "--port", str(port))
+        result = run_rbee("worker", "daemon", "--model", "m", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.startswith(f"rbee: error: cannot listen on 127.0.0.1:{port}: ")
     assert "in use" in result.stderr

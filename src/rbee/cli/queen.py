@@ -8,7 +8,7 @@ import sys
 import click
 import trio
 
-from rbee.cli import Context, pass_context
+from rbee.cli.common import Context, pass_context, token_option
 from rbee.config import QueenConfig, override
 from rbee.errors import RbeeError
 
@@ -32,7 +32,9 @@ __all__ = ["queen"]
     default=None,
     help="Platform mode: never reload the policy file.",
 )
-@click.option("--token", help="API token clients must send as 'Authorization: Bearer <token>'.")
+@token_option(
+    "API token clients must send as 'Authorization: Bearer <token>' (default queen.token)."
+)
 @click.option(
     "--local-hive/--no-local-hive",
     default=None,
@@ -57,7 +59,6 @@ def queen(
     db: str | None,
     policy: str | None,
     policy_locked: bool | None,
-    token: str | None,
     local_hive: bool | None,
     models_dir: str | None,
     keep_alive_s: float | None,
@@ -70,7 +71,7 @@ def queen(
     SIGTERM: no new jobs, running ones get queen.drain_grace_s to finish, waiting ones stay queued
     in the database for the next start; then the local hive stops its workers.
     """
-    from rbee.hive.supervisor import rbee_command
+    from rbee.process import rbee_command
     from rbee.queen.daemon import check_exposure, first_of, run_queen
     from rbee.queen.scheduler import make_scheduler
 
@@ -81,7 +82,7 @@ def queen(
         db=db,
         policy=policy,
         policy_locked=policy_locked,
-        token=token,
+        token=ctx.token,
         local_hive=local_hive,
         models_dir=models_dir,
         keep_alive_s=keep_alive_s,

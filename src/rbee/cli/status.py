@@ -1,4 +1,4 @@
-"""``rbee status``: the queen's workers with their telemetry, its queue, and recent errors."""
+"""``rbee status``: the queen's workers and their telemetry, its queue, policy and recent errors."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import time
 
 import click
 
-from rbee.cli import Context, json_option, pass_context
-from rbee.keeper.api import client_for, token_option
-from rbee.keeper.output import emit_json, table, worker_row
+from rbee.cli.common import Context, json_option, pass_context, queen_options
+from rbee.cli.output import emit_json, table, worker_row
+from rbee.wire.queen import PolicyStatus
 
 __all__ = ["status"]
 
 
 @click.command()
 @json_option
-@token_option
+@queen_options
 @pass_context
-def status(ctx: Context, as_json: bool, token: str | None) -> None:
-    """Show workers, queue depth and recent errors."""
-    with client_for(ctx, token) as queen:
+def status(ctx: Context, as_json: bool) -> None:
+    """Show workers, queue depth, policy and recent errors."""
+    with ctx.client() as queen:
         report = queen.status()
     if as_json:
         emit_json(report)
@@ -49,6 +49,8 @@ def status(ctx: Context, as_json: bool, token: str | None) -> None:
         + (f", offline: {', '.join(offline)}" if offline else "")
         + ("; draining" if report.draining else "")
     )
+    if report.policy_file is not None:
+        click.echo(_policy_file(report.policy_file))
     if report.last_policy_error:
         click.echo(f"last policy error: {report.last_policy_error}")
     if report.recent_errors:
@@ -56,3 +58,11 @@ def status(ctx: Context, as_json: bool, token: str | None) -> None:
         for e in report.recent_errors[-10:]:
             when = time.strftime("%H:%M:%S", time.localtime(e.at))
             click.echo(f"  {when}  {e.what}: {e.message}")
+
+
+def _policy_file(file: PolicyStatus) -> str:
+    """One line on the policy file: where, since when, reloads, and why the last reload failed."""
+    loaded = time.strftime("%H:%M:%S", time.localtime(file.loaded_at))
+    mode = "locked" if file.locked else f"reloads: {file.reloads}"
+    line = f"policy file: {file.path} (loaded {loaded}, {mode})"
+    return line + (f"; reload failed: {file.reload_error}" if file.reload_error else "")

@@ -1,1 +1,0 @@
-"""The keeper: the CLI commands that talk to the queen's HTTP API (it never schedules, never SSHes)."""

@@ -1,0 +1,220 @@
+"""A typed client of the queen's API (`rbee.wire.queen`), for the keeper CLI and scripts.
+
+Synchronous: the keeper does one thing at a time. It covers jobs (``POST /v1/jobs`` and their
+stream, records, cancel), status, the decision log and the cluster routes (hives, their workers and
+models), which the queen forwards to the right hive: the keeper never talks to a hive itself.
+Transport failures become `ConnectError` ("cannot reach the queen at URL: is it running?"), error
+answers `ApiError` / `NotFoundError` with the queen's message, a failed job `InferenceError` and a
+failed pull `ModelError`, so every caller fails with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from rbee import sse, wire
+from rbee.client import auth_headers, check, translate_errors
+from rbee.errors import InferenceError, ModelError
+from rbee.wire.hive import ModelInfo, ModelList, ModelRemoved, PullEvent, WorkerRetired
+from rbee.wire.queen import (
+    DecisionList,
+    DecisionRecord,
+    HiveEntry,
+    HiveList,
+    JobInfo,
+    JobList,
+    JobRequest,
+    ModelPullRequest,
+    QueenStatus,
+    WorkerEntry,
+    WorkerEntryList,
+    WorkerSpawn,
+    WorkerStatus,
+)
+from rbee.wire.worker import Finished, StreamEvent, Token, stream_event_decoder
+
+__all__ = ["LONG_TIMEOUT_S", "QueenClient"]
+
+T = TypeVar("T")
+
+# A spawn that waits for a model to load, a retire that waits out a worker's grace period.
+LONG_TIMEOUT_S = 300.0
+
+_pull_events = msgspec.json.Decoder(PullEvent)
+
+
+class QueenClient:
+    """The queen at ``url``, over one connection pool; use it as a context manager."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str = "",
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=auth_headers(token),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __enter__(self) -> QueenClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, what: str, type_: type[T], **kwargs: Any) -> T:
+        with translate_errors("queen", self.url):
+            response = check(self._http.request(method, path, **kwargs), what)
+        return wire.decode(response.content, type_, what="answer from the queen")
+
+    @contextlib.contextmanager
+    def _stream(
+        self, path: str, what: str, body: bytes, read_s: float | None
+    ) -> Iterator[tuple[str, Iterator[str]]]:
+        """POST ``body`` to ``path``: the answer's job id header and its SSE ``data`` payloads."""
+        with (
+            translate_errors("queen", self.url),
+            self._http.stream(
+                "POST",
+                path,
+                content=body,
+                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                timeout=httpx.Timeout(self._http.timeout.connect, read=read_s),
+            ) as response,
+        ):
+            if not response.is_success:
+                response.read()
+                check(response, what)
+            data = (
+                line[5:].removeprefix(" ")
+                for line in response.iter_lines()
+                if line.startswith("data:")
+            )
+            yield response.headers.get(sse.JOB_ID_HEADER, "?"), data
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def run(self, job: JobRequest) -> Iterator[str | Token | Finished]:
+        """Submit ``job`` and follow it in one call: its id, then its tokens, then `Finished`.
+
+        Raises `InferenceError` if the job fails or is cancelled.
+        """
+        decoder: msgspec.json.Decoder[StreamEvent] = stream_event_decoder()
+        with self._stream("/v1/jobs", "submitting the job", wire.encode(job), None) as (
+            job_id,
+            events,
+        ):
+            yield job_id
+            for data in events:
+                if data == sse.DONE:
+                    return
+                if data == sse.CANCELLED:
+                    raise InferenceError(f"job {job_id} was cancelled")
+                if data.startswith(sse.ERROR_PREFIX):
+                    message = data.removeprefix(sse.ERROR_PREFIX).strip()
+                    raise InferenceError(f"job {job_id} failed: {message}")
+                event = decoder.decode(data)
+                if isinstance(event, Token | Finished):
+                    yield event
+        raise InferenceError(f"the queen ended the stream of job {job_id} early")
+
+    def job(self, job_id: str) -> JobInfo:
+        return self._call("GET", f"/v1/jobs/{job_id}", f"job {job_id}", JobInfo)
+
+    def jobs(self, state: str | None = None, limit: int = 50) -> list[JobInfo]:
+        params: dict[str, str | int] = {"limit": limit}
+        if state is not None:
+            params["state"] = state
+        return self._call("GET", "/v1/jobs", "listing jobs", JobList, params=params).jobs
+
+    def cancel(self, job_id: str) -> JobInfo:
+        return self._call("DELETE", f"/v1/jobs/{job_id}", f"cancelling job {job_id}", JobInfo)
+
+    # --- status and the decision log -----------------------------------------------------------
+
+    def status(self) -> QueenStatus:
+        return self._call("GET", "/v1/status", "asking the queen's status", QueenStatus)
+
+    def decisions(self, last: int, job_id: str | None = None) -> list[DecisionRecord]:
+        """The last ``last`` scheduling decisions (of one job, with ``job_id``), oldest first."""
+        params: dict[str, str | int] = {"last": last}
+        if job_id is not None:
+            params["job_id"] = job_id
+        return self._call(
+            "GET", "/v1/decisions", "reading the decision log", DecisionList, params=params
+        ).decisions
+
+    # --- the cluster: hives, their workers and models ------------------------------------------
+
+    def hives(self) -> list[HiveEntry]:
+        return self._call("GET", "/v1/hives", "listing hives", HiveList).hives
+
+    def workers(self) -> list[WorkerEntry]:
+        return self._call("GET", "/v1/workers", "listing workers", WorkerEntryList).workers
+
+    def spawn(self, request: WorkerSpawn) -> WorkerStatus:
+        return self._call(
+            "POST",
+            "/v1/workers",
+            f"spawning a worker on hive {request.hive}",
+            WorkerStatus,
+            content=wire.encode(request),
+            headers={"Content-Type": "application/json"},
+            timeout=LONG_TIMEOUT_S,
+        )
+
+    def retire(self, worker_id: str) -> WorkerRetired:
+        return self._call(
+            "DELETE",
+            f"/v1/workers/{worker_id}",
+            f"retiring worker {worker_id}",
+            WorkerRetired,
+            timeout=LONG_TIMEOUT_S,
+        )
+
+    def models(self, hive: str) -> list[ModelInfo]:
+        return self._call(
+            "GET", f"/v1/hives/{hive}/models", f"listing models on hive {hive}", ModelList
+        ).models
+
+    def remove_model(self, hive: str, model: str) -> ModelRemoved:
+        return self._call(
+            "DELETE",
+            f"/v1/hives/{hive}/models/{model}",
+            f"removing model {model} from hive {hive}",
+            ModelRemoved,
+        )
+
+    def pull(self, hive: str, model: str) -> Iterator[PullEvent]:
+        """The hive's progress while it pulls ``model`` from the queen's store."""
+        what = f"pulling {model} onto hive {hive}"
+        body = wire.encode(ModelPullRequest(model=model))
+        outcome: str | None = None
+        path = f"/v1/hives/{hive}/models/pull"
+        with self._stream(path, what, body, LONG_TIMEOUT_S) as (_, events):
+            for data in events:
+                if sse.is_terminal(data):
+                    outcome = data
+                    break
+                yield _pull_events.decode(data)
+        if outcome == sse.DONE:
+            return
+        if outcome is None:
+            raise ModelError(f"{what}: the queen ended the stream without a result")
+        raise ModelError(f"{what}: {outcome.removeprefix(sse.ERROR_PREFIX).strip()}")
