@@ -148,8 +148,8 @@ def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
     assert info["abis"] == [f"cp{major}{minor}" for major, minor in pythons.SUPPORTED]
     assert len(set(contents)) == len(contents)
     # Pure Python is stored once: every interpreter reads rbee from the same entry.
-    assert {listing["rbee/cli.py"] for listing in listings.values()} == {
-        "site-packages/rbee/cli.py"
+    assert {listing["rbee/pythons.py"] for listing in listings.values()} == {
+        "site-packages/rbee/pythons.py"
     }
     for abi, listing in listings.items():
         assert f"onnxruntime/capi/onnxruntime_pybind11_state.{tag(abi, 'x86_64')}.so" in listing
