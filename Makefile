@@ -39,10 +39,10 @@ pytest: $(VENV)/.installed
 
 test: lint typecheck pytest
 
-rbee.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') shiv.toml
+rbee.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') build/*.py build/pyz.toml
 	$(PY) build/build.py --output $@
 
-rbee-full.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') shiv.toml
+rbee-full.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark') build/*.py build/pyz.toml
 	$(PY) build/build.py --flavour full --output $@
 
 build: rbee.pyz
@@ -53,4 +53,4 @@ demo: rbee.pyz
 	scripts/demo.sh $(if $(PROMPT),"$(PROMPT)")
 
 clean:
-	rm -rf $(VENV) rbee.pyz rbee-full.pyz rbee-cuda.pyz .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) rbee.pyz rbee-full.pyz rbee-cuda-cp3*.pyz rbee-aarch64.pyz .mypy_cache .pytest_cache .ruff_cache

@@ -1,100 +1,253 @@
-"""The zipapp: built by build/build.py, answering on its own in another directory."""
+"""The zipapp: built by build/build.py, answering under every supported CPython.
+
+``rbee.pyz`` (the session fixture ``pyz``, built once) carries the packages of CPython 3.10 to 3.13;
+each test that runs it does so under each of those interpreters found on this machine (pyenv's, or
+on ``PATH``) and is skipped, saying which, for one that is missing.
+"""
 
 from __future__ import annotations
 
-import glob
+import contextlib
+import hashlib
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
 
-from rbee import __version__
+from rbee import __version__, pythons
 from rbee.models.importer import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
+PYENV = Path("/root/.pyenv/versions")
+# Where each interpreter is looked for when ``python3.X`` is not on PATH.
+PYENV_PYTHONS = {
+    "3.9": PYENV / "3.9.18/bin/python3.9",
+    "3.10": PYENV / "3.10.13/bin/python3.10",
+    "3.12": PYENV / "3.12.1/bin/python3.12",
+    "3.13": PYENV / "3.13.0/bin/python3.13",
+}
+SUPPORTED = [f"{major}.{minor}" for major, minor in pythons.SUPPORTED]
+# The command line that starts a worker daemon, after the interpreter and the archive.
+WORKER_DAEMON = ("worker", "daemon")
+FIRST_START_S = 300  # unpacking and compiling one interpreter's packages on a busy machine
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 
 pytestmark = pytest.mark.slow
 
 
-def run(pyz: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def interpreter(version: str) -> str:
+    """A working ``python<version>``, or a skip that names the one missing."""
+    candidates = [PYENV_PYTHONS.get(version), shutil.which(f"python{version}")]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([str(candidate), "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return str(candidate)
+    pytest.skip(f"no Python {version} on this machine (looked for {PYENV_PYTHONS.get(version)})")
+
+
+@pytest.fixture(scope="session")
+def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The archives' unpack directory for this session, so that every run starts empty."""
+    return tmp_path_factory.mktemp("pyz-root")
+
+
+def run(
+    python: str, pyz: Path, *args: str, root: Path, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RBEE_PYZ_ROOT": str(root)}
     return subprocess.run(
-        [str(pyz), *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=120
+        [python, str(pyz), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        check=False,
+        timeout=FIRST_START_S,
     )
 
 
-def test_pyz_copied_alone_answers_version_and_help(pyz: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_pyz_answers_version_and_help_under_each_python(
+    version: str, pyz: Path, unpacked: Path, tmp_path: Path
+) -> None:
+    python = interpreter(version)
+    answered = run(python, pyz, "--version", root=unpacked, cwd=tmp_path)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip() == f"rbee {__version__}"
+    helped = run(python, pyz, "--help", root=unpacked, cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "policy" in helped.stdout
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_policy_check_runs_under_each_python(version: str, pyz: Path, unpacked: Path) -> None:
+    example = ROOT / "policies" / "least_loaded.rhai"
+    checked = run(interpreter(version), pyz, "policy", "check", str(example), root=unpacked)
+    assert checked.returncode == 0, checked.stderr
+    bad = run(interpreter(version), pyz, "policy", "check", str(ROOT / "README.md"), root=unpacked)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("rbee: error:"), bad.stderr
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_a_worker_from_the_pyz_answers_a_prompt_under_each_python(
+    version: str, pyz: Path, unpacked: Path, model_store: Path
+) -> None:
+    command = [interpreter(version), str(pyz), *WORKER_DAEMON, "--model", DEFAULT_MODEL]
+    command += ["--models-dir", str(model_store), "--port", "0", "--slots", "1"]
+    env = {**os.environ, "RBEE_PYZ_ROOT": str(unpacked)}
+    with started(command, env) as url:
+        text = ask(url, "What is the capital of France? Answer in one word.")
+    assert "Paris" in text
+
+
+def test_python_39_gets_one_line_and_unpacks_nothing(pyz: Path, tmp_path: Path) -> None:
+    python = interpreter("3.9")
+    refused = run(python, pyz, "--version", root=tmp_path / "root")
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("rbee: error: rbee needs CPython 3.10, 3.11, 3.12 or 3.13;")
+    assert "Python 3.9." in refused.stderr
+    assert not (tmp_path / "root").exists()
+
+
+def test_pyz_shebang_asks_for_any_python3(pyz: Path) -> None:
+    first_line = pyz.read_bytes().split(b"\n", 1)[0]
+    assert first_line == b"#!/usr/bin/env python3"
+
+
+def test_pyz_copied_alone_runs_as_a_program(pyz: Path, unpacked: Path, tmp_path: Path) -> None:
     alone = tmp_path / "elsewhere" / "rbee.pyz"
     alone.parent.mkdir()
     shutil.copy2(pyz, alone)
-    version = run(alone, "--version", cwd=alone.parent)
-    assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() == f"rbee {__version__}"
-    helped = run(alone, "--help", cwd=alone.parent)
-    assert helped.returncode == 0, helped.stderr
-    assert "config" in helped.stdout
-
-
-def test_pyz_shebang_pins_python_311(pyz: Path) -> None:
-    first_line = pyz.read_bytes().split(b"\n", 1)[0]
-    assert first_line == b"#!/usr/bin/env python3.11"
-
-
-def _other_python() -> str | None:
-    """A working interpreter other than 3.11 (pyenv shims may name one that is not enabled)."""
-    candidates = [shutil.which(f"python3.{minor}") for minor in (12, 13, 10)]
-    candidates += sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.1[02]*/bin/python3")))
-    for candidate in filter(None, candidates):
-        probe = subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return candidate
-    return None
-
-
-def test_pyz_refuses_another_python_with_a_clear_message(pyz: Path, tmp_path: Path) -> None:
-    other = _other_python()
-    if other is None:
-        pytest.skip("no Python other than 3.11 on this machine to try the version check with")
-    result = subprocess.run(
-        [other, str(pyz), "--version"], capture_output=True, text=True, check=False, timeout=120
+    env = {**os.environ, "RBEE_PYZ_ROOT": str(unpacked)}
+    answered = subprocess.run(
+        [str(alone), "--version"], capture_output=True, text=True, env=env, check=False, timeout=300
     )
-    assert result.returncode == 1
-    assert "needs Python 3.11" in result.stderr
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.strip() == f"rbee {__version__}"
+
+
+def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
+    with zipfile.ZipFile(pyz) as zf:
+        info = json.loads(zf.read("rbee-pyz/build.json"))
+        listings = {abi: json.loads(zf.read(f"rbee-pyz/{abi}.json")) for abi in info["abis"]}
+        stored = [name for name in zf.namelist() if name.startswith("site-packages")]
+        contents = [hashlib.sha256(zf.read(name)).digest() for name in stored]
+    assert info["abis"] == [f"cp{major}{minor}" for major, minor in pythons.SUPPORTED]
+    assert len(set(contents)) == len(contents)
+    # Pure Python is stored once: every interpreter reads rbee from the same entry.
+    assert {listing["rbee/pythons.py"] for listing in listings.values()} == {
+        "site-packages/rbee/pythons.py"
+    }
+    for abi, listing in listings.items():
+        assert f"onnxruntime/capi/onnxruntime_pybind11_state.{tag(abi, 'x86_64')}.so" in listing
+    assert sum(map(len, listings.values())) > 2 * len(stored)
+
+
+def tag(abi: str, arch: str) -> str:
+    return f"cpython-{abi[2:]}-{arch}-linux-gnu"
+
+
+def test_the_aarch64_pyz_carries_arm_libraries_for_every_python(tmp_path: Path) -> None:
+    """Built for aarch64 it cannot run here: its contents are checked, and here it refuses."""
+    arm = tmp_path / "rbee-aarch64.pyz"
+    build(
+        [
+            sys.executable,
+            str(ROOT / "build" / "build.py"),
+            "--arch",
+            "aarch64",
+            "--output",
+            str(arm),
+        ]
+    )
+    with zipfile.ZipFile(arm) as zf:
+        info = json.loads(zf.read("rbee-pyz/build.json"))
+        assert info["machine"] == "aarch64"
+        for abi in info["abis"]:
+            listing = json.loads(zf.read(f"rbee-pyz/{abi}.json"))
+            for module in (
+                f"onnxruntime/capi/onnxruntime_pybind11_state.{tag(abi, 'aarch64')}.so",
+                f"numpy/_core/_multiarray_umath.{tag(abi, 'aarch64')}.so",
+            ):
+                header = zf.read(listing[module])[:20]
+                assert header[:4] == b"\x7fELF"
+                assert int.from_bytes(header[18:20], "little") == ELF_MACHINES["aarch64"]
+    refused = run(sys.executable, arm, "--version", root=tmp_path / "root")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "rbee: error: rbee-aarch64.pyz is built for aarch64 Linux; this is x86_64 linux "
+        "(build.py --arch builds for another machine)"
+    )
 
 
 def test_the_full_pyz_alone_answers_with_the_default_model(tmp_path: Path) -> None:
-    """``rbee-full.pyz`` carries the default model: copied alone, it imports and serves it."""
+    """``rbee-full.pyz`` carries the default model: copied alone, it imports and serves it.
+
+    Built for this interpreter only: the other interpreters are the universal file's tests.
+    """
     full = tmp_path / "elsewhere" / "rbee-full.pyz"
-    build = [sys.executable, str(ROOT / "build" / "build.py"), "--flavour", "full"]
-    subprocess.run([*build, "--output", str(full)], check=True, capture_output=True)
-    # A home of its own: shiv's extraction and the model store (its default place) start empty.
-    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
-    env["HOME"] = str(tmp_path / "home")
-    command = [str(full), "worker", "daemon", "--model", DEFAULT_MODEL, "--port", "0"]
-    command += ["--slots", "1"]
-    with subprocess.Popen(
-        command, cwd=full.parent, env=env, stdout=subprocess.PIPE, text=True
-    ) as worker:
-        try:
-            assert worker.stdout is not None
-            url = worker.stdout.readline().split()[-1]
-            assert url.startswith("http://127.0.0.1:"), url
-            assert worker.stdout.readline().startswith("rbee worker ready")
-            question = "What is the capital of France? Answer in one word."
-            body = {"messages": [{"role": "user", "content": question}], "temperature": 0}
-            headers = {"Accept": "text/event-stream"}
-            with httpx.stream(
-                "POST", f"{url}/v1/inference", json={**body, "max_tokens": 8}, headers=headers
-            ) as r:
-                text = "".join(
-                    json.loads(line[6:])["t"] for line in r.iter_lines() if '"token"' in line
-                )
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    build_py = [sys.executable, str(ROOT / "build" / "build.py"), "--flavour", "full"]
+    build([*build_py, "--python", version, "--output", str(full)])
+    # A home of its own: the unpacked archive and the model store start empty.
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("XDG_CACHE_HOME", None)
+    command = [sys.executable, str(full), *WORKER_DAEMON, "--model", DEFAULT_MODEL]
+    with started([*command, "--port", "0", "--slots", "1"], env, cwd=full.parent) as url:
+        text = ask(url, "What is the capital of France? Answer in one word.")
     assert "Paris" in text
     assert (tmp_path / "home" / ".cache" / "rbee" / "models" / DEFAULT_MODEL).is_dir()
+    assert (tmp_path / "home" / ".cache" / "rbee" / "pyz").is_dir()
+
+
+def build(command: list[str]) -> None:
+    built = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr
+
+
+def _lines(stream: IO[str], lines: queue.Queue[str]) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+
+
+@contextlib.contextmanager
+def started(command: list[str], env: dict[str, str], cwd: Path | None = None) -> Iterator[str]:
+    """A worker daemon from ``command``, ready; its URL. Stopped (SIGTERM, exit 0) afterwards."""
+    worker = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=_lines, args=(worker.stdout, lines), daemon=True)
+    reader.start()
+    try:
+        listening = lines.get(timeout=FIRST_START_S)
+        assert listening.startswith("rbee worker listening on http://127.0.0.1:"), listening
+        assert lines.get(timeout=FIRST_START_S).startswith("rbee worker ready")
+        yield listening.rsplit(" ", 1)[1]
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+        reader.join(timeout=5)
+        worker.stdout.close()
+
+
+def ask(url: str, question: str) -> str:
+    """The worker's greedy answer to ``question``, at most 8 tokens, read from its stream."""
+    body = {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 8}
+    headers = {"Accept": "text/event-stream"}
+    with httpx.stream("POST", f"{url}/v1/inference", json=body, headers=headers) as r:
+        assert r.status_code == 200, r.read()
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    return "".join(event["t"] for event in events if event["type"] == "token")

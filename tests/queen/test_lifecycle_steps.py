@@ -101,3 +101,21 @@ async def test_start_detaches_hands_the_token_on_stdin_and_stop_ends_it(
     assert await steps.stop(host, "h", grace_s=5) == "stopped"
     assert not await steps.running_pid(host, pid)
     assert await steps.stop(host, "h") == "none"
+
+
+def test_a_file_runs_on_the_pythons_its_listings_name(tmp_path: Path) -> None:
+    import sys
+    import zipfile
+
+    from rbee.queen.lifecycle.manager import file_pythons
+
+    universal = tmp_path / "rbee.pyz"
+    with zipfile.ZipFile(universal, "w") as zf:
+        for name in ("build", "cp313", "cp310", "cp312"):
+            zf.writestr(f"rbee-pyz/{name}.json", "{}")
+    assert file_pythons(universal) == ((3, 10), (3, 12), (3, 13))
+    bare = tmp_path / "old.pyz"
+    with zipfile.ZipFile(bare, "w") as zf:
+        zf.writestr("__main__.py", "")
+    assert file_pythons(bare) == (sys.version_info[:2],)
+    assert file_pythons(None) == (sys.version_info[:2],)

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from rbee import __version__
+from rbee import __version__, pythons
 from rbee.cli.common import Context, Group, queen_option, token_option
 from rbee.errors import RbeeError
 
@@ -116,13 +116,8 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _check_python() -> None:
-    if sys.version_info[:2] != (3, 11):
-        found = ".".join(map(str, sys.version_info[:3]))
-        _fail(
-            f"rbee needs Python 3.11 (its native libraries are built for it); this is Python "
-            f"{found} at {sys.executable}. Install python3.11 or run it as 'python3.11 rbee.pyz'.",
-            1,
-        )
+    if not pythons.is_supported(sys.version_info):
+        _fail(pythons.refusal(f"Python {sys.version.split()[0]}", sys.executable), 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,9 @@ from rbee.cli.common import Context, pass_context, token_option
 from rbee.config import QueenConfig, override
 from rbee.errors import RbeeError
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = ["queen"]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import tomllib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +22,11 @@ import tomli_w
 
 from rbee.errors import ModelError, ModelNotFoundError, UsageError
 from rbee.wire.hive import FileEntry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 __all__ = ["MANIFEST", "Manifest", "ModelStore", "sha256_file", "validate_name"]
 

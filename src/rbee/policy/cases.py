@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ import msgspec
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
 from rbee.errors import PolicyError, UsageError
 from rbee.wire.queen import DecisionKind, HiveView, JobView, Snapshot, WorkerView
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 __all__ = ["Case", "CaseResult", "Expect", "describe", "load_cases", "run_case", "summary"]
 

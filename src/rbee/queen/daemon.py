@@ -10,6 +10,7 @@ queen stops serving.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +34,9 @@ from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
 from rbee.ssh import KnownHosts
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
 

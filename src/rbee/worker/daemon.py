@@ -27,6 +27,9 @@ from rbee.worker.app import WorkerState, create_worker_app
 from rbee.worker.interfaces import EngineLike, TokenizerLike
 from rbee.worker.scheduler import Scheduler
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = ["load_model", "run_worker"]
 
 log = logging.getLogger(__name__)
@@ -100,8 +103,10 @@ async def run_worker(
         url = ""
         try:
             url = await nursery.start(serve_then_stop)
-        except* OSError as group:
-            failure = RbeeError(f"cannot listen on {config.host}:{config.port}: {_leaf(group)}")
+        except (OSError, BaseExceptionGroup) as err:
+            if not isinstance(cause := _leaf(err), OSError):
+                raise
+            failure = RbeeError(f"cannot listen on {config.host}:{config.port}: {cause}")
         if failure is None:
             print(f"rbee worker listening on {url}", file=out, flush=True)
             failure = await _load(state, model, config, models_dir, nursery)

@@ -52,7 +52,7 @@ from rbee.wire.hosts import (
     PushProgress,
 )
 
-__all__ = ["HIVE_PORT", "REATTACH_INTERVALS", "HostHives", "own_file"]
+__all__ = ["HIVE_PORT", "REATTACH_INTERVALS", "HostHives", "file_pythons", "own_file"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,21 @@ def own_file() -> Path | None:
     if argv0 is not None and argv0.is_file() and zipfile.is_zipfile(argv0):
         return argv0.resolve()
     return None
+
+
+def file_pythons(file: Path | None) -> tuple[tuple[int, int], ...]:
+    """The CPython versions ``file`` carries packages for (its ``rbee-pyz/cp3X.json`` listings).
+
+    A file without listings (or no file) runs only on the queen's own version.
+    """
+    found: list[tuple[int, int]] = []
+    if file is not None and zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as zf:
+            for name in zf.namelist():
+                tag = name.removeprefix("rbee-pyz/cp").removesuffix(".json")
+                if name.startswith("rbee-pyz/cp3") and tag.isdigit():
+                    found.append((3, int(tag[1:])))
+    return tuple(sorted(found)) or (sys.version_info[:2],)
 
 
 @dataclasses.dataclass
@@ -91,7 +106,8 @@ class HostHives:
     """Registered hives and their lifecycle, for the queen's routes and its start-up.
 
     ``file`` is what gets pushed (the queen's own ``rbee.pyz``; None when the queen does not run
-    from one, and then no hive can be started). ``accepts`` are the Python versions it runs on.
+    from one, and then no hive can be started). ``accepts`` are the Python versions it runs on (default: those
+    its listings name, `file_pythons`).
     ``queen_host`` / ``queen_port`` are where the queen listens; the hives get its ``token``.
     """
 
@@ -105,7 +121,7 @@ class HostHives:
         token: str,
         queen_host: str,
         heartbeat_interval_s: float = 1.0,
-        accepts: tuple[tuple[int, int], ...] = (sys.version_info[:2],),
+        accepts: tuple[tuple[int, int], ...] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self.dispatcher = dispatcher
@@ -116,7 +132,7 @@ class HostHives:
         self.queen_host = queen_host
         self.queen_port = 0
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.accepts = accepts
+        self.accepts = accepts if accepts is not None else file_pythons(file)
         self.start_timeout_s = start_timeout_s
         self._file_info: _FileInfo | None = None
         self._nursery: trio.Nursery | None = None
