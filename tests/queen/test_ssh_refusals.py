@@ -69,7 +69,7 @@ async def test_a_python_the_file_does_not_run_on_is_refused(
         await q.trust("gpu1", host)
         message = await _refusal(q, "gpu1")
         assert f"--python {fake} is Python 3.9 there" in message
-        assert "needs Python 3.11" in message
+        assert "needs Python 3.10, 3.11, 3.12 or 3.13" in message
     assert not (host.home / RBEE_DIR / "bin").exists() or not any(
         (host.home / RBEE_DIR / "bin").iterdir()
     )

@@ -236,7 +236,8 @@ def choose_python(
     facts: HostFacts, python: str, accepts: Collection[tuple[int, int]]
 ) -> tuple[str, str]:
     """The interpreter to run the file with, and its version; `ApiError` when there is none."""
-    wanted = " or ".join(_version(v) for v in sorted(accepts))
+    names = [_version(v) for v in sorted(accepts)]
+    wanted = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     usable = [(path, v) for path, v in facts.pythons if v in accepts and is_supported(v)]
     if usable:
         return usable[0][0], _version(usable[0][1])
@@ -249,7 +250,7 @@ def choose_python(
             else f"--python {python} does not run there: give the path of a Python {wanted}"
         )
     return "", (
-        f"no Python {wanted} there (found: {found}): install python{wanted.split(' ')[0]} or "
+        f"no Python {wanted} there (found: {found}): install python{names[-1]} or "
         "pass --python PATH"
     )
 
