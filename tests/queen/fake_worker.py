@@ -156,10 +156,13 @@ def heartbeat(
     )
 
 
-async def register(queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus) -> None:
-    """Announce ``workers`` (all on ``hive``) to the queen."""
+async def register(
+    queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus, token: str = ""
+) -> None:
+    """Announce ``workers`` (all on ``hive``) to the queen (with ``token``, when it needs one)."""
     statuses = [w.status() if isinstance(w, FakeWorker) else w for w in workers]
-    async with httpx.AsyncClient() as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(headers=headers) as client:
         response = await client.post(
             f"{queen_url}/v1/heartbeat", content=wire.encode(heartbeat(hive, statuses))
         )

@@ -10,6 +10,7 @@ queen stops serving.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -17,21 +18,23 @@ from typing import TypeVar
 import httpx
 import trio
 
-from rbee.config import QueenConfig, default_data_dir
+from rbee.config import QueenConfig
 from rbee.decisions import Scheduler
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
 from rbee.queen import cluster_api, fast_routes
 from rbee.queen.app import build_app
-from rbee.queen.db import open_db
+from rbee.queen.auth import Gate
+from rbee.queen.db import db_path, open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
+from rbee.queen.keys import KeyStore, load_secret, secret_path
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
 
-__all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
+__all__ = ["check_exposure", "first_of", "make_gate", "run_queen"]
 
 # After the drain every job stream has ended; what is left are idle keep-alive connections.
 CLOSE_GRACE_S = 1.0
@@ -40,9 +43,15 @@ HIVE_CALL_TIMEOUT_S = 10.0
 POLICY_CHECK_INTERVAL_S = 1.0
 
 
-def db_path(config: QueenConfig) -> Path:
-    """The database file: ``queen.db`` / ``--db``, else ``queen.db`` in the data directory."""
-    return Path(config.db).expanduser() if config.db else default_data_dir() / "queen.db"
+def make_gate(config: QueenConfig, conn: sqlite3.Connection) -> Gate:
+    """The queen's `Gate`: its keys, the cluster secret (made on the first start), its mode."""
+    return Gate(
+        KeyStore(conn),
+        load_secret(secret_path(config)),
+        token=config.token,
+        loopback_keyless=config.loopback_keyless,
+        platform=config.platform,
+    )
 
 
 def check_exposure(config: QueenConfig) -> None:
@@ -106,14 +115,17 @@ async def run_queen(
     """
     check_exposure(config)
     conn = open_db(db_path(config))
+    gate = make_gate(config, conn)
     control = httpx.AsyncClient(timeout=httpx.Timeout(HIVE_CALL_TIMEOUT_S))
     # Spawns that wait for a model to load and pull streams: bounded per read, not in total.
     transfer = httpx.AsyncClient(timeout=httpx.Timeout(config.spawn_timeout_s, connect=5.0))
     try:
-        scheduler = scheduler or make_scheduler(config.policy, locked=config.policy_locked)
+        locked = config.policy_locked or config.platform
+        scheduler = scheduler or make_scheduler(config.policy, locked=locked)
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
-        app = build_app(dispatcher, config.token)
-        fast_routes.install(app, dispatcher, config.token)
+        dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.by_hash.values())
+        app = build_app(dispatcher, gate)
+        fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
         if provision and provisioner is None:
             dispatcher.provisioner = hives

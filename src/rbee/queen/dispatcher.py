@@ -34,8 +34,10 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from typing import Literal, Protocol
 
+import msgspec
 import trio
 
 from rbee import __version__, sse, wire
@@ -57,6 +59,7 @@ from rbee.wire.queen import (
     QueenStatus,
     RecentError,
     Snapshot,
+    TenantView,
     WorkerExited,
 )
 
@@ -122,6 +125,8 @@ class Dispatcher:
         self._lost: dict[str, str] = {}
         # Hives started by the queen that have not reported yet: name -> (deadline, bound in s).
         self._expected: dict[str, tuple[float, float]] = {}
+        # The tenants and their quota use that policies see (`rbee.queen.auth` sets it).
+        self.tenants: Callable[[], tuple[TenantView, ...]] = tuple
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class Dispatcher:
                 deadline=deadline,
                 attempts=stored.attempts,
                 readmitted=True,
+                tenant=stored.tenant,
             )
             job.worker_body = wire.encode(stored.request.to_worker())
             self.jobs[job.id] = job
@@ -227,9 +233,9 @@ class Dispatcher:
 
     # --- admission -------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Admit a job; raise `ModelNotFoundError`, `NoWorkerError`, `QueueFullError`, or a 503
-        while draining."""
+    def submit(self, request: JobRequest, tenant: str = "") -> Job:
+        """Admit a job of ``tenant``; raise `ModelNotFoundError`, `NoWorkerError`,
+        `QueueFullError`, or a 503 while draining."""
         if self.draining:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
@@ -243,11 +249,12 @@ class Dispatcher:
             created_at=time.time(),
             admitted_at=t,
             deadline=None if request.deadline_s is None else t + request.deadline_s,
+            tenant=tenant,
         )
         job.worker_body = wire.encode(request.to_worker())
         deadline_at = None if request.deadline_s is None else job.created_at + request.deadline_s
         with self.records.held():
-            self.records.insert(job.id, job.seq, request, job.created_at, deadline_at)
+            self.records.insert(job.id, job.seq, request, job.created_at, deadline_at, tenant)
             self.jobs[job.id] = job
             self.queue.push(job)
             self.pump()
@@ -341,6 +348,7 @@ class Dispatcher:
 
     def _decide(self, job: Job) -> Decision:
         snapshot = self.registry.snapshot()
+        tenants = self.tenants()
         if job.tried:
             others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
             if others:
@@ -348,6 +356,8 @@ class Dispatcher:
                     workers=tuple(w for w in snapshot.workers if w.id not in job.tried),
                     hives=snapshot.hives,
                 )
+        if tenants:
+            snapshot = msgspec.structs.replace(snapshot, tenants=tenants)
         view = job.view()
         policy = self.scheduler.name
         error: str | None = None
@@ -594,6 +604,9 @@ class Dispatcher:
             self.metrics.tokens.inc(outcome.tokens_out)
         self.records.update(job.id, **fields)
         self.metrics.jobs.inc(state=state)
+        if job.on_end is not None:
+            job.on_end(None if outcome is None else outcome.tokens_in + outcome.tokens_out)
+            job.on_end = None
         job.done.set()
         self._finished.append(job.id)
         while len(self._finished) > FINISHED_KEPT:

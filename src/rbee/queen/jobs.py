@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import trio
 
@@ -75,6 +75,8 @@ class Job:
     created_at: float
     admitted_at: float
     deadline: float | None = None
+    # The tenant of the key that sent it ("" without a key).
+    tenant: str = ""
     state: JobState = "queued"
     attempts: int = 0
     tried: set[str] = dataclasses.field(default_factory=set)
@@ -95,6 +97,8 @@ class Job:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     # Set once its attempt has sent the request to the worker (or failed to).
     sent: trio.Event = dataclasses.field(default_factory=trio.Event)
+    # Called once as it ends, with the tokens it used (prompt plus completion; None if unknown).
+    on_end: Callable[[int | None], None] | None = None
 
     @property
     def model(self) -> str:
@@ -110,6 +114,7 @@ class Job:
             priority=r.priority,
             prompt_tokens=chars // 4,
             max_tokens=r.max_tokens,
+            tenant=self.tenant,
             labels=r.labels,
         )
 
