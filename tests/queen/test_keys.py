@@ -112,6 +112,11 @@ async def test_platform_mode_needs_a_key_from_loopback_too(
     job_id = answer.headers["rbee-job-id"]
     info = (await http.get(f"{platform.url}/v1/jobs/{job_id}", headers=bearer(key))).json()
     assert info["tenant"] == "carol"
+    # The policy saw the job as the tenant's.
+    decisions = await http.get(
+        f"{platform.url}/v1/decisions", params={"job_id": job_id}, headers=bearer(secret(platform))
+    )
+    assert [d["job"]["tenant"] for d in decisions.json()["decisions"]] == ["carol"]
 
 
 async def test_a_key_may_not_manage_keys_or_the_cluster(
