@@ -441,7 +441,7 @@ class Dispatcher:
     # --- attempts --------------------------------------------------------------------------
 
     def _start(self, job: Job, worker_id: str, url: str) -> None:
-        self.queue.remove(job.id)
+        self.queue.take(job.id)
         self.registry.acquire(worker_id)
         job.state = "running"
         job.attempts += 1
