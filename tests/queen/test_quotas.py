@@ -17,8 +17,10 @@ import trio.testing
 
 from rbee.config import QueenConfig
 from rbee.errors import QuotaError, UsageError
-from rbee.queen.keys import KeyRecord
+from rbee.queen.db import open_db
+from rbee.queen.keys import KeyRecord, KeyStore
 from rbee.queen.quotas import WINDOW_S, Quotas
+from rbee.wire.queen import KeyCreate
 from tests.queen.conftest import QueenHandle, start_queen
 from tests.queen.fake_worker import FakeWorker, register
 from tests.queen.test_keys import bearer, create_key, secret
@@ -90,12 +92,27 @@ async def test_concurrent_jobs_and_tenant_sums(autojump_clock: trio.abc.Clock) -
         quotas.admit(one, 5)
     assert busy.value.retry_after == 1
     quotas.admit(two, 7)
-    (acme,) = quotas.tenants([one, two])
-    # b has no rpm: the tenant's requests are unlimited.
+    (acme, idle) = quotas.tenants({"acme": (0, 0, 3), "idle": (5, 0, 0)})
     assert (acme.requests, acme.tokens, acme.concurrent) == (2, 12, 2)
     assert (acme.rpm, acme.tpm, acme.max_concurrent) == (0, 0, 3)
+    assert (idle.name, idle.requests, idle.rpm) == ("idle", 0, 5)
     ticket.end(None)
     quotas.admit(one, 5)
+    await trio.sleep(WINDOW_S)
+    # A new minute: the requests are gone, the jobs still running are not.
+    (acme,) = quotas.tenants({})
+    assert (acme.requests, acme.tokens, acme.concurrent) == (0, 0, 2)
+
+
+def test_a_tenants_limits_are_its_keys_summed() -> None:
+    store = KeyStore(open_db(":memory:"))
+    store.create(KeyCreate(name="a", tenant="acme", rpm=10, tpm=100, concurrent=1))
+    store.create(KeyCreate(name="b", tenant="acme", rpm=5, concurrent=2))
+    store.create(KeyCreate(name="c", tenant="free"))
+    # b has no token limit, so neither has the tenant; a tenant without limits is left out.
+    assert store.tenant_limits == {"acme": (15, 0, 3)}
+    store.revoke("b")
+    assert store.tenant_limits == {"acme": (10, 100, 1)}
 
 
 # --- a real queen ----------------------------------------------------------------------------------

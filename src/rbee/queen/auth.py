@@ -24,6 +24,7 @@ the fast routes (`rbee.queen.fast_routes`) and the quart app go through the same
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import time
 from typing import Literal
@@ -58,6 +59,9 @@ class Caller:
 
 
 ADMIN = Caller("admin")
+
+# Parsing an address costs microseconds, and a queen hears from few distinct ones.
+_loopback = functools.lru_cache(maxsize=4096)(is_loopback)
 
 
 def caller() -> Caller:
@@ -100,6 +104,8 @@ class Gate:
         self.quotas = quotas or Quotas()
         self._admin = [t.encode() for t in (token, secret) if t]
         self._keyless = loopback_keyless and not platform and not token
+        # A key's `Caller`, made once (a frozen dataclass costs more to build than to look up).
+        self._callers: dict[str, Caller] = {}
 
     def identify(self, authorization: str, client_host: str | None) -> Caller:
         """The caller behind an ``Authorization`` header; `AuthError` if it is nobody."""
@@ -118,7 +124,7 @@ class Gate:
                 return ADMIN
         # OpenAI's clients always send some key: on keyless loopback, one that is no rbee key
         # counts as none.
-        if self._keyless and client_host is not None and is_loopback(client_host):
+        if self._keyless and client_host is not None and _loopback(client_host):
             return ADMIN
         if not given:
             raise AuthError(_NO_KEY)
@@ -131,7 +137,10 @@ class Gate:
             raise AuthError("invalid API key: unknown or revoked")
         if record.expires_at is not None and time.time() >= record.expires_at:
             raise AuthError(f"API key {record.name!r} has expired")
-        return Caller("key", tenant=record.tenant, key=record)
+        known = self._callers.get(digest)
+        if known is None or known.key is not record:
+            known = self._callers[digest] = Caller("key", tenant=record.tenant, key=record)
+        return known
 
     def allow(self, caller: Caller, route: RouteClass) -> None:
         """Refuse ``caller`` a route it may not call (`ForbiddenError`)."""

@@ -123,7 +123,9 @@ async def run_queen(
         locked = config.policy_locked or config.platform
         scheduler = scheduler or make_scheduler(config.policy, locked=locked)
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
-        dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.by_hash.values())
+        if isinstance(scheduler, Watched):
+            # Only a policy file reads the tenants; the built-in policies never pay for them.
+            dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.tenant_limits)
         app = build_app(dispatcher, gate)
         fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)

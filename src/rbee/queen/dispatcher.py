@@ -295,6 +295,7 @@ class Dispatcher:
 
     def _pump(self) -> None:
         blocked: set[str] = set()
+        tenants = self.tenants()
         for job in self.queue.in_order():
             if job.model in blocked:
                 continue
@@ -304,7 +305,7 @@ class Dispatcher:
                 job.failure = ModelNotFoundError(_not_found(job.model) + self._overdue())
                 self._finish(job, "failed", error=str(job.failure))
                 continue
-            decision = self._decide(job)
+            decision = self._decide(job, tenants)
             if isinstance(decision, Route):
                 worker = self.registry.get(decision.worker_id)
                 if worker is None or worker.slots_free <= 0 or worker.status.model != job.model:
@@ -346,9 +347,8 @@ class Dispatcher:
             f" (hive {name} did not report within {bound:g} s of its start)" for name, bound in late
         )
 
-    def _decide(self, job: Job) -> Decision:
+    def _decide(self, job: Job, tenants: tuple[TenantView, ...]) -> Decision:
         snapshot = self.registry.snapshot()
-        tenants = self.tenants()
         if job.tried:
             others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
             if others:

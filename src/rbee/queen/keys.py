@@ -32,6 +32,7 @@ __all__ = [
     "SECRET_FILE",
     "KeyRecord",
     "KeyStore",
+    "Limits",
     "hive_token",
     "key_hash",
     "load_secret",
@@ -106,6 +107,10 @@ def _read_secret(path: Path) -> str:
     return text
 
 
+# Requests a minute, tokens a minute, concurrent jobs; 0: no limit.
+Limits = tuple[int, int, int]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeyRecord:
     """One key as the queen holds it; limits of 0 mean none, empty ``models`` any model."""
@@ -141,9 +146,25 @@ class KeyStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.by_hash: dict[str, KeyRecord] = {}
+        # Each tenant with a limit: its keys' limits summed, 0 where one of its keys has none.
+        self.tenant_limits: dict[str, Limits] = {}
         for record in self.all():
             if record.revoked_at is None:
                 self.by_hash[record.hash] = record
+        self._sum_limits()
+
+    def _sum_limits(self) -> None:
+        sums: dict[str, list[int]] = {}
+        for key in self.by_hash.values():
+            row = sums.get(key.tenant)
+            limits = (key.rpm, key.tpm, key.concurrent)
+            if row is None:
+                sums[key.tenant] = list(limits)
+            else:
+                sums[key.tenant] = [
+                    a + b if a and b else 0 for a, b in zip(row, limits, strict=True)
+                ]
+        self.tenant_limits = {t: (r[0], r[1], r[2]) for t, r in sums.items() if any(r)}
 
     def all(self) -> list[KeyRecord]:
         rows = self._conn.execute("SELECT * FROM keys ORDER BY name").fetchall()
@@ -192,6 +213,7 @@ class KeyStore:
                 code="key_exists",
             ) from None
         self.by_hash[record.hash] = record
+        self._sum_limits()
         return key, record
 
     def revoke(self, name: str, now: float | None = None) -> KeyRecord:
@@ -205,6 +227,7 @@ class KeyStore:
             self._conn.execute("UPDATE keys SET revoked_at = ? WHERE name = ?", (now, name))
             record = dataclasses.replace(record, revoked_at=now)
         self.by_hash.pop(record.hash, None)
+        self._sum_limits()
         return record
 
 

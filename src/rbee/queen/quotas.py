@@ -14,17 +14,18 @@ The counters live in memory: a queen restart starts every key on a fresh minute.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 
 import trio
 
 from rbee.errors import QuotaError, UsageError
-from rbee.queen.keys import KeyRecord
+from rbee.queen.keys import KeyRecord, Limits
 from rbee.wire.queen import TenantView
 
 __all__ = ["WINDOW_S", "Quotas", "Ticket"]
 
 WINDOW_S = 60.0
+_NONE: Limits = (0, 0, 0)
 
 
 class _Usage:
@@ -59,11 +60,13 @@ class Quotas:
     def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self._clock = clock
         self._usage: dict[str, _Usage] = {}
+        self._tenant: dict[str, str] = {}
 
     def _current(self, key: KeyRecord, now: float) -> _Usage:
         usage = self._usage.get(key.name)
         if usage is None:
             usage = self._usage[key.name] = _Usage(now)
+            self._tenant[key.name] = key.tenant
         elif now >= usage.start + WINDOW_S:
             usage.start, usage.requests, usage.tokens = now, 0, 0
         return usage
@@ -113,40 +116,34 @@ class Quotas:
         usage = self._current(key, now)
         return _headers(key, usage, usage.start + WINDOW_S - now)
 
-    def tenants(self, keys: Iterable[KeyRecord]) -> tuple[TenantView, ...]:
-        """Every tenant of ``keys`` with its use this minute, by name."""
+    def tenants(self, limits: Mapping[str, Limits]) -> tuple[TenantView, ...]:
+        """The tenants' use this minute, by name: every tenant in ``limits`` (its keys' summed
+        limits) and every other tenant whose keys were used this minute."""
         now = self._clock()
-        sums: dict[str, list[int]] = {}
-        unlimited: dict[str, set[int]] = {}
-        for key in keys:
-            row = sums.setdefault(key.tenant, [0] * 6)
-            usage = self._usage.get(key.name)
-            if usage is not None:
-                fresh = now < usage.start + WINDOW_S
-                row[0] += usage.requests if fresh else 0
-                row[1] += usage.tokens if fresh else 0
-                row[2] += usage.active
-            for i, limit in enumerate((key.rpm, key.tpm, key.concurrent)):
-                row[3 + i] += limit
-                if not limit:
-                    unlimited.setdefault(key.tenant, set()).add(i)
-        views = []
-        for name in sorted(sums):
-            row = sums[name]
-            for i in unlimited.get(name, ()):
-                row[3 + i] = 0
-            views.append(
-                TenantView(
-                    name=name,
-                    requests=row[0],
-                    tokens=row[1],
-                    concurrent=row[2],
-                    rpm=row[3],
-                    tpm=row[4],
-                    max_concurrent=row[5],
-                )
+        sums: dict[str, list[int]] = {t: [0, 0, 0] for t in limits}
+        for name, usage in list(self._usage.items()):
+            fresh = now < usage.start + WINDOW_S
+            if not fresh and not usage.active:
+                # Nothing to show until it is used again, which starts a new window anyway.
+                del self._usage[name], self._tenant[name]
+                continue
+            row = sums.setdefault(self._tenant[name], [0, 0, 0])
+            if fresh:
+                row[0] += usage.requests
+                row[1] += usage.tokens
+            row[2] += usage.active
+        return tuple(
+            TenantView(
+                name=name,
+                requests=row[0],
+                tokens=row[1],
+                concurrent=row[2],
+                rpm=limits.get(name, _NONE)[0],
+                tpm=limits.get(name, _NONE)[1],
+                max_concurrent=limits.get(name, _NONE)[2],
             )
-        return tuple(views)
+            for name, row in sorted(sums.items())
+        )
 
 
 def _headers(key: KeyRecord, usage: _Usage, reset: float) -> dict[str, str]:
