@@ -8,6 +8,7 @@ window could end in the middle of a test.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import httpx
 import openai
@@ -25,6 +26,7 @@ from tests.queen.conftest import QueenHandle, start_queen
 from tests.queen.fake_worker import FakeWorker, register
 from tests.queen.test_keys import bearer, create_key, secret
 
+TENANT_QUOTA = Path(__file__).resolve().parents[2] / "policies" / "tenant_quota.rhai"
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
@@ -210,3 +212,43 @@ async def test_concurrent_jobs_of_a_key(
     assert (await http.get(stream, headers=bearer(api_key))).text.endswith("[DONE]\n\n")
     again = await http.post(f"{queen.url}/v1/jobs", json=job, headers=bearer(api_key))
     assert again.status_code == 202
+
+
+async def test_a_policy_file_sees_the_tenants_quota_use(
+    nursery: trio.Nursery,
+    queen_config: QueenConfig,
+    http: httpx.AsyncClient,
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    config = dataclasses.replace(queen_config, platform=True, policy=str(TENANT_QUOTA))
+    queen = await start_queen(nursery, config)
+    fake = await FakeWorker(tokens=2).start(nursery)
+    await register(queen.url, "hive-a", fake, token=secret(queen))
+    api_key = await create_key(http, queen, "dora", rpm=1)
+    job = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": 2}
+    answer = await http.post(f"{queen.url}/v1/jobs", json=job, headers=bearer(api_key))
+    assert answer.status_code == 202
+    job_id = answer.json()["job_id"]
+    # Its request used the tenant's minute up: the policy holds the job until the next one.
+    decisions = await http.get(
+        f"{queen.url}/v1/decisions", params={"job_id": job_id}, headers=bearer(secret(queen))
+    )
+    (first,) = decisions.json()["decisions"]
+    assert first["kind"] == "queue"
+    assert "tenant dora is over its quota" in " ".join(first["reasons"])
+    assert first["snapshot"]["tenants"] == [
+        {
+            "name": "dora",
+            "requests": 1,
+            "tokens": 2,
+            "concurrent": 1,
+            "rpm": 1,
+            "tpm": 0,
+            "max_concurrent": 0,
+        }
+    ]
+    assert fake.posts == []
+    mock_clock.jump(WINDOW_S)
+    stream = await http.get(f"{queen.url}/v1/jobs/{job_id}/stream", headers=bearer(api_key))
+    assert stream.text.endswith("data: [DONE]\n\n")
+    assert len(fake.posts) == 1
