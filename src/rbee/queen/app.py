@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from rbee import sse, wire
 from rbee.errors import NotFoundError, UsageError
 from rbee.queen import openai_api
-from rbee.queen.auth import Gate, caller, route_class
+from rbee.queen.auth import Gate, bearer, caller, route_class
 from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
 from rbee.queen.keys import KeyStore
@@ -96,6 +96,7 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     async def heartbeat() -> Response:
         hb = wire.decode(await request.get_data(), HiveHeartbeat)
         gate.check_hive(caller(), hb.hive)
+        gate.credentials.heard(hb, bearer(request.headers.get("Authorization", "")))
         dispatcher.heartbeat(hb)
         return Response(b"", status=204)
 

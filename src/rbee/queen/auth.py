@@ -6,14 +6,16 @@ A caller sends ``Authorization: Bearer <credential>``, one of:
   keeper on the queen's host reads it from the data directory). Everything, key management
   included.
 - a hive's token (`rbee.queen.keys.hive_token`): the hive routes only (its own heartbeat, its
-  workers' exits, the model store).
+  workers' exits, the model store). The queen calls a hive and its workers with the token the
+  hive reports with (`Credentials`).
 - an API key (``rbee key create``): the client routes (the jobs API, the OpenAI-compatible API,
   ``/v1/models``), within the key's models and quotas; its jobs belong to its tenant.
 
 With none (or one that is none of these, as ``api_key="unused"`` in an OpenAI client), a caller
 from a loopback address is let in as admin in home mode when ``queen.loopback_keyless`` is on
 (the default) and no ``queen.token`` is set, which is what a queen on 127.0.0.1 always did;
-anyone else gets a 401. An unknown, revoked or expired ``rbee_`` key is a 401 everywhere. In platform mode (``--platform``) every
+anyone else gets a 401. The hive routes are never keyless: no call without a credential
+registers a hive or a worker. An unknown, revoked or expired ``rbee_`` key is a 401 everywhere. In platform mode (``--platform``) every
 caller needs a credential, loopback too. So key management needs the admin token, or a
 loopback caller of a home-mode queen without a token.
 
@@ -27,6 +29,7 @@ import dataclasses
 import functools
 import hmac
 import time
+import urllib.parse
 from typing import Literal
 
 from quart import g
@@ -37,12 +40,22 @@ from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
 from rbee.queen.keys import HIVE_PREFIX, KEY_PREFIX, KeyRecord, KeyStore, key_hash, token_hive
 from rbee.queen.quotas import Quotas, Ticket
-from rbee.wire.queen import JobRequest
+from rbee.wire.queen import HiveHeartbeat, JobRequest
 from rbee.wire.worker import prompt_chars
 
-__all__ = ["ADMIN", "Caller", "Gate", "RouteClass", "caller", "route_class"]
+__all__ = [
+    "ADMIN",
+    "LOCAL",
+    "Caller",
+    "Credentials",
+    "Gate",
+    "RouteClass",
+    "bearer",
+    "caller",
+    "route_class",
+]
 
-CallerKind = Literal["admin", "hive", "key"]
+CallerKind = Literal["admin", "local", "hive", "key"]
 RouteClass = Literal["open", "hive", "client", "admin"]
 
 _NO_KEY = "missing API key or token: send 'Authorization: Bearer <key>' (see 'rbee key create')"
@@ -59,9 +72,16 @@ class Caller:
 
 
 ADMIN = Caller("admin")
+# A keyless loopback caller of a home-mode queen: an admin, except that it speaks for no hive.
+LOCAL = Caller("local")
 
 # Parsing an address costs microseconds, and a queen hears from few distinct ones.
 _loopback = functools.lru_cache(maxsize=4096)(is_loopback)
+
+
+def bearer(authorization: str) -> str:
+    """The credential in an ``Authorization: Bearer ...`` header ("" for none)."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
 
 
 def caller() -> Caller:
@@ -102,6 +122,7 @@ class Gate:
         self.keys = keys
         self.secret = secret
         self.quotas = quotas or Quotas()
+        self.credentials = Credentials(token)
         self._admin = [t.encode() for t in (token, secret) if t]
         self._keyless = loopback_keyless and not platform and not token
         # A key's `Caller`, made once (a frozen dataclass costs more to build than to look up).
@@ -109,7 +130,7 @@ class Gate:
 
     def identify(self, authorization: str, client_host: str | None) -> Caller:
         """The caller behind an ``Authorization`` header; `AuthError` if it is nobody."""
-        given = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        given = bearer(authorization)
         if given.startswith(KEY_PREFIX):
             return self._key(given)
         if given.startswith(HIVE_PREFIX):
@@ -125,7 +146,7 @@ class Gate:
         # OpenAI's clients always send some key: on keyless loopback, one that is no rbee key
         # counts as none.
         if self._keyless and client_host is not None and _loopback(client_host):
-            return ADMIN
+            return LOCAL
         if not given:
             raise AuthError(_NO_KEY)
         raise AuthError("invalid API key: not a key, hive token or admin token this queen knows")
@@ -150,6 +171,14 @@ class Gate:
             return
         if route == "client" and caller.kind == "key":
             return
+        if caller.kind == "local":
+            if route != "hive":
+                return
+            # Registering a hive or a worker starts work on its say: never without a credential.
+            raise AuthError(
+                "a hive must send its token (or the queen's) to report: send 'Authorization: "
+                "Bearer <token>'"
+            )
         what = "an API key" if caller.kind == "key" else f"hive {caller.hive}'s token"
         raise ForbiddenError(f"{what} may not call this route", "admin_only")
 
@@ -188,3 +217,43 @@ class Gate:
         if ticket is not None:
             job.on_end = ticket.end
         return job
+
+
+class Credentials:
+    """The token the queen calls each hive and its workers with: the one that hive reports with.
+
+    A hive the queen started locally reports with the token the queen gave it, a hive started
+    by hand with its own or the queen's admin token; its workers take the hive's token (the hive
+    passes it on), so that is the one they get. ``default`` serves a hive not heard from yet.
+    """
+
+    def __init__(self, default: str = "") -> None:
+        self.default = default
+        self._hive: dict[str, str] = {}
+        self._workers: dict[str, set[tuple[str, int]]] = {}
+        self._host: dict[tuple[str, int], str] = {}
+
+    def heard(self, heartbeat: HiveHeartbeat, token: str) -> None:
+        """Hive ``heartbeat.hive`` reported with ``token``: use it for the hive and its workers."""
+        self._hive[heartbeat.hive] = token
+        hosts = {key for w in heartbeat.workers if (key := host_port(w.url)) is not None}
+        for gone in self._workers.get(heartbeat.hive, set()) - hosts:
+            self._host.pop(gone, None)
+        self._workers[heartbeat.hive] = hosts
+        for key in hosts:
+            self._host[key] = token
+
+    def hive(self, name: str) -> str:
+        return self._hive.get(name, self.default)
+
+    def worker(self, key: tuple[str, int]) -> str:
+        """The token for the worker at ``(host, port)``."""
+        return self._host.get(key, self.default)
+
+
+def host_port(url: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an ``http://host:port`` URL, as the queen's worker pool keys them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None:
+        return None
+    return (parts.hostname, parts.port or 80)

@@ -28,7 +28,7 @@ from rbee.queen.app import build_app
 from rbee.queen.auth import Gate
 from rbee.queen.db import db_path, open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
-from rbee.queen.keys import KeyStore, load_secret, secret_path
+from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
@@ -126,11 +126,13 @@ async def run_queen(
         if isinstance(scheduler, Watched):
             # Only a policy file reads the tenants; the built-in policies never pay for them.
             dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.tenant_limits)
+        dispatcher.worker_token = gate.credentials.worker
         app = build_app(dispatcher, gate)
         fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
         if provision and provisioner is None:
             dispatcher.provisioner = hives
+        hives.token_for = gate.credentials.hive
         hives.before_retire = dispatcher.close_idle_connections
         if local_hive is not None:
             # Before the first request can arrive: a job sent right away waits for this hive.
@@ -164,7 +166,7 @@ async def run_queen(
                     hive = LocalHive(
                         local_hive,
                         url,
-                        token=config.token,
+                        token=hive_token(gate.secret, LOCAL_HIVE),
                         models_dir=str(store_dir) if config.models_dir and store_dir else "",
                         heartbeat_interval_s=config.heartbeat_interval_s,
                     )

@@ -127,12 +127,14 @@ class Dispatcher:
         self._expected: dict[str, tuple[float, float]] = {}
         # The tenants and their quota use that policies see (`rbee.queen.auth` sets it).
         self.tenants: Callable[[], tuple[TenantView, ...]] = tuple
+        # The token to call the worker at (host, port) with; None: ``queen.token``.
+        self.worker_token: Callable[[tuple[str, int]], str] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
-        pool = Pool(self.config.token)
+        pool = Pool(self.config.token, self.worker_token)
         try:
             async with trio.open_nursery() as nursery:
                 self._pool = pool
