@@ -71,10 +71,12 @@ class Context:
 
         keeper = self.config.keeper
         url = self.queen()
-        token = self.token or keeper.token or self._local_secret(url)
+        token = self.token or keeper.token or self.local_secret(url)
         return QueenClient(url, token, keeper.timeout_s)
 
-    def _local_secret(self, url: str) -> str:
+    def local_secret(self, url: str) -> str:
+        """The cluster secret of the queen at ``url`` if it runs here and this user can read it
+        (else "")."""
         import urllib.parse
 
         from rbee.config import is_loopback
