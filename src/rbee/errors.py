@@ -16,8 +16,8 @@ OpenAI-style ``type`` and ``code`` drawn beside it (the class attributes `RbeeEr
     │   │   └── NoWorkerError 404 invalid_request     no worker serves the model, none can start
     │   ├── AuthError         401 authentication_error no key, or an unknown, revoked or expired
     │   │                                             one (code invalid_api_key)
-    │   ├── ForbiddenError    403 permission_error    the key may not do this (code
-    │   │                                             model_not_allowed, admin_only)
+    │   ├── ForbiddenError    403 permission_error    the caller may not do this (code
+    │   │                                             model_not_allowed, admin_only, wrong_hive)
     │   ├── QueueFullError    429 rate_limit_exceeded every slot busy, queue full (code queue_full,
     │   │                                             ``Retry-After``)
     │   └── QuotaError        429 rate_limit_exceeded a key's requests, tokens or streams per
