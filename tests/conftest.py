@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.ssh_hosts"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,6 +28,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``rbee.pyz`` built once per test session with the project's own build script."""
+    if os.environ.get("DEV_PYZ"):
+        return Path(os.environ["DEV_PYZ"])
     out = tmp_path_factory.mktemp("pyz") / "rbee.pyz"
     subprocess.run(
         [sys.executable, str(ROOT / "build" / "build.py"), "--output", str(out)],

@@ -142,6 +142,9 @@ class AuthError(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 401, error_type="authentication_error", code="invalid_api_key")
+        # Refused before its body was read: a connection kept alive after that could hang the
+        # next request on it (seen with hypercorn), so it closes and the next opens another.
+        self.headers = {"Connection": "close"}
 
 
 class ForbiddenError(ApiError):
@@ -150,6 +153,7 @@ class ForbiddenError(ApiError):
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message, 403, error_type="permission_error", code=code)
+        self.headers = {"Connection": "close"}
 
 
 class QuotaError(ApiError):

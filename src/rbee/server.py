@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from rbee import wire
 from rbee.config import is_loopback
-from rbee.errors import ConfigError, RbeeError
+from rbee.errors import AuthError, ConfigError, RbeeError
 
 __all__ = [
     "BAD_TOKEN",
@@ -130,7 +130,7 @@ def create_app(name: str, token: str = "") -> QuartTrio:
             if request.path == "/health":
                 return None
             if not bearer_ok(request.headers.get("Authorization", ""), token):
-                return error_response(BAD_TOKEN, 401, "authentication_error", "invalid_api_key")
+                raise AuthError(BAD_TOKEN)
             return None
 
     return app

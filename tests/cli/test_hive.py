@@ -18,10 +18,21 @@ from tests.hive.fakes import StandInQueen
 LISTENING = "rbee hive listening on http://127.0.0.1:"
 
 
-def test_the_hive_group_lists_the_daemon_and_list() -> None:
+def test_the_hive_group_lists_the_daemon_and_the_lifecycle_commands() -> None:
     result = run_rbee("hive", "--help")
     assert result.returncode == 0
-    assert listed_commands(result.stdout) == ["daemon", "list"]
+    assert listed_commands(result.stdout) == [
+        "add",
+        "daemon",
+        "list",
+        "logs",
+        "remove",
+        "start",
+        "status",
+        "stop",
+        "trust",
+        "upgrade",
+    ]
 
 
 def test_daemon_help_shows_the_daemon_flags() -> None:

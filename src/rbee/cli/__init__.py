@@ -33,7 +33,7 @@ __all__ = ["COMMANDS", "cli", "main"]
 # name -> (module:attribute, one-line help). Daemon modes first, then keeper commands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "queen": ("rbee.cli.queen:queen", "Run the queen daemon: scheduling, job queue, API."),
-    "hive": ("rbee.cli.hive:hive", "Run a hive daemon (one per host), or list hives."),
+    "hive": ("rbee.cli.hive:hive", "Run a hive daemon, or add and start hives on other hosts."),
     "worker": (
         "rbee.cli.worker:worker",
         "Run a worker daemon (one model on one device), or spawn, list and retire workers.",

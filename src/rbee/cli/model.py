@@ -6,40 +6,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
+from rbee.cli.output import ProgressBar
 
 __all__ = ["model"]
-
-_BAR = 30
 
 
 @click.group(cls=Group)
 def model() -> None:
     """Import, list, pull and remove models."""
-
-
-class _ProgressBar:
-    """Percent on stderr: a redrawn bar on a terminal, a line every quarter otherwise."""
-
-    def __init__(self, label: str) -> None:
-        self._label = label
-        self._tty = sys.stderr.isatty()
-        self._shown = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if self._tty:
-            filled = _BAR * done // max(total, 1)
-            bar = "#" * filled + " " * (_BAR - filled)
-            click.echo(f"\r{self._label} [{bar}] {percent:3d}%", err=True, nl=done >= total)
-        elif percent // 25 > self._shown // 25 or done >= total:
-            click.echo(f"{self._label}: {percent}%", err=True)
-        self._shown = percent
 
 
 @model.command("import")
@@ -61,7 +40,7 @@ class _ProgressBar:
 def import_(
     ctx: Context, file: Path, name: str | None, precision: str, models_dir: Path | None
 ) -> None:
-    """Convert a llama-architecture GGUF FILE into this machine's model store."""
+    """Convert a GGUF FILE (llama, qwen2, qwen3 or gemma3) into this machine's model store."""
     from rbee.models.importer import PRECISIONS, import_gguf, name_from_path
     from rbee.models.store import ModelStore
 
@@ -70,7 +49,7 @@ def import_(
     label = f"importing {name or name_from_path(file)}"
     precisions = PRECISIONS if precision == "all" else (precision,)
     manifest = import_gguf(
-        store, file, name=name, precisions=precisions, progress=_ProgressBar(label)
+        store, file, name=name, precisions=precisions, progress=ProgressBar(label)
     )
     size_mb = manifest.size_bytes / 1e6
     click.echo(
@@ -101,12 +80,13 @@ def list_(ctx: Context, hive: str | None, as_json: bool) -> None:
             "architecture": m.architecture,
             "context": m.context_length,
             "precisions": m.precisions,
+            "chat": m.chat,
             "size_mb": m.size_bytes / 1e6,
         }
         for name, models in found.items()
         for m in models
     ]
-    columns = ["hive", "model", "architecture", "context", "precisions", "size_mb"]
+    columns = ["hive", "model", "architecture", "context", "precisions", "chat", "size_mb"]
     table(rows, columns, empty="no models on " + (f"hive {hive}" if hive else "any online hive"))
 
 
@@ -119,14 +99,14 @@ def pull(ctx: Context, name: str, hive: str) -> None:
     """Install model NAME on HIVE from the queen's own store (resumable, sha256-checked)."""
     from rbee.wire.hive import Importing, Pulled, PullProgress
 
-    bars: dict[str, _ProgressBar] = {}
+    bars: dict[str, ProgressBar] = {}
     with ctx.client() as queen:
         for event in queen.pull(hive, name):
             if isinstance(event, PullProgress):
-                bar = bars.setdefault(event.file, _ProgressBar(f"{name}/{event.file}"))
+                bar = bars.setdefault(event.file, ProgressBar(f"{name}/{event.file}"))
                 bar(event.done, event.total)
             elif isinstance(event, Importing):
-                bar = bars.setdefault(event.file, _ProgressBar(f"importing {event.file}"))
+                bar = bars.setdefault(event.file, ProgressBar(f"importing {event.file}"))
                 bar(event.step, event.steps)
             elif isinstance(event, Pulled):
                 click.echo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +12,9 @@ import click
 from rbee import wire
 from rbee.wire.queen import WorkerEntry
 
-__all__ = ["emit_json", "table", "worker_row"]
+__all__ = ["ProgressBar", "emit_json", "table", "worker_row"]
+
+_BAR = 30
 
 
 def emit_json(obj: Any) -> None:
@@ -59,3 +62,22 @@ def worker_row(entry: WorkerEntry) -> dict[str, object]:
         "uptime_s": w.uptime_s,
         "seen_s": entry.last_seen_s,
     }
+
+
+class ProgressBar:
+    """Percent on stderr: a redrawn bar on a terminal, a line every quarter otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._tty = sys.stderr.isatty()
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if self._tty:
+            filled = _BAR * done // max(total, 1)
+            bar = "#" * filled + " " * (_BAR - filled)
+            click.echo(f"\r{self._label} [{bar}] {percent:3d}%", err=True, nl=done >= total)
+        elif percent // 25 > self._shown // 25 or done >= total:
+            click.echo(f"{self._label}: {percent}%", err=True)
+        self._shown = percent

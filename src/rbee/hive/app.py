@@ -88,6 +88,7 @@ def _model_info(m: Manifest) -> ModelInfo:
         precisions=m.precisions,
         size_bytes=m.size_bytes,
         files=m.files,
+        chat=m.chat_template_source or ("gguf" if m.chat_template else "none"),
     )
 
 

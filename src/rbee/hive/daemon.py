@@ -29,7 +29,7 @@ from rbee.hive.app import HiveState, create_hive_app
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.telemetry import Gpus
-from rbee.models.importer import DEFAULT_MODEL
+from rbee.models import DEFAULT_MODEL
 from rbee.models.store import ModelStore
 
 __all__ = ["default_hive_name", "run_hive"]

@@ -1,24 +1,19 @@
-"""Reading a llama-architecture GGUF file: validation, hyperparameters and quantized blocks.
+"""Reading a GGUF decoder file: validation, hyperparameters and quantized blocks.
 
 `open_gguf` checks everything an import needs before any conversion starts (magic, complete
 tensor data, architecture, tensor types, hyperparameters), so a bad file fails fast with one
-`ModelError` and nothing is written. Tensors stay memory-mapped; `QuantBlocks` and `dequantize`
-read them one matrix at a time.
-
-GGUF stores a ``[rows, cols]`` matrix (``rows`` output features) as ``rows`` runs of blocks of 32
-values along ``cols``. The block formats used here:
-
-- ``Q4_0``: f16 ``d``, 16 bytes of 4-bit codes; value ``d * (q - 8)``.
-- ``Q4_1``: f16 ``d``, f16 ``m``, 16 bytes of 4-bit codes; value ``d * q + m``.
-- ``Q8_0``: f16 ``d``, 32 signed bytes; value ``d * q``.
-
-In a 4-bit block byte ``i`` holds element ``i`` in its low nibble and element ``i + 16`` in its
-high nibble.
+`ModelError` and nothing is written. Tensors stay memory-mapped; `GgufModel.blocks` and
+`GgufModel.floats` read them one matrix (or run of rows) at a time and give the mapped pages back
+to the kernel as they go, so an import's resident memory stays about one matrix, whatever the
+file's size. The block types are `rbee.models.quants`';
+the architectures `rbee.models.architectures`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import mmap
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +22,23 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFReader
 
 from rbee.errors import ModelError
+from rbee.models.architectures import ARCHITECTURES, Architecture
+from rbee.models.quants import QUANT_TYPES, QuantBlocks, read_blocks
 
 __all__ = [
-    "BLOCK",
+    "FLOAT_TYPES",
     "MATRIX_TYPES",
     "GgufModel",
     "Hyper",
-    "QuantBlocks",
     "dequantize",
     "open_gguf",
     "unpermute_rows",
 ]
 
-BLOCK = 32
 F32 = np.float32
 Q = GGMLQuantizationType
-MATRIX_TYPES = (Q.F32, Q.F16, Q.Q4_0, Q.Q4_1, Q.Q8_0)
-_NORM_TYPES = (Q.F32, Q.F16)
-SUPPORTED_ARCHITECTURES = ("llama",)
+FLOAT_TYPES = (Q.F32, Q.F16, Q.BF16)
+MATRIX_TYPES = FLOAT_TYPES + QUANT_TYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,36 +55,22 @@ class Hyper:
     vocab_size: int
     rope_base: float
     rms_eps: float
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantBlocks:
-    """A block-quantized matrix ``[rows, cols]`` as arrays: value = ``d * q + m`` per block.
-
-    ``q`` holds codes ``[rows, cols // 32, 32]`` (unsigned, ``0..15`` for 4 bits, ``0..255`` for
-    8 bits with ``m = -128 * d``); ``d`` and ``m`` are ``[rows, cols // 32]`` float32.
-    """
-
-    q: npt.NDArray[np.uint8]
-    d: npt.NDArray[np.float32]
-    m: npt.NDArray[np.float32]
-    bits: int
-
-    def dequantize(self) -> npt.NDArray[np.float32]:
-        rows, blocks, _ = self.q.shape
-        values = self.q.astype(F32) * self.d[..., None] + self.m[..., None]
-        return values.reshape(rows, blocks * BLOCK)
-
-    def take_rows(self, order: npt.NDArray[np.intp]) -> QuantBlocks:
-        return QuantBlocks(self.q[order], self.d[order], self.m[order], self.bits)
+    rope_scale: float = 1.0
+    """Linear rotary scaling of the global layers: positions are divided by it."""
+    sliding_window: int = 0
+    """Tokens a sliding-window layer sees, itself included (0: none)."""
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    """Soft-capping ``c * tanh(x / c)`` of attention scores and of the logits (0: none)."""
 
 
 class GgufModel:
     """An opened, validated GGUF file of a supported architecture."""
 
-    def __init__(self, path: Path, reader: GGUFReader, hyper: Hyper) -> None:
+    def __init__(self, path: Path, reader: GGUFReader, arch: Architecture, hyper: Hyper) -> None:
         self.path = path
         self.reader = reader
+        self.arch = arch
         self.hyper = hyper
         self._tensors = {t.name: t for t in reader.tensors}
 
@@ -104,40 +84,49 @@ class GgufModel:
     def tensor_type(self, name: str) -> GGMLQuantizationType:
         return GGMLQuantizationType(self._tensors[name].tensor_type)
 
-    def blocks(self, name: str) -> QuantBlocks:
-        """The blocks of a quantized matrix (``ModelError`` if it is stored as plain floats)."""
+    def is_quantized(self, name: str) -> bool:
+        return self.tensor_type(name) in QUANT_TYPES
+
+    def rows(self, name: str) -> int:
+        return int(np.asarray(self._tensors[name].data).shape[0])
+
+    def blocks(self, name: str, start: int = 0, stop: int | None = None) -> QuantBlocks:
+        """The blocks of a quantized matrix, or of rows ``start:stop`` of it (``ModelError``
+        if it is stored as plain floats)."""
+        kind = self.tensor_type(name)
+        if kind not in QUANT_TYPES:
+            raise ModelError(f"{self.path}: tensor {name} is {kind.name}, not block-quantized")
+        blocks = read_blocks(kind, np.asarray(self._tensors[name].data)[start:stop])
+        self._release(name)
+        return blocks
+
+    def floats(self, name: str, start: int = 0, stop: int | None = None) -> npt.NDArray[np.float32]:
+        """Any supported tensor (or rows ``start:stop`` of a matrix) as float32, matrices as
+        ``[rows, cols]``."""
+        kind = self.tensor_type(name)
+        if kind in QUANT_TYPES:
+            return self.blocks(name, start, stop).dequantize()
+        raw = np.asarray(self._tensors[name].data)[start:stop]
+        if kind == Q.BF16:
+            values = (raw.view(np.uint16).astype(np.uint32) << 16).view(F32)
+        else:
+            values = raw.astype(F32)
+        self._release(name)
+        return values
+
+    def _release(self, name: str) -> None:
+        """Drop the mapped pages of tensor ``name`` from this process's resident memory.
+
+        What was read is a copy by now; the pages stay in the page cache, so a second read
+        costs no disk access.
+        """
         tensor = self._tensors[name]
-        kind = GGMLQuantizationType(tensor.tensor_type)
-        raw = np.asarray(tensor.data)
-        rows = raw.shape[0]
-        if kind == Q.Q4_1:
-            blk = raw.reshape(rows, -1, 20)
-            d = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(F32)
-            m = blk[..., 2:4].copy().view(np.float16)[..., 0].astype(F32)
-            q = _unpack_nibbles(blk[..., 4:])
-            return QuantBlocks(q, d, m, 4)
-        if kind == Q.Q4_0:
-            blk = raw.reshape(rows, -1, 18)
-            d = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(F32)
-            return QuantBlocks(_unpack_nibbles(blk[..., 2:]), d, -8 * d, 4)
-        if kind == Q.Q8_0:
-            blk = raw.reshape(rows, -1, 34)
-            d = blk[..., 0:2].copy().view(np.float16)[..., 0].astype(F32)
-            q = (blk[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-            return QuantBlocks(q, d, -128 * d, 8)
-        raise ModelError(f"{self.path}: tensor {name} is {kind.name}, not block-quantized")
-
-    def floats(self, name: str) -> npt.NDArray[np.float32]:
-        """Any supported tensor as float32, matrices as ``[rows, cols]``."""
-        tensor = self._tensors[name]
-        kind = GGMLQuantizationType(tensor.tensor_type)
-        if kind in (Q.F32, Q.F16):
-            return np.asarray(tensor.data).astype(F32)
-        return self.blocks(name).dequantize()
-
-
-def _unpack_nibbles(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+        memory = getattr(self.reader.data, "_mmap", None)
+        if memory is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = int(tensor.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        memory.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def dequantize(model: GgufModel, name: str) -> npt.NDArray[np.float32]:
@@ -194,39 +183,46 @@ def _hyper(path: Path, reader: GGUFReader, arch: str) -> Hyper:
     heads = int(get("attention.head_count"))
     tokens = reader.get_field("tokenizer.ggml.tokens")
     vocab = int(get("vocab_size", len(tokens.data) if tokens is not None else 0))
+    head_dim = int(get("attention.key_length", hidden // heads if heads else 0))
+    scaling = str(get("rope.scaling.type", "none"))
     hyper = Hyper(
         layers=int(get("block_count")),
         hidden=hidden,
         ffn=int(get("feed_forward_length")),
         heads=heads,
         kv_heads=int(get("attention.head_count_kv", heads)),
-        head_dim=hidden // heads if heads else 0,
+        head_dim=head_dim,
         context_length=int(get("context_length")),
         vocab_size=vocab,
         rope_base=float(get("rope.freq_base", 10000.0)),
         rms_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_scale=float(get("rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
+        sliding_window=int(get("attention.sliding_window", 0)),
+        attn_softcap=float(get("attn_logit_softcapping", 0.0)),
+        final_softcap=float(get("final_logit_softcapping", 0.0)),
     )
-    rope_dims = int(get("rope.dimension_count", hyper.head_dim))
-    scaling = reader.get_field(f"{arch}.rope.scaling.type")
+    rope_dims = int(get("rope.dimension_count", head_dim))
     if (
-        hidden % heads
+        not heads
         or heads % hyper.kv_heads
-        or hidden % BLOCK
-        or hyper.ffn % BLOCK
-        or rope_dims != hyper.head_dim
-        or hyper.head_dim % 2
+        or int(get("attention.value_length", head_dim)) != head_dim
+        or rope_dims != head_dim
+        or head_dim % 2
         or not vocab
-        or (scaling is not None and scaling.contents() not in ("none", ""))
+        or scaling not in ("none", "", "linear")
+        or not math.isfinite(hyper.rope_scale)
+        or hyper.rope_scale <= 0
     ):
         raise ModelError(f"{path}: unsupported {arch} hyperparameters {hyper}")
     return hyper
 
 
-def _check_tensors(path: Path, model: GgufModel) -> None:
-    h = model.hyper
+def _expected_tensors(model: GgufModel) -> dict[str, tuple[tuple[Q, ...], tuple[int, ...]]]:
+    """Each tensor the architecture needs: the types it may have and its shape."""
+    h, arch = model.hyper, model.arch
     expected: dict[str, tuple[tuple[Q, ...], tuple[int, ...]]] = {
         "token_embd.weight": (MATRIX_TYPES, (h.vocab_size, h.hidden)),
-        "output_norm.weight": (_NORM_TYPES, (h.hidden,)),
+        "output_norm.weight": (FLOAT_TYPES, (h.hidden,)),
     }
     if model.has("output.weight"):
         expected["output.weight"] = (MATRIX_TYPES, (h.vocab_size, h.hidden))
@@ -234,8 +230,9 @@ def _check_tensors(path: Path, model: GgufModel) -> None:
     for i in range(h.layers):
         b = f"blk.{i}."
         expected |= {
-            b + "attn_norm.weight": (_NORM_TYPES, (h.hidden,)),
-            b + "ffn_norm.weight": (_NORM_TYPES, (h.hidden,)),
+            b + f"{norm}.weight": (FLOAT_TYPES, (h.hidden,)) for norm in arch.block_norms()
+        }
+        expected |= {
             b + "attn_q.weight": (MATRIX_TYPES, (q_rows, h.hidden)),
             b + "attn_k.weight": (MATRIX_TYPES, (kv_rows, h.hidden)),
             b + "attn_v.weight": (MATRIX_TYPES, (kv_rows, h.hidden)),
@@ -244,7 +241,17 @@ def _check_tensors(path: Path, model: GgufModel) -> None:
             b + "ffn_up.weight": (MATRIX_TYPES, (h.ffn, h.hidden)),
             b + "ffn_down.weight": (MATRIX_TYPES, (h.hidden, h.ffn)),
         }
-    for name, (types, shape) in expected.items():
+        for part, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+            if arch.qkv_bias or model.has(b + f"attn_{part}.bias"):
+                expected[b + f"attn_{part}.bias"] = (FLOAT_TYPES, (rows,))
+        if arch.qk_norm:
+            expected[b + "attn_q_norm.weight"] = (FLOAT_TYPES, (h.head_dim,))
+            expected[b + "attn_k_norm.weight"] = (FLOAT_TYPES, (h.head_dim,))
+    return expected
+
+
+def _check_tensors(path: Path, model: GgufModel) -> None:
+    for name, (types, shape) in _expected_tensors(model).items():
         if not model.has(name):
             raise ModelError(f"{path}: tensor {name} is missing")
         tensor = model._tensors[name]
@@ -272,11 +279,10 @@ def open_gguf(path: Path) -> GgufModel:
     if field is None:
         raise ModelError(f"{path}: metadata key general.architecture is missing")
     arch = str(field.contents())
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise ModelError(
-            f"{path}: unsupported architecture {arch!r} "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})"
         )
-    model = GgufModel(path, reader, _hyper(path, reader, arch))
+    model = GgufModel(path, reader, ARCHITECTURES[arch], _hyper(path, reader, arch))
     _check_tensors(path, model)
     return model

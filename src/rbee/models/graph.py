@@ -1,4 +1,4 @@
-"""The ONNX decoder graph of a llama-style model, with a KV cache, in fp32 or int4.
+"""The ONNX decoder graph of a GGUF decoder model, with a KV cache, in fp32 or int4.
 
 Inputs (``B`` rows, ``S`` new tokens per row, ``C`` cache capacity = context length + 1)::
 
@@ -22,33 +22,41 @@ with fewer than ``S`` new tokens are not supported (no padding), so batched step
 A multi-token step on one row may start from an empty cache (``seqlens_k = S - 1``) or continue
 what the row holds (a long prompt in pieces): the result is the same as in one step.
 
-Operators: ``com.microsoft.GroupQueryAttention`` (rotate-half rotary built in, fused QKV input),
-``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for Q/K/V and one for
-gate/up. In the int4 graph every matmul is ``MatMulNBits`` on the GGUF's own codes (see
-`rbee.models.nbits`); a tied Q8_0 embedding is shared by the lookup (``GatherBlockQuantized``) and
-the output projection (8-bit ``MatMulNBits``), both exact.
+The block follows the model's `rbee.models.architectures.Architecture`. Operators:
+``com.microsoft.GroupQueryAttention`` (rotate-half rotary built in, a sliding window where the
+layer has one), ``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for
+Q/K/V and one for gate/up. In the int4 graph every quantized matrix stays in its GGUF codes in
+``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code widths run
+as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is looked up with
+``GatherBlockQuantized`` and, when tied, shared with the output projection; both exact.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+from gguf import GGMLQuantizationType
 from onnx import TensorProto, helper
 
-from rbee.models.gguf_file import BLOCK, GgufModel, QuantBlocks, unpermute_rows
+from rbee.models.gguf_file import GgufModel, unpermute_rows
 from rbee.models.nbits import to_nbits
+from rbee.models.quants import QuantBlocks, merge_rows
 
 __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
 
 PRECISIONS = ("int4", "fp32")
 _ALIGN = 4096
 _INLINE_BYTES = 1024
+# Rows of a float table converted and written at a time (bounded memory for big vocabularies).
+_TABLE_ROWS = 8192
+# Embedding types GatherBlockQuantized reads as they are: 8-bit codes, no offsets.
+_GATHER_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q6_K)
 _OPSETS = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 MS = "com.microsoft"
 # MatMulNBits accuracy levels, measured on the default model (2 threads): level 0 keeps float32
@@ -81,25 +89,42 @@ class _Weights:
         if array.nbytes <= _INLINE_BYTES:
             self.tensors.append(onnx.numpy_helper.from_array(array, name))
             return name
+        return self.add_chunks(name, array.dtype, array.shape, [array])
+
+    def add_chunks(
+        self,
+        name: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        chunks: Iterable[npt.NDArray[np.generic]],
+    ) -> str:
+        """An initializer written as the consecutive pieces ``chunks`` (runs of rows), so that
+        no more than one piece is in memory at a time."""
         pad = -self._offset % _ALIGN
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
-        self._data.write(array.tobytes())
+        nbytes = 0
+        for chunk in chunks:
+            # The buffer itself, not a copy: the largest tables are hundreds of MB.
+            self._data.write(np.ascontiguousarray(chunk, dtype=dtype).data)
+            nbytes += chunk.nbytes
+        if nbytes != int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"initializer {name}: {nbytes} bytes written for shape {shape}")
         tensor = TensorProto()
         tensor.name = name
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-        tensor.dims.extend(array.shape)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+        tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
         for key, value in (
             ("location", self._location),
             ("offset", str(self._offset)),
-            ("length", str(array.nbytes)),
+            ("length", str(nbytes)),
         ):
             entry = tensor.external_data.add()
             entry.key = key
             entry.value = value
-        self._offset += array.nbytes
+        self._offset += nbytes
         self.tensors.append(tensor)
         return name
 
@@ -113,6 +138,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self._n = 0
         self._consts: dict[tuple[str, bytes], str] = {}
+        self._rotary: dict[tuple[float, float], tuple[str, str]] = {}
 
     def node(
         self, op: str, inputs: Sequence[str], outputs: int | Sequence[str] = 1, **kw: Any
@@ -136,10 +162,20 @@ class _Builder:
     def norm_weight(self, name: str) -> str:
         return self.w.add(name, self.model.floats(name))
 
+    def rms_norm(self, x: str, name: str) -> str:
+        return self.node(
+            "SimplifiedLayerNormalization",
+            [x, self.norm_weight(name)],
+            1,
+            axis=-1,
+            epsilon=self.h.rms_eps,
+        )[0]
+
     def _rows(self, name: str, heads: int | None) -> QuantBlocks | npt.NDArray[np.float32]:
         """Matrix ``name`` as blocks (int4 graph, quantized tensor) or floats, rows unpermuted."""
-        quantized = self.model.tensor_type(name).name not in ("F32", "F16")
-        if self.int4 and quantized:
+        if heads is not None and not self.model.arch.permuted_qk:
+            heads = None
+        if self.int4 and self.model.is_quantized(name):
             blocks = self.model.blocks(name)
             return (
                 blocks if heads is None else blocks.take_rows(unpermute_rows(len(blocks.q), heads))
@@ -148,24 +184,34 @@ class _Builder:
         return dense if heads is None else dense[unpermute_rows(len(dense), heads)]
 
     def linear(self, x: str, prefix: str, parts: Sequence[tuple[str, int | None]]) -> str:
-        """``x @ W.T`` where W stacks the rows of ``parts`` (tensor name, heads to unpermute)."""
-        values = [self._rows(name, heads) for name, heads in parts]
-        if (
-            all(isinstance(v, QuantBlocks) for v in values)
-            and len({v.bits for v in values if isinstance(v, QuantBlocks)}) == 1
-        ):
-            blocks = [v for v in values if isinstance(v, QuantBlocks)]
-            merged = QuantBlocks(
-                np.concatenate([b.q for b in blocks]),
-                np.concatenate([b.d for b in blocks]),
-                np.concatenate([b.m for b in blocks]),
-                blocks[0].bits,
-            )
-            return self.nbits_matmul(x, prefix, merged)
-        dense = np.concatenate(
-            [v.dequantize() if isinstance(v, QuantBlocks) else v for v in values]
-        )
-        return self.node("MatMul", [x, self.w.add(prefix, np.ascontiguousarray(dense.T))])[0]
+        """``x @ W.T`` where W stacks the rows of ``parts`` (tensor name, heads to unpermute).
+
+        Consecutive parts of one code width and block size share a node; the outputs of
+        several nodes are concatenated.
+        """
+        groups: list[list[QuantBlocks | npt.NDArray[np.float32]]] = []
+        for name, heads in parts:
+            value = self._rows(name, heads)
+            key = (value.bits, value.block) if isinstance(value, QuantBlocks) else None
+            last = groups[-1][-1] if groups else None
+            last_key = (last.bits, last.block) if isinstance(last, QuantBlocks) else None
+            if groups and key == last_key:
+                groups[-1].append(value)
+            else:
+                groups.append([value])
+        outputs = []
+        for j, group in enumerate(groups):
+            name = prefix if len(groups) == 1 else f"{prefix}.{j}"
+            blocks = [v for v in group if isinstance(v, QuantBlocks)]
+            if blocks:
+                outputs.append(self.nbits_matmul(x, name, merge_rows(blocks)))
+            else:
+                dense = np.concatenate([v for v in group if not isinstance(v, QuantBlocks)])
+                weight = self.w.add(name, np.ascontiguousarray(dense.T))
+                outputs.append(self.node("MatMul", [x, weight])[0])
+        if len(outputs) == 1:
+            return outputs[0]
+        return self.node("Concat", outputs, axis=-1)[0]
 
     def nbits_matmul(self, x: str, prefix: str, blocks: QuantBlocks) -> str:
         nb = to_nbits(blocks)
@@ -183,12 +229,12 @@ class _Builder:
             K=nb.k,
             N=nb.n,
             bits=nb.bits,
-            block_size=BLOCK,
+            block_size=nb.block,
             accuracy_level=ACCURACY_LEVEL if nb.bits == 4 else EIGHT_BIT_ACCURACY,
         )[0]
         if nb.residual is None:
             return y
-        blocks_of_x = self.node("Reshape", [x, self.const([0, 0, nb.k // BLOCK, BLOCK])])[0]
+        blocks_of_x = self.node("Reshape", [x, self.const([0, 0, nb.k // nb.block, nb.block])])[0]
         sums = self.node("ReduceSum", [blocks_of_x, self.const([-1])], keepdims=0)[0]
         correction = self.node("MatMul", [sums, self.w.add(prefix + ".residual", nb.residual)])[0]
         return self.node("Add", [y, correction])[0]
@@ -197,22 +243,23 @@ class _Builder:
         """The embedding lookup of ``ids`` and a function computing logits from hidden states."""
         h = self.h
         tied = not self.model.has("output.weight")
-        emb_type = self.model.tensor_type("token_embd.weight").name
-        if self.int4 and tied and emb_type == "Q8_0":
-            blocks = self.model.blocks("token_embd.weight")
-            codes = self.w.add("token_embd.qweight", blocks.q)
-            scales = self.w.add("token_embd.scales", blocks.d.reshape(h.vocab_size, -1, 1))
+        name = "token_embd.weight"
+        if self.int4 and self.model.tensor_type(name) in _GATHER_TYPES:
+            block_size, codes, d = self.quantized_table(name)
+            scales = self.w.add("token_embd.scales", d.reshape(h.vocab_size, -1, 1))
             looked_up = self.node(
                 "GatherBlockQuantized",
                 [codes, ids, scales],
                 domain=MS,
                 bits=8,
-                block_size=BLOCK,
+                block_size=block_size,
                 gather_axis=0,
                 quantize_axis=2,
             )[0]
             embedded = self.node("Reshape", [looked_up, self.const([0, 0, h.hidden])])[0]
-            flat_scales = self.w.add("token_embd.scales_flat", blocks.d.reshape(-1))
+            if not tied:
+                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+            flat_scales = self.w.add("token_embd.scales_flat", d.reshape(-1))
 
             def head(x: str) -> str:
                 return self.node(
@@ -222,40 +269,120 @@ class _Builder:
                     K=h.hidden,
                     N=h.vocab_size,
                     bits=8,
-                    block_size=BLOCK,
+                    block_size=block_size,
                     accuracy_level=EIGHT_BIT_ACCURACY,
                 )[0]
 
             return embedded, head
-        table = self.w.add("token_embd.weight", self.model.floats("token_embd.weight"))
+        table = self.float_table(name)
         embedded = self.node("Gather", [table, ids], axis=0)[0]
         if not tied:
-            return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+            if self.int4 and self.model.is_quantized("output.weight"):
+                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+            return embedded, lambda x: self.table_head(x, self.float_table("output.weight"))
+        if self.int4 and self.model.is_quantized(name):
+            return embedded, lambda x: self.linear(x, "output", [(name, None)])
+        return embedded, lambda x: self.table_head(x, table)
 
-        def tied_head(x: str) -> str:
-            # Gemm reads the [vocab, hidden] table transposed in place: no second copy.
-            flat = self.node("Reshape", [x, self.const([-1, h.hidden])])[0]
-            logits = self.node("Gemm", [flat, table], transB=1)[0]
-            shape = self.node("Shape", [x], start=0, end=2)[0]
-            full = self.node("Concat", [shape, self.const([h.vocab_size])], axis=0)[0]
-            return self.node("Reshape", [logits, full])[0]
+    def quantized_table(self, name: str) -> tuple[int, str, npt.NDArray[np.float32]]:
+        """The 8-bit codes of matrix ``name`` written in runs of rows: block size, initializer
+        and the scales ``[rows, blocks]``."""
+        rows = self.model.rows(name)
+        runs = [self.model.blocks(name, 0, min(rows, _TABLE_ROWS))]
+        block = runs[0].block
+        scales = [runs[0].d]
 
-        return embedded, tied_head
+        def chunks() -> Iterator[npt.NDArray[np.uint8]]:
+            yield runs.pop().q
+            for start in range(_TABLE_ROWS, rows, _TABLE_ROWS):
+                run = self.model.blocks(name, start, start + _TABLE_ROWS)
+                scales.append(run.d)
+                yield run.q
 
-    def rotary_tables(self, capacity: int) -> tuple[str, str]:
+        shape = (rows, self.h.hidden // block, block)
+        codes = self.w.add_chunks(name + ".qweight", np.dtype(np.uint8), shape, chunks())
+        return block, codes, np.concatenate(scales)
+
+    def float_table(self, name: str) -> str:
+        """Matrix ``name`` ``[rows, cols]`` as a float32 initializer, converted in runs of rows."""
+        rows = self.model.rows(name)
+        cols = self.h.hidden
+
+        def chunks() -> Iterator[npt.NDArray[np.float32]]:
+            for start in range(0, rows, _TABLE_ROWS):
+                yield self.model.floats(name, start, start + _TABLE_ROWS)
+
+        return self.w.add_chunks(name, np.dtype(np.float32), (rows, cols), chunks())
+
+    def table_head(self, x: str, table: str) -> str:
+        """Logits from a ``[vocab, hidden]`` float table, read transposed in place by Gemm."""
         h = self.h
-        inv = 1.0 / (h.rope_base ** (np.arange(0, h.head_dim, 2, dtype=np.float64) / h.head_dim))
-        angles = np.outer(np.arange(capacity, dtype=np.float64), inv)
-        return (
-            self.w.add("rotary.cos", np.cos(angles).astype(np.float32)),
-            self.w.add("rotary.sin", np.sin(angles).astype(np.float32)),
+        flat = self.node("Reshape", [x, self.const([-1, h.hidden])])[0]
+        logits = self.node("Gemm", [flat, table], transB=1)[0]
+        shape = self.node("Shape", [x], start=0, end=2)[0]
+        full = self.node("Concat", [shape, self.const([h.vocab_size])], axis=0)[0]
+        return self.node("Reshape", [logits, full])[0]
+
+    def rotary_tables(self, capacity: int, base: float, scale: float) -> tuple[str, str]:
+        """cos/sin ``[capacity, D/2]`` for a rotary base; positions divided by ``scale``."""
+        key = (base, scale)
+        if key not in self._rotary:
+            d = self.h.head_dim
+            inv = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+            angles = np.outer(np.arange(capacity, dtype=np.float64) / scale, inv)
+            suffix = "" if not self._rotary else f".{len(self._rotary)}"
+            self._rotary[key] = (
+                self.w.add("rotary.cos" + suffix, np.cos(angles).astype(np.float32)),
+                self.w.add("rotary.sin" + suffix, np.sin(angles).astype(np.float32)),
+            )
+        return self._rotary[key]
+
+    def activation(self, gate: str) -> str:
+        if self.model.arch.activation == "gelu_tanh":
+            return self.node("Gelu", [gate], approximate="tanh")[0]
+        return self.node("Mul", [gate, self.node("Sigmoid", [gate])[0]])[0]
+
+    def attention_inputs(self, normed: str, b: str) -> list[str]:
+        """GroupQueryAttention's query, key and value inputs: fused QKV where the block allows."""
+        h, arch = self.h, self.model.arch
+        qkv = self.linear(
+            normed,
+            b + "attn_qkv",
+            [
+                (b + "attn_q.weight", h.heads),
+                (b + "attn_k.weight", h.kv_heads),
+                (b + "attn_v.weight", None),
+            ],
         )
+        if self.model.has(b + "attn_q.bias"):
+            bias = np.concatenate(
+                [self.model.floats(b + f"attn_{part}.bias") for part in ("q", "k", "v")]
+            )
+            qkv = self.node("Add", [qkv, self.w.add(b + "attn_qkv.bias", bias)])[0]
+        if not arch.qk_norm:
+            return [qkv, "", ""]
+        q_size, kv_size = h.heads * h.head_dim, h.kv_heads * h.head_dim
+        q, k, v = self.node("Split", [qkv, self.const([q_size, kv_size, kv_size])], 3, axis=-1)
+        per_head = self.const([0, 0, -1, h.head_dim])
+        normed_q, normed_k = (
+            self.node(
+                "Reshape",
+                [self.rms_norm(self.node("Reshape", [t, per_head])[0], b + f"{n}.weight"), flat],
+            )[0]
+            for t, n, flat in (
+                (q, "attn_q_norm", self.const([0, 0, q_size])),
+                (k, "attn_k_norm", self.const([0, 0, kv_size])),
+            )
+        )
+        return [normed_q, normed_k, v]
 
     def build(self, progress: Callable[[], None]) -> onnx.GraphProto:
-        h = self.h
+        h, arch = self.h, self.model.arch
         capacity = cache_capacity(h.context_length)
-        cos, sin = self.rotary_tables(capacity)
         x, head = self.embedding("input_ids")
+        if arch.scale_embedding:
+            factor = self.w.add("embedding_scale", np.array(math.sqrt(h.hidden), np.float32))
+            x = self.node("Mul", [x, factor])[0]
         progress()
         cache_shape: list[str | int] = ["batch", h.kv_heads, "capacity", h.head_dim]
         inputs = [
@@ -273,28 +400,16 @@ class _Builder:
         pending: str | None = None
         for i in range(h.layers):
             b = f"blk.{i}."
-            gamma = self.norm_weight(b + "attn_norm.weight")
             if pending is None:
-                normed = self.node(
-                    "SimplifiedLayerNormalization", [residual, gamma], 1, axis=-1, epsilon=h.rms_eps
-                )[0]
+                normed = self.rms_norm(residual, b + "attn_norm.weight")
             else:
                 normed, _, _, residual = self.node(
                     "SkipSimplifiedLayerNormalization",
-                    [pending, residual, gamma],
+                    [pending, residual, self.norm_weight(b + "attn_norm.weight")],
                     4,
                     domain=MS,
                     epsilon=h.rms_eps,
                 )
-            qkv = self.linear(
-                normed,
-                b + "attn_qkv",
-                [
-                    (b + "attn_q.weight", h.heads),
-                    (b + "attn_k.weight", h.kv_heads),
-                    (b + "attn_v.weight", None),
-                ],
-            )
             for kind in ("key", "value"):
                 inputs.append(
                     helper.make_tensor_value_info(
@@ -306,12 +421,21 @@ class _Builder:
                         f"present_{kind}.{i}", TensorProto.FLOAT, cache_shape
                     )
                 )
+            local = arch.is_local(i, h.sliding_window)
+            if local:
+                cos, sin = self.rotary_tables(capacity, arch.local_rope_base or h.rope_base, 1.0)
+            else:
+                cos, sin = self.rotary_tables(capacity, h.rope_base, h.rope_scale)
+            extra: dict[str, Any] = {}
+            if local:
+                # Both count the query itself: a window of n sees positions p - n + 1 .. p.
+                extra["local_window_size"] = h.sliding_window
+            if h.attn_softcap:
+                extra["softcap"] = h.attn_softcap
             attended = self.node(
                 "GroupQueryAttention",
                 [
-                    qkv,
-                    "",
-                    "",
+                    *self.attention_inputs(normed, b),
                     f"past_key.{i}",
                     f"past_value.{i}",
                     "seqlens_k",
@@ -326,8 +450,11 @@ class _Builder:
                 do_rotary=1,
                 rotary_interleaved=0,
                 scale=1.0 / math.sqrt(h.head_dim),
+                **extra,
             )[0]
             projected = self.linear(attended, b + "attn_output", [(b + "attn_output.weight", None)])
+            if arch.post_norms:
+                projected = self.rms_norm(projected, b + "post_attention_norm.weight")
             normed, _, _, residual = self.node(
                 "SkipSimplifiedLayerNormalization",
                 [projected, residual, self.norm_weight(b + "ffn_norm.weight")],
@@ -341,12 +468,13 @@ class _Builder:
                 [(b + "ffn_gate.weight", None), (b + "ffn_up.weight", None)],
             )
             gate, up = self.node("Split", [gate_up, self.const([h.ffn, h.ffn])], 2, axis=-1)
-            activated = self.node("Mul", [gate, self.node("Sigmoid", [gate])[0]])[0]
             pending = self.linear(
-                self.node("Mul", [activated, up])[0],
+                self.node("Mul", [self.activation(gate), up])[0],
                 b + "ffn_down",
                 [(b + "ffn_down.weight", None)],
             )
+            if arch.post_norms:
+                pending = self.rms_norm(pending, b + "post_ffw_norm.weight")
             progress()
         assert pending is not None
         final, _, _, _ = self.node(
@@ -360,7 +488,12 @@ class _Builder:
         last = self.node(
             "Slice", [final, start, self.const([np.iinfo(np.int64).max]), self.const([1])]
         )[0]
-        self.node("Identity", [head(last)], ["logits"])
+        logits = head(last)
+        if h.final_softcap:
+            cap = self.w.add("final_softcap", np.array(h.final_softcap, np.float32))
+            capped = self.node("Tanh", [self.node("Div", [logits, cap])[0]])[0]
+            logits = self.node("Mul", [capped, cap])[0]
+        self.node("Identity", [logits], ["logits"])
         progress()
         return helper.make_graph(self.nodes, "rbee-decoder", inputs, outputs, self.w.tensors)
 

@@ -39,7 +39,12 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     vocab_size: int
     precisions: list[str]
     chat_template: str = ""
+    chat_template_source: str = ""
+    """``gguf`` (the file's own), ``built-in`` (the architecture's known one) or ``none``: the
+    model takes raw prompts only (empty for models imported before this was recorded)."""
     stop_token_ids: list[int] = []
+    bos_token_id: int = -1
+    """Prompts start with this token (-1: none)."""
     source: str = ""
     files: dict[str, FileEntry] = {}
 

@@ -20,8 +20,18 @@ import msgspec
 
 from rbee import sse, wire
 from rbee.client import auth_headers, check, translate_errors
-from rbee.errors import InferenceError, ModelError
+from rbee.errors import InferenceError, ModelError, SshError
 from rbee.wire.hive import ModelInfo, ModelList, ModelRemoved, PullEvent, WorkerRetired
+from rbee.wire.hosts import (
+    HiveAdd,
+    HiveLogs,
+    HiveStarted,
+    HiveStopped,
+    HiveTrust,
+    HostHive,
+    HostKeyInfo,
+    PushProgress,
+)
 from rbee.wire.queen import (
     DecisionList,
     DecisionRecord,
@@ -51,6 +61,8 @@ T = TypeVar("T")
 LONG_TIMEOUT_S = 300.0
 
 _pull_events = msgspec.json.Decoder(PullEvent)
+_deploy_events = msgspec.json.Decoder(PushProgress | HiveStarted)
+_log_events = msgspec.json.Decoder(HiveLogs)
 
 
 class QueenClient:
@@ -89,15 +101,23 @@ class QueenClient:
 
     @contextlib.contextmanager
     def _stream(
-        self, path: str, what: str, body: bytes, read_s: float | None
+        self,
+        path: str,
+        what: str,
+        body: bytes | None,
+        read_s: float | None,
+        params: dict[str, str] | None = None,
     ) -> Iterator[tuple[str, Iterator[str]]]:
-        """POST ``body`` to ``path``: the answer's job id header and its SSE ``data`` payloads."""
+        """POST ``body`` to ``path`` (GET without one): the answer's job id header and its SSE
+        ``data`` payloads.
+        """
         with (
             translate_errors("queen", self.url),
             self._http.stream(
-                "POST",
+                "GET" if body is None else "POST",
                 path,
                 content=body,
+                params=params,
                 headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
                 timeout=httpx.Timeout(self._http.timeout.connect, read=read_s),
             ) as response,
@@ -240,3 +260,86 @@ class QueenClient:
         if outcome is None:
             raise ModelError(f"{what}: the queen ended the stream without a result")
         raise ModelError(f"{what}: {outcome.removeprefix(sse.ERROR_PREFIX).strip()}")
+
+    # --- hives on other hosts, which the queen starts over SSH ---------------------------------
+
+    def add_hive(self, request: HiveAdd) -> HostHive:
+        return self._call(
+            "POST",
+            "/v1/hives",
+            f"registering hive {request.name}",
+            HostHive,
+            content=wire.encode(request),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def host_hive(self, name: str) -> HostHive:
+        return self._call("GET", f"/v1/hives/{name}", f"reading hive {name}", HostHive)
+
+    def trust(self, name: str, fingerprint: str = "") -> HostKeyInfo:
+        """The host key hive ``name``'s host offers; trusted if ``fingerprint`` is its own."""
+        return self._call(
+            "POST",
+            f"/v1/hives/{name}/trust",
+            f"checking the host key of hive {name}",
+            HostKeyInfo,
+            content=wire.encode(HiveTrust(fingerprint=fingerprint)),
+            headers={"Content-Type": "application/json"},
+            timeout=LONG_TIMEOUT_S,
+        )
+
+    def start_hive(
+        self, name: str, *, upgrade: bool = False
+    ) -> Iterator[PushProgress | HiveStarted]:
+        """The copy's progress while the queen starts (or upgrades) hive ``name``, then the
+        outcome; `SshError` with the queen's message when it fails.
+        """
+        verb = "upgrade" if upgrade else "start"
+        what = f"{'upgrading' if upgrade else 'starting'} hive {name}"
+        outcome: str | None = None
+        with self._stream(f"/v1/hives/{name}/{verb}", what, b"", LONG_TIMEOUT_S) as (_, events):
+            for data in events:
+                if sse.is_terminal(data):
+                    outcome = data
+                    break
+                yield _deploy_events.decode(data)
+        if outcome == sse.DONE:
+            return
+        if outcome is None:
+            raise SshError(f"{what}: the queen ended the stream without a result")
+        raise SshError(outcome.removeprefix(sse.ERROR_PREFIX).strip())
+
+    def stop_hive(self, name: str) -> HiveStopped:
+        return self._call(
+            "POST",
+            f"/v1/hives/{name}/stop",
+            f"stopping hive {name}",
+            HiveStopped,
+            timeout=LONG_TIMEOUT_S,
+        )
+
+    def remove_hive(self, name: str) -> HiveStopped:
+        return self._call(
+            "DELETE",
+            f"/v1/hives/{name}",
+            f"removing hive {name}",
+            HiveStopped,
+            timeout=LONG_TIMEOUT_S,
+        )
+
+    def hive_logs(self, name: str, lines: int) -> list[str]:
+        params = {"lines": str(lines)}
+        what = f"reading the log of hive {name}"
+        return self._call("GET", f"/v1/hives/{name}/logs", what, HiveLogs, params=params).lines
+
+    def follow_hive_logs(self, name: str, lines: int) -> Iterator[list[str]]:
+        """The last ``lines`` lines of the hive's log, then each batch it writes, until closed."""
+        params = {"lines": str(lines), "follow": "1"}
+        what = f"following the log of hive {name}"
+        with self._stream(f"/v1/hives/{name}/logs", what, None, None, params) as (_, events):
+            for data in events:
+                if sse.is_terminal(data):
+                    if data.startswith(sse.ERROR_PREFIX):
+                        raise SshError(data.removeprefix(sse.ERROR_PREFIX).strip())
+                    return
+                yield _log_events.decode(data).lines

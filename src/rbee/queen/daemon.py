@@ -29,10 +29,13 @@ from rbee.queen.auth import Gate
 from rbee.queen.db import db_path, open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
 from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
+from rbee.queen.lifecycle import routes as lifecycle_routes
+from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
+from rbee.ssh import KnownHosts
 
 __all__ = ["check_exposure", "first_of", "make_gate", "run_queen"]
 
@@ -99,6 +102,8 @@ async def run_queen(
     store_dir: Path | None = None,
     local_hive: Sequence[str] | None = None,
     on_ready: Callable[[], None] | None = None,
+    deploy_file: Path | None = None,
+    known_hosts: KnownHosts | None = None,
     shutdown: Callable[[], Awaitable[None]] = until_signal,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -111,7 +116,9 @@ async def run_queen(
     under ``/v1/store``. ``local_hive`` is the command (`rbee_command`) that runs a hive on this
     machine, started once the queen is bound; jobs that no worker can take wait for its first
     heartbeat (up to ``config.hive_start_timeout_s``), and ``on_ready`` is called after it (at
-    once without a local hive).
+    once without a local hive). ``deploy_file`` is the file pushed to the hives started over
+    SSH (default: the ``rbee.pyz`` this process runs from), whose host keys are checked against
+    ``known_hosts`` (default: ``known_hosts`` next to the database, and the user's).
     """
     check_exposure(config)
     conn = open_db(db_path(config))
@@ -138,6 +145,18 @@ async def run_queen(
             # Before the first request can arrive: a job sent right away waits for this hive.
             dispatcher.expect_hive(LOCAL_HIVE, config.hive_start_timeout_s)
         cluster_api.add_routes(app, hives)
+        hosts = HostHives(
+            conn,
+            dispatcher,
+            known_hosts or KnownHosts(own=db_path(config).parent / "known_hosts"),
+            file=deploy_file or own_file(),
+            token=config.token,
+            queen_host=config.host,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+        )
+        hosts.token_for = functools.partial(hive_token, gate.secret)
+        lifecycle_routes.add_routes(app, hosts)
+        dispatcher.before_connect = hosts.before_connect
         if hives.store is not None:
             app.register_blueprint(store_blueprint(hives.store))
         stop_serving = trio.Event()
@@ -161,6 +180,8 @@ async def run_queen(
                     ),
                 )
                 task_status.started(url)
+                hosts.queen_port = httpx.URL(url).port or config.port
+                await nursery.start(hosts.run)
                 hive: LocalHive | None = None
                 if local_hive is not None:
                     hive = LocalHive(

@@ -79,6 +79,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX decisions_by_job ON decisions (job_id);
     """,
+    """
+    ALTER TABLE hives ADD COLUMN ssh_user TEXT;
+    ALTER TABLE hives ADD COLUMN python TEXT;
+    ALTER TABLE hives ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE hives ADD COLUMN auto_start INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hives ADD COLUMN tunnel INTEGER NOT NULL DEFAULT 0;
+    """,
     # API keys (only the SHA-256 of a key is kept) and the tenant each job belongs to.
     """
     CREATE TABLE keys (

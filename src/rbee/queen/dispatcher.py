@@ -34,7 +34,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 import msgspec
@@ -102,6 +102,9 @@ class Dispatcher:
         self.config = config
         self.records = JobStore(conn)
         self.hive_records = HiveStore(conn)
+        self.hive_labels: dict[str, dict[str, str]] = {}
+        # Awaited before the queen opens a connection to a worker (see `rbee.queen.http11`).
+        self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback)
@@ -134,7 +137,7 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
-        pool = Pool(self.config.token, self.worker_token)
+        pool = Pool(self.config.token, self.before_connect, self.worker_token)
         try:
             async with trio.open_nursery() as nursery:
                 self._pool = pool
@@ -637,12 +640,22 @@ class Dispatcher:
         """
         self._expected[name] = (trio.current_time() + within_s, within_s)
 
-    async def wait_for_hive(self, name: str) -> None:
-        """Return once hive ``name`` is online (at once if it is)."""
-        while (record := self.registry.hive(name)) is None or not record.online:
+    async def wait_for_hive(self, name: str, *, after: float | None = None) -> None:
+        """Return once hive ``name`` is online (at once if it is) and, with ``after``, has
+        reported since that time (``trio.current_time``).
+        """
+        while (
+            (record := self.registry.hive(name)) is None
+            or not record.online
+            or (after is not None and record.seen_at <= after)
+        ):
             await self._heard.wait()
 
     def heartbeat(self, hb: HiveHeartbeat) -> None:
+        labels = self.hive_labels.get(hb.hive)
+        if labels:
+            # Labels given at registration (rbee hive add --label) join those the hive reports.
+            hb = msgspec.structs.replace(hb, labels={**hb.labels, **labels})
         came_online, _ = self.registry.heartbeat(hb)
         self._expected.pop(hb.hive, None)
         self._heard.set()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import h11
@@ -105,9 +105,14 @@ class Pool:
     """
 
     def __init__(
-        self, token: str = "", token_for: Callable[[tuple[str, int]], str] | None = None
+        self,
+        token: str = "",
+        before_connect: Callable[[str, int], Awaitable[None]] | None = None,
+        token_for: Callable[[tuple[str, int]], str] | None = None,
     ) -> None:
         self._idle: dict[tuple[str, int], collections.deque[_Conn]] = {}
+        # Awaited before each new connection (a hive behind an SSH tunnel forwards the port).
+        self._before_connect = before_connect
         # A worker takes its hive's token (the hive passes it on): ``token_for(host, port)``.
         self._token_for = token_for or (lambda key: token)
 
@@ -145,7 +150,12 @@ class Pool:
         idle = self._idle.get(key)
         while True:
             reused = bool(idle)
-            conn = idle.popleft() if idle else _Conn(await trio.open_tcp_stream(*key))
+            if idle:
+                conn = idle.popleft()
+            else:
+                if self._before_connect is not None:
+                    await self._before_connect(*key)
+                conn = _Conn(await trio.open_tcp_stream(*key))
             try:
                 data = conn.h11.send(h11.Request(method=method, target=path, headers=headers))
                 if body:

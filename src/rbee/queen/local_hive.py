@@ -22,6 +22,7 @@ import trio
 
 from rbee import process
 from rbee.log import kv
+from rbee.queen.lifecycle.steps import hive_argv
 
 __all__ = ["LOCAL_HIVE", "LocalHive"]
 
@@ -59,11 +60,13 @@ class LocalHive:
         self._stopped = trio.Event()
 
     def argv(self) -> list[str]:
-        argv = [*self.command, "hive", "daemon", "--queen", self.queen_url, "--port", "0"]
-        argv += ["--name", LOCAL_HIVE, "--heartbeat-interval", f"{self.heartbeat_interval_s:g}"]
-        if self.models_dir:
-            argv += ["--models-dir", self.models_dir]
-        return argv
+        return hive_argv(
+            self.command,
+            self.queen_url,
+            name=LOCAL_HIVE,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            models_dir=self.models_dir,
+        )
 
     def _start(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)

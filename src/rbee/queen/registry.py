@@ -171,12 +171,18 @@ class Registry:
         now = self._clock()
         gone = [h.heartbeat.hive for h in self._hives.values() if h.online and now > h.stale_after]
         for name in gone:
-            self._hives[name].online = False
-            for wid in [wid for wid, w in self._workers.items() if w.hive == name]:
-                del self._workers[wid]
-        if gone:
-            self._snapshot = None
+            self.take_offline(name)
         return gone
+
+    def take_offline(self, name: str) -> None:
+        """Take hive ``name`` offline now, and its workers out (it stopped, or went stale)."""
+        record = self._hives.get(name)
+        if record is None:
+            return
+        record.online = False
+        for wid in [wid for wid, w in self._workers.items() if w.hive == name]:
+            del self._workers[wid]
+        self._snapshot = None
 
     def acquire(self, worker_id: str) -> None:
         """The queen sent a job to this worker: one slot fewer until `release`."""

@@ -99,6 +99,8 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     precisions: list[str]
     size_bytes: int
     files: dict[str, FileEntry]
+    chat: str = ""
+    """Where the chat template comes from: ``gguf``, ``built-in`` or ``none`` (raw prompts)."""
 
 
 class ModelList(Struct, frozen=True):

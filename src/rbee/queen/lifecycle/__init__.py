@@ -1,0 +1,1 @@
+"""Hives on other hosts: connectors, the lifecycle steps on one host, and the queen's side."""

@@ -1,0 +1,97 @@
+"""Every GGUF block type read as codes and scales, checked bit for bit against ``gguf``'s own
+dequantization, and laid out for MatMulNBits without changing a value."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from gguf import GGMLQuantizationType, quants
+
+from rbee.models.nbits import to_nbits
+from rbee.models.quants import QUANT_TYPES, QuantBlocks, merge_rows, read_blocks
+from tests.models.helpers import F16_FIELDS, random_blocks
+
+Q = GGMLQuantizationType
+ROWS, COLS = 8, 512
+
+
+def random_raw(kind: Q, seed: int) -> npt.NDArray[np.uint8]:
+    return random_blocks(kind, ROWS, COLS, np.random.default_rng(seed))
+
+
+def test_every_supported_type_is_covered() -> None:
+    assert set(QUANT_TYPES) == set(F16_FIELDS)
+
+
+@pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dequantize_is_bit_exact_against_gguf(kind: Q, seed: int) -> None:
+    raw = random_raw(kind, seed)
+    expected = quants.dequantize(raw, kind)
+    blocks = read_blocks(kind, raw)
+    got = blocks.dequantize()
+    assert got.dtype == np.float32
+    assert got.shape == expected.shape == (ROWS, COLS)
+    assert np.abs(expected).max() > 0
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert blocks.q.max() < (1 << blocks.bits)
+
+
+@pytest.mark.parametrize("kind", [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0], ids=lambda k: k.name)
+def test_blocks_quantized_by_gguf_read_back(kind: Q) -> None:
+    weights = np.random.default_rng(3).standard_normal((ROWS, COLS)).astype(np.float32)
+    raw = quants.quantize(weights, kind)
+    got = read_blocks(kind, raw).dequantize()
+    np.testing.assert_array_equal(got, quants.dequantize(raw, kind))
+    assert np.abs(got - weights).max() < 0.5
+
+
+def nbits_values(blocks: QuantBlocks) -> npt.NDArray[np.float32]:
+    """What MatMulNBits computes as weights from `to_nbits`'s inputs, in float64."""
+    nb = to_nbits(blocks)
+    nblocks = nb.k // nb.block
+    if nb.bits == 4:
+        codes = np.stack([nb.packed & 0x0F, nb.packed >> 4], axis=-1).reshape(nb.n, nblocks, -1)
+    else:
+        codes = nb.packed.reshape(nb.n, nblocks, -1)
+    if nb.zero_points is None:
+        zp = np.full((nb.n, nblocks), 1 << (nb.bits - 1), np.float64)
+    elif nb.bits == 4:
+        pairs = np.stack([nb.zero_points & 0x0F, nb.zero_points >> 4], axis=-1)
+        zp = pairs.reshape(nb.n, -1)[:, :nblocks].astype(np.float64)
+    else:
+        zp = nb.zero_points.reshape(nb.n, nblocks).astype(np.float64)
+    scales = nb.scales.reshape(nb.n, nblocks).astype(np.float64)
+    values = scales[..., None] * (codes - zp[..., None])
+    if nb.residual is not None:
+        values = values + nb.residual.T[..., None].astype(np.float64)
+    result: npt.NDArray[np.float32] = values.reshape(nb.n, nb.k).astype(np.float32)
+    return result
+
+
+@pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
+def test_matmulnbits_layout_keeps_the_values(kind: Q) -> None:
+    """Codes, scales and zero points as given; only the residual of an offset is rounded."""
+    blocks = read_blocks(kind, random_raw(kind, 5))
+    exact = blocks.dequantize()
+    nb = to_nbits(blocks)
+    assert (nb.bits, nb.block) == (blocks.bits, blocks.block)
+    if blocks.m is None:
+        assert nb.zero_points is None
+        assert nb.residual is None
+        np.testing.assert_array_equal(nbits_values(blocks), exact)
+    else:
+        assert nb.residual is not None
+        scale = np.abs(blocks.d).max()
+        np.testing.assert_allclose(nbits_values(blocks), exact, rtol=0, atol=scale * 1e-5)
+
+
+def test_rows_of_different_types_merge_into_one_matrix() -> None:
+    parts = [read_blocks(k, random_raw(k, 7)) for k in (Q.Q4_0, Q.Q4_1, Q.Q4_K)]
+    merged = merge_rows(parts)
+    expected = np.concatenate([p.dequantize() for p in parts])
+    np.testing.assert_allclose(merged.dequantize(), expected, rtol=0, atol=1e-6)
+    same = merge_rows([parts[0], parts[0]])
+    assert same.m is None
+    assert same.zero == 8

@@ -1,0 +1,287 @@
+"""Hives on other hosts, end to end: the queen pushes rbee.pyz over SSH to namespace hosts.
+
+Each host is a network namespace with its own sshd and user (`tests.ssh_hosts`); the queen runs
+in the test's trio loop on every address with a token, as it must for hives on other hosts. The
+hosts run the pushed file with Debian's own python3.11.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import zipfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import h11
+import httpx
+import pytest
+import trio
+
+from rbee import sse
+from rbee.hive.queen_link import MAX_BACKOFF_S
+from rbee.models.importer import DEFAULT_MODEL
+from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
+from rbee.queen.registry import STALE_INTERVALS
+from tests.helpers import eventually
+from tests.queen.ssh_queen import TOKEN, Queen, queen
+from tests.ssh_hosts import ClientKey, SshHost, SshHosts
+
+pytestmark = pytest.mark.slow
+
+
+async def _first_bytes(q: Queen, target: str, until: bytes) -> bytes:
+    """What a GET answers until ``until`` arrives; then the connection is closed (a client
+    that goes away in the middle of a stream).
+    """
+    host, port = q.url.removeprefix("http://").split(":")
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("Host", host), ("Authorization", f"Bearer {TOKEN}")]
+    async with await trio.open_tcp_stream(host, int(port)) as sock:
+        request = h11.Request(method="GET", target=target, headers=headers)
+        await sock.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        received = b""
+        with trio.fail_after(30):
+            while until not in received:
+                received += await sock.receive_some(4096)
+    return received
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def _events(http: httpx.AsyncClient, path: str, body: object = None) -> list[str]:
+    """The payloads of the event stream a POST answers."""
+    headers = {"Accept": "text/event-stream"}
+    async with http.stream("POST", path, json=body, headers=headers, timeout=300) as r:
+        assert r.status_code == 200, await r.aread()
+        return [p async for p in sse.data_lines(r.aiter_lines())]
+
+
+async def _pull(http: httpx.AsyncClient, hive: str, model: str) -> list[str]:
+    return await _events(http, f"/v1/hives/{hive}/models/pull", {"model": model})
+
+
+async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    one, two = ssh_hosts.make(), ssh_hosts.make()
+    async with queen(tmp_path, pyz, model_store) as q:
+        await q.add("gpu1", one, client_key, labels={"zone": "attic"})
+        await q.add("gpu2", two, client_key)
+
+        refused = await q.start("gpu1")
+        assert refused.status_code == 502
+        message = refused.json()["error"]["message"]
+        assert one.fingerprint() in message
+        assert "'rbee hive trust gpu1'" in message
+
+        await q.trust("gpu1", one)
+        first = await q.start("gpu1")
+        assert first.status_code == 200, first.text
+        assert (first.json()["changed"], first.json()["pushed"]) == (True, True)
+        assert first.json()["python"] == "/usr/bin/python3.11"
+        await q.trust("gpu2", two)
+        events = await _events(q.http, "/v1/hives/gpu2/start")
+        assert events[-1] == "[DONE]"
+        started = json.loads(events[-2])
+        assert (started["type"], started["pushed"]) == ("started", True)
+        progress = [json.loads(e) for e in events[:-2]]
+        assert {p["type"] for p in progress} == {"progress"}
+        assert progress[-1]["copied"] == progress[-1]["total"] == _size(pyz)
+        pushed = list((one.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
+        assert len(pushed) == 1
+        assert pushed[0].name == f"rbee-{sha256_of(pyz)}.pyz"
+
+        again = await q.start("gpu1")
+        assert again.status_code == 200, again.text
+        assert (again.json()["changed"], again.json()["pushed"]) == (False, False)
+        assert "nothing changed" in again.json()["message"]
+
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["gpu1"]["status"] == hives["gpu2"]["status"] == "online"
+        assert hives["gpu1"]["url"] == f"http://{one.address}:7835"
+        assert hives["gpu1"]["labels"] == {"zone": "attic"}
+        token_file = one.home / RBEE_DIR / "hives" / "gpu1" / "token"
+        assert token_file.read_text() == TOKEN
+        assert token_file.stat().st_mode & 0o777 == 0o600
+
+        logs = (await q.http.get("/v1/hives/gpu1/logs", params={"lines": 50})).json()["lines"]
+        assert any(line.startswith("rbee hive listening on") for line in logs)
+        followed = await _first_bytes(q, "/v1/hives/gpu2/logs?lines=50&follow=1", b"listening")
+        assert b"rbee hive listening on" in followed
+
+        pulled = await _pull(q.http, "gpu1", DEFAULT_MODEL)
+        assert pulled[-1] == "[DONE]", pulled[-3:]
+        spawn = {"hive": "gpu1", "model": DEFAULT_MODEL, "wait": True}
+        spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
+        assert spawned.status_code == 201, spawned.text
+
+        answered = await q.rbee(
+            "infer", "-m", DEFAULT_MODEL, "-p", "What is the capital of France?",
+            "--max-tokens", "8", "--temperature", "0",
+        )  # fmt: skip
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip()
+        job = (await q.http.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
+        assert job["state"] == "completed"
+        workers = (await q.http.get("/v1/workers")).json()["workers"]
+        assert {w["worker"]["id"]: w["hive"] for w in workers}[job["worker"]] == "gpu1"
+
+        stopped = (await q.http.post("/v1/hives/gpu1/stop", timeout=60)).json()
+        assert stopped["was_running"] is True
+        assert not (one.home / RBEE_DIR / "hives" / "gpu1" / "pid").exists()
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["gpu1"]["status"] == "offline"
+
+
+async def _status(q: Queen, name: str) -> str:
+    hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+    return str(hives[name]["status"]) if name in hives else "unknown"
+
+
+async def _until_status(q: Queen, name: str, want: str, within: float) -> float:
+    """Wait until hive ``name`` is ``want``; return how long that took."""
+    began = trio.current_time()
+    await eventually(_is(q, name, want), within, f"hive {name} {want}")
+    return trio.current_time() - began
+
+
+def _is(q: Queen, name: str, want: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await _status(q, name) == want
+
+    return check
+
+
+def _pid(host: SshHost, hive: str) -> int:
+    return int((host.home / RBEE_DIR / "hives" / hive / "pid").read_text())
+
+
+async def test_hives_outlive_a_queen_restart_and_a_link_that_goes_down(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    one, two = ssh_hosts.make(), ssh_hosts.make()
+    interval = 1.0
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    settings = {"port": port, "heartbeat_interval_s": interval}
+    async with queen(tmp_path, pyz, stop_hives=False, **settings) as first:
+        for name, host in (("gpu1", one), ("gpu2", two)):
+            await first.add(name, host, client_key)
+            await first.trust(name, host)
+            assert (await first.start(name)).status_code == 200
+    running, killed = _pid(one, "gpu1"), _pid(two, "gpu2")
+    os.kill(killed, signal.SIGKILL)
+
+    async with queen(tmp_path, pyz, **settings) as second:
+        await _until_status(second, "gpu1", "online", MAX_BACKOFF_S + 5)
+        assert _pid(one, "gpu1") == running
+        await _until_status(second, "gpu2", "online", MAX_BACKOFF_S + 60)
+        assert _pid(two, "gpu2") != killed
+
+        one.link(up=False)
+        took = await _until_status(second, "gpu1", "offline", 10 * interval)
+        assert took <= (STALE_INTERVALS + 2) * interval
+        one.link(up=True)
+        await _until_status(second, "gpu1", "online", MAX_BACKOFF_S + 5)
+        assert _pid(one, "gpu1") == running
+
+
+def _rebuilt(path: Path, comment: bytes) -> None:
+    """The same archive with another zip comment: another file, another sha256."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.comment = comment
+
+
+def _broken(path: Path) -> None:
+    """A zipapp that fails at once, as a bad build would."""
+    path.unlink()
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("__main__.py", "import sys\nsys.exit('broken build')\n")
+
+
+def _running_file(host: SshHost, hive: str) -> str:
+    return (host.home / RBEE_DIR / "hives" / hive / "file").read_text().strip()
+
+
+async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    current = tmp_path / "rbee.pyz"
+    shutil.copy(pyz, current)
+    async with queen(tmp_path, current) as q:
+        await q.add("gpu1", host, client_key)
+        await q.trust("gpu1", host)
+        assert (await q.start("gpu1")).status_code == 200
+        first_file, first_pid = _running_file(host, "gpu1"), _pid(host, "gpu1")
+
+        _rebuilt(current, b"rebuilt")
+        up = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
+        assert up.status_code == 200, up.text
+        assert (up.json()["changed"], up.json()["pushed"]) == (True, True)
+        assert f"upgraded from {first_file}" in up.json()["message"]
+        second_file = _running_file(host, "gpu1")
+        assert second_file != first_file
+        assert _pid(host, "gpu1") != first_pid
+        assert await _status(q, "gpu1") == "online"
+
+        _broken(current)
+        failed = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
+        assert failed.status_code == 502, failed.text
+        message = failed.json()["error"]["message"]
+        assert f"runs the previous one ({second_file}) again" in message
+        assert "broken build" in message
+        assert _running_file(host, "gpu1") == second_file
+        assert await _status(q, "gpu1") == "online"
+        kept = sorted(p.name for p in (host.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
+        assert Path(second_file).name in kept
+        assert len(kept) == 2
+
+
+async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    host.only_ssh()
+    async with queen(tmp_path, pyz, model_store, heartbeat_interval_s=0.5) as q:
+        queen_port = int(q.url.rsplit(":", 1)[1])
+        assert not await trio.to_thread.run_sync(host.can_reach, host.gateway, queen_port)
+        await q.add("far", host, client_key, tunnel=True)
+        await q.trust("far", host)
+        started = await q.start("far")
+        assert started.status_code == 200, started.text
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        assert hives["far"]["status"] == "online"
+        assert hives["far"]["url"].startswith("http://127.77.")
+
+        pulled = await _pull(q.http, "far", DEFAULT_MODEL)
+        assert pulled[-1] == "[DONE]", pulled[-3:]
+        spawn = {"hive": "far", "model": DEFAULT_MODEL, "wait": True}
+        spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
+        assert spawned.status_code == 201, spawned.text
+        answered = await q.rbee(
+            "infer", "-m", DEFAULT_MODEL, "-p", "Hello", "--max-tokens", "8", "--temperature", "0"
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip()
+        job = (await q.http.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
+        assert job["state"] == "completed"
+
+        hive_pid = _pid(host, "far")
+        ended = host.drop_ssh_sessions()
+        assert ended
+        await eventually(lambda: bool(host.ssh_sessions() - ended), 30, "the tunnel is back")
+        await eventually(_is(q, "far", "online"), MAX_BACKOFF_S + 30, "the hive reports again")
+        assert _pid(host, "far") == hive_pid
+        again = await q.rbee("infer", "-m", DEFAULT_MODEL, "-p", "Hi", "--max-tokens", "4")
+        assert again.returncode == 0, again.stderr
+
+        stopped = (await q.http.post("/v1/hives/far/stop", timeout=60)).json()
+        assert stopped["was_running"] is True
