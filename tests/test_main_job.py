@@ -223,7 +223,10 @@ def test_pull_to_a_second_hive_and_its_death(own_cluster: Cluster, model_store: 
     argv = [*RBEE, "hive", "daemon", "--queen", cluster.url, "--name", "second"]
     argv += ["--port", "0", "--models-dir", str(other), "--state-dir", str(cluster.root / "s2")]
     argv += ["--heartbeat-interval", str(SECOND_INTERVAL_S)]
-    hive = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=cluster.env)
+    # Started by hand with no token, on the queen's host with the queen's settings: the hive takes
+    # its own token from the cluster secret beside the queen's database.
+    env = {**cluster.env, "RBEE_QUEEN_DB": str(cluster.root / "q.db")}
+    hive = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert read_line(hive, 30).startswith("rbee hive listening on")
 

@@ -8,6 +8,7 @@ The environment is read here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ __all__ = [
     "QueenConfig",
     "WorkerConfig",
     "default_config_path",
+    "is_loopback",
     "load",
     "set_value",
 ]
@@ -40,6 +42,16 @@ MINUTES = 60 * SECONDS
 
 def _xdg(var: str, fallback: str) -> Path:
     return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind, or a caller's) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_config_path() -> Path:
@@ -104,6 +116,10 @@ class QueenConfig:
     events_kept_s: float = 10 * MINUTES
     local_hive: bool = True
     models_dir: str = ""
+    # Home mode: a loopback caller needs no key while no token is set (see rbee.queen.auth).
+    loopback_keyless: bool = True
+    # Platform mode: the policy is locked, every caller needs a key, tenants share the queue.
+    platform: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

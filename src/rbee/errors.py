@@ -14,8 +14,15 @@ OpenAI-style ``type`` and ``code`` drawn beside it (the class attributes `RbeeEr
     │   │                                             passed on), or a refusal with a chosen status
     │   ├── NotFoundError     404 invalid_request     the thing asked for does not exist
     │   │   └── NoWorkerError 404 invalid_request     no worker serves the model, none can start
-    │   └── QueueFullError    429 rate_limit_exceeded every slot busy, queue full (code queue_full,
-    │                                                 ``Retry-After``)
+    │   ├── AuthError         401 authentication_error no key, or an unknown, revoked or expired
+    │   │                                             one (code invalid_api_key)
+    │   ├── ForbiddenError    403 permission_error    the caller may not do this (code
+    │   │                                             model_not_allowed, admin_only, wrong_hive)
+    │   ├── QueueFullError    429 rate_limit_exceeded every slot busy, queue full (code queue_full,
+    │   │                                             ``Retry-After``)
+    │   └── QuotaError        429 rate_limit_exceeded a key's requests, tokens or streams per
+    │                                                 minute are used up (``Retry-After`` and the
+    │                                                 ``x-ratelimit-*`` headers)
     ├── ConnectError          502 server_error        a peer could not be reached (queen, hive or
     │                                                 worker down)
     ├── ModelError            422 invalid_request     a model cannot be imported or loaded (a bad
@@ -28,9 +35,9 @@ OpenAI-style ``type`` and ``code`` drawn beside it (the class attributes `RbeeEr
     └── SshError              502 server_error        an SSH connection, command or transfer failed
 
 ``invalid_request`` stands for ``invalid_request_error``. A `ModelError` is a 422: the request
-was well formed, the model cannot serve it. A missing or wrong API token is no error of this tree:
-`rbee.server.create_app` answers it before any route runs (401 ``authentication_error``, code
-``invalid_api_key``). Every error's message says what went wrong and, where it can, what to do
+was well formed, the model cannot serve it. A hive's or worker's missing or wrong token is
+answered by `rbee.server.create_app` before any route runs, the queen's callers by
+`rbee.queen.auth`; both answer as `AuthError` does. Every error's message says what went wrong and, where it can, what to do
 about it.
 """
 
@@ -38,8 +45,10 @@ from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "AuthError",
     "ConfigError",
     "ConnectError",
+    "ForbiddenError",
     "InferenceError",
     "ModelError",
     "ModelNotFoundError",
@@ -47,6 +56,7 @@ __all__ = [
     "NotFoundError",
     "PolicyError",
     "QueueFullError",
+    "QuotaError",
     "RbeeError",
     "SshError",
     "UsageError",
@@ -58,7 +68,7 @@ class RbeeError(Exception):
 
     ``status``, ``error_type``, ``code`` and ``param`` are how a daemon answers with it (the
     body's ``error.type``, ``error.code`` and ``error.param``); ``retry_after`` (seconds), when
-    set, goes out as ``Retry-After``.
+    set, goes out as ``Retry-After``, and ``headers`` go out as they are.
     """
 
     exit_code = 1
@@ -67,6 +77,7 @@ class RbeeError(Exception):
     code: str | None = None
     param: str | None = None
     retry_after: int | None = None
+    headers: dict[str, str] | None = None
 
 
 class UsageError(RbeeError):
@@ -123,6 +134,38 @@ class QueueFullError(ApiError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message, 429, error_type="rate_limit_exceeded", code="queue_full")
         self.retry_after = retry_after
+
+
+class AuthError(ApiError):
+    """The caller sent no credential the queen accepts: no key, or an unknown, revoked or
+    expired one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 401, error_type="authentication_error", code="invalid_api_key")
+        # Refused before its body was read: a connection kept alive after that could hang the
+        # next request on it (seen with hypercorn), so it closes and the next opens another.
+        self.headers = {"Connection": "close"}
+
+
+class ForbiddenError(ApiError):
+    """The caller's key is valid but may not do this (``code`` says what: a model it may not
+    use, a route only the cluster's admin may call)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, 403, error_type="permission_error", code=code)
+        self.headers = {"Connection": "close"}
+
+
+class QuotaError(ApiError):
+    """A key used up its requests, tokens or concurrent streams: retry after ``retry_after`` s.
+
+    ``headers`` carry the ``x-ratelimit-*`` figures of the key's limits.
+    """
+
+    def __init__(self, message: str, retry_after: int, headers: dict[str, str]) -> None:
+        super().__init__(message, 429, error_type="rate_limit_exceeded", code="rate_limit_exceeded")
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class ConnectError(RbeeError):

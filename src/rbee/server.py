@@ -9,7 +9,6 @@ URL through ``task_status`` and shuts down gracefully when ``shutdown`` fires.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +21,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from rbee import wire
-from rbee.errors import ConfigError, RbeeError
+from rbee.config import is_loopback
+from rbee.errors import AuthError, ConfigError, RbeeError
 
 __all__ = [
     "BAD_TOKEN",
@@ -70,6 +70,8 @@ def rbee_error_response(err: RbeeError) -> Response:
 def error_parts(err: RbeeError) -> tuple[int, bytes, dict[str, str]]:
     """The status, JSON body and headers that answer ``err``, as its class says (`rbee.errors`)."""
     headers = {} if err.retry_after is None else {"Retry-After": str(err.retry_after)}
+    if err.headers:
+        headers.update(err.headers)
     return err.status, _error_body(str(err), err.error_type, err.code, err.param), headers
 
 
@@ -84,16 +86,6 @@ def bearer_ok(authorization: str, token: str) -> bool:
     """Whether an ``Authorization`` header carries ``token`` (compared in constant time)."""
     given = authorization.removeprefix("Bearer ").strip()
     return hmac.compare_digest(given.encode(), token.encode())
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` only exposes the API to this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def require_token(host: str, token: str, what: str, setting: str) -> None:
@@ -138,7 +130,7 @@ def create_app(name: str, token: str = "") -> QuartTrio:
             if request.path == "/health":
                 return None
             if not bearer_ok(request.headers.get("Authorization", ""), token):
-                return error_response(BAD_TOKEN, 401, "authentication_error", "invalid_api_key")
+                raise AuthError(BAD_TOKEN)
             return None
 
     return app

@@ -18,8 +18,19 @@ from rbee.cli import COMMANDS, cli
 from tests.helpers import listed_commands, run_rbee
 from tests.test_imports import closure, import_graph, module_files
 
-EVERY_COMMAND = ["queen", "hive", "worker", "infer", "status", "job", "model", "policy", "config"]
-GROUPS = ["hive", "worker", "job", "model", "policy", "config"]
+EVERY_COMMAND = [
+    "queen",
+    "hive",
+    "worker",
+    "infer",
+    "status",
+    "job",
+    "model",
+    "policy",
+    "key",
+    "config",
+]
+GROUPS = ["hive", "worker", "job", "model", "policy", "key", "config"]
 LEAST = Path(__file__).resolve().parents[2] / "policies" / "least_loaded.rhai"
 
 

@@ -124,7 +124,7 @@ async def test_token_comes_from_the_config(
 ) -> None:
     code, _, err = await rbee(capsys, "--queen", queen.url, "status")
     assert code == 1
-    assert err.startswith("rbee: error: asking the queen's status: missing or wrong API token")
+    assert err.startswith("rbee: error: asking the queen's status: missing API key or token")
     monkeypatch.setenv("RBEE_KEEPER_TOKEN", "s3cret")
     code, out, _ = await rbee(capsys, "--queen", queen.url, "status")
     assert code == 0

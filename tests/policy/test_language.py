@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from rbee.decisions import Reject, Route, Spawn
 from rbee.errors import PolicyError
 from rbee.policy import load_source
-from rbee.wire.queen import Snapshot
+from rbee.wire.queen import Snapshot, TenantView
 
 from .cluster import hive, job, worker
 
@@ -134,3 +135,39 @@ def test_schedule_job_parameters_are_bound_by_name() -> None:
     assert isinstance(decision, Spawn)
     with pytest.raises(PolicyError, match="parameters are named from job, workers, hives"):
         load_source('fn schedule_job(job, pools) { reject("x") }')
+
+
+def test_tenant_helpers_read_the_snapshots_tenants() -> None:
+    tenants = (
+        TenantView(name="acme", requests=3, tokens=900, concurrent=1, rpm=10, tpm=1000),
+        TenantView(name="full", requests=5, rpm=5),
+    )
+    snap = msgspec.structs.replace(SNAP, tenants=tenants)
+
+    def value_of(expr: str) -> str:
+        src = f"fn schedule_job(job, workers) {{ return reject(({expr}).to_string()); }}"
+        decision = load_source(src).schedule(job(tenant="acme"), snap)
+        assert isinstance(decision, Reject)
+        return decision.reason
+
+    assert value_of("tenant_over_quota(job.tenant)") == "false"
+    assert value_of('tenant_over_quota("full")') == "true"
+    # The tightest limit: 100 of 1000 tokens left.
+    assert value_of("tenant_remaining_quota(job.tenant)") == "0.1"
+    assert value_of('tenant_remaining_quota("full")') == "0.0"
+    assert value_of('tenant_remaining_quota("nobody")') == "1.0"
+    assert value_of('tenant_over_quota("nobody")') == "false"
+    usage = "tenant_usage(job.tenant)"
+    assert value_of(f"{usage}.requests + {usage}.tokens + {usage}.concurrent") == "904"
+    assert value_of(f"{usage}.rpm + {usage}.tpm + {usage}.max_concurrent") == "1010"
+    assert value_of('tenant_usage("nobody").tokens') == "0"
+
+
+def test_tenant_helpers_check_their_argument() -> None:
+    src = 'fn schedule_job(job, workers) { if tenant_over_quota(42) { return reject("x"); } }'
+    with pytest.raises(PolicyError, match="tenant_over_quota\\(\\) needs a string for the tenant"):
+        load_source(src).schedule(job(), SNAP)
+    with pytest.raises(PolicyError, match="a tenant's usage has no field 'model'"):
+        load_source('fn schedule_job(job, workers) { reject(tenant_usage("a").model) }').schedule(
+            job(), SNAP
+        )

@@ -14,6 +14,8 @@ from rbee.config import QueenConfig
 from rbee.decisions import Scheduler
 from rbee.queen.daemon import run_queen
 from rbee.queen.dispatcher import Provisioner
+from rbee.queen.keys import secret_path
+from tests.queen.fake_worker import QUEEN_SECRETS
 
 
 @dataclasses.dataclass
@@ -57,6 +59,7 @@ async def start_queen(
             stopped.set()
 
     url: str = await nursery.start(run)
+    QUEEN_SECRETS[url] = secret_path(config).read_text(encoding="ascii").strip()
     return QueenHandle(url, config, stop, stopped)
 
 

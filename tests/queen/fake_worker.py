@@ -173,10 +173,24 @@ def heartbeat(
     )
 
 
-async def register(queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus) -> None:
-    """Announce ``workers`` (all on ``hive``) to the queen."""
+# The cluster secret of each queen a test started (`tests.queen.conftest.start_queen`), by URL:
+# a hive's report needs a credential, loopback or not.
+QUEEN_SECRETS: dict[str, str] = {}
+
+
+def hive_auth(queen_url: str) -> dict[str, str]:
+    """The header a hive's report to the queen at ``queen_url`` needs (its cluster secret)."""
+    return {"Authorization": f"Bearer {QUEEN_SECRETS[queen_url]}"}
+
+
+async def register(
+    queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus, token: str = ""
+) -> None:
+    """Announce ``workers`` (all on ``hive``) to the queen, with ``token`` or its cluster secret."""
     statuses = [w.status() if isinstance(w, FakeWorker) else w for w in workers]
-    async with httpx.AsyncClient() as client:
+    token = token or QUEEN_SECRETS.get(queen_url, "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(headers=headers) as client:
         response = await client.post(
             f"{queen_url}/v1/heartbeat", content=wire.encode(heartbeat(hive, statuses))
         )

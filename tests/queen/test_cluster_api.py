@@ -6,7 +6,7 @@ import httpx
 
 from rbee import wire
 from tests.queen.conftest import QueenHandle
-from tests.queen.fake_worker import heartbeat
+from tests.queen.fake_worker import heartbeat, hive_auth
 
 
 async def test_an_unreachable_hive_is_a_502_and_an_unknown_one_a_404(
@@ -14,7 +14,10 @@ async def test_an_unreachable_hive_is_a_502_and_an_unknown_one_a_404(
 ) -> None:
     # The heartbeat names a hive URL where nothing listens.
     beat = wire.encode(heartbeat("hive-a", []))
-    assert (await http.post(f"{queen.url}/v1/heartbeat", content=beat)).status_code == 204
+    answer = await http.post(
+        f"{queen.url}/v1/heartbeat", content=beat, headers=hive_auth(queen.url)
+    )
+    assert answer.status_code == 204
     down = await http.get(f"{queen.url}/v1/hives/hive-a/models")
     assert down.status_code == 502
     error = down.json()["error"]

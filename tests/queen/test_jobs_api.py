@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from tests.queen.conftest import QueenHandle, read_stream
-from tests.queen.fake_worker import FakeWorker, register
+from tests.queen.fake_worker import FakeWorker, hive_auth, register
 
 
 async def submit(
@@ -158,7 +158,9 @@ async def test_bad_bodies_are_400_naming_the_field(
     not_json = await http.post(f"{queen.url}/v1/jobs", content=b"{nope")
     assert not_json.status_code == 400
     assert "not valid JSON" in not_json.json()["error"]["message"]
-    bad_beat = await http.post(f"{queen.url}/v1/heartbeat", json={"hive": "h", "url": "x"})
+    bad_beat = await http.post(
+        f"{queen.url}/v1/heartbeat", json={"hive": "h", "url": "x"}, headers=hive_auth(queen.url)
+    )
     assert bad_beat.status_code == 400
     assert "host" in bad_beat.json()["error"]["message"]
     bad_state = await http.get(f"{queen.url}/v1/jobs", params={"state": "lost"})

@@ -20,7 +20,7 @@ import trio
 from rbee import wire
 from rbee.config import QueenConfig
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
-from tests.queen.fake_worker import FakeWorker, heartbeat, register
+from tests.queen.fake_worker import FakeWorker, heartbeat, hive_auth, register
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "system", "content": "be brief"},
@@ -170,7 +170,10 @@ async def test_a_model_nobody_has_is_404_model_not_found_before_any_spawn(
     # A queen that starts workers itself (its store is empty) and one hive without the model.
     queen = await start_queen(nursery, queen_config, provision=True, store_dir=tmp_path / "store")
     empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["other"])
-    assert (await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))).is_success
+    beat = await http.post(
+        f"{queen.url}/v1/heartbeat", content=wire.encode(empty), headers=hive_auth(queen.url)
+    )
+    assert beat.is_success
 
     def unknown_model() -> None:
         with client(queen) as c:

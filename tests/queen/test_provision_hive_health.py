@@ -9,7 +9,7 @@ import trio
 
 from rbee import wire
 from tests.queen.conftest import QueenHandle, read_stream
-from tests.queen.fake_worker import FakeWorker, heartbeat, register
+from tests.queen.fake_worker import FakeWorker, heartbeat, hive_auth, register
 
 INTERVAL_S = 0.2
 
@@ -20,7 +20,9 @@ async def test_a_job_on_a_silent_hive_is_retried_on_another_before_its_first_tok
     stuck = await FakeWorker(hold=trio.Event()).start(nursery)
     good = await FakeWorker().start(nursery)
     beat = heartbeat("fading", [stuck.status()], interval_s=INTERVAL_S)
-    response = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(beat))
+    response = await http.post(
+        f"{queen.url}/v1/heartbeat", content=wire.encode(beat), headers=hive_auth(queen.url)
+    )
     assert response.status_code == 204
     await register(queen.url, "steady", good)
 

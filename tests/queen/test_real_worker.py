@@ -23,7 +23,7 @@ from rbee import wire
 from rbee.wire.queen import WorkerStatus
 from tests.helpers import RBEE
 from tests.queen.conftest import QueenHandle
-from tests.queen.fake_worker import heartbeat
+from tests.queen.fake_worker import heartbeat, hive_auth
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ async def routed(queen: QueenHandle, real_worker: str) -> QueenHandle:
         slots_total=2,
         slots_free=2,
     )
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=hive_auth(queen.url)) as client:
         body = wire.encode(heartbeat("local", [status]))
         assert (await client.post(f"{queen.url}/v1/heartbeat", content=body)).status_code == 204
     return queen

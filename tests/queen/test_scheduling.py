@@ -20,7 +20,7 @@ from rbee.queen.scheduler import builtin, make_scheduler
 from rbee.wire.queen import JobView, Snapshot, WorkerExited
 from tests.helpers import eventually
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
-from tests.queen.fake_worker import FakeWorker, heartbeat, register
+from tests.queen.fake_worker import FakeWorker, heartbeat, hive_auth, register
 
 BODY: dict[str, object] = {"operation": "infer", "model": "fake-model", "prompt": "hi"}
 
@@ -100,10 +100,16 @@ async def test_an_exited_worker_leaves_the_registry_at_once(
     exited = WorkerExited(
         hive="hive-a", worker_id=worker.id, model="fake-model", exit_code=-9, log_tail=["OOM"]
     )
-    wrong = await http.post(f"{queen.url}/v1/workers/other/exited", content=wire.encode(exited))
+    wrong = await http.post(
+        f"{queen.url}/v1/workers/other/exited",
+        content=wire.encode(exited),
+        headers=hive_auth(queen.url),
+    )
     assert wrong.status_code == 400
     response = await http.post(
-        f"{queen.url}/v1/workers/{worker.id}/exited", content=wire.encode(exited)
+        f"{queen.url}/v1/workers/{worker.id}/exited",
+        content=wire.encode(exited),
+        headers=hive_auth(queen.url),
     )
     assert response.status_code == 204
     status = (await http.get(f"{queen.url}/v1/status")).json()
@@ -165,7 +171,9 @@ async def queen_with_empty_hive(
     queen = await start_queen(nursery, config, provisioner=provisioner)
     provisioner.queen_url = queen.url
     empty = msgspec.structs.replace(heartbeat("hive-a", []), models=["fake-model"])
-    answer = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(empty))
+    answer = await http.post(
+        f"{queen.url}/v1/heartbeat", content=wire.encode(empty), headers=hive_auth(queen.url)
+    )
     assert answer.status_code == 204
     return queen
 
@@ -194,7 +202,10 @@ class DyingProvisioner:
             hive=hive, worker_id="w-1", model=model, exit_code=1, log_tail=["bad graph"]
         )
         path = f"{self.queen_url}/v1/workers/w-1/exited"
-        assert (await self.http.post(path, content=wire.encode(exited))).status_code == 204
+        answer = await self.http.post(
+            path, content=wire.encode(exited), headers=hive_auth(self.queen_url)
+        )
+        assert answer.status_code == 204
         await trio.sleep_forever()
 
     def provides(self, model: str) -> bool:
@@ -285,6 +296,7 @@ async def test_the_queen_sends_its_token_to_workers(
     headers = {"Authorization": "Bearer s3cret"}
     async with httpx.AsyncClient(headers=headers) as http:
         beat = heartbeat("hive-a", [worker.status()])
+        # The hive reports with the queen's token: the queen calls its workers with it.
         response = await http.post(f"{queen.url}/v1/heartbeat", content=wire.encode(beat))
         assert response.status_code == 204
         record = await run(http, queen.url)

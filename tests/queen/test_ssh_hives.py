@@ -24,6 +24,7 @@ import trio
 from rbee import sse
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.models.importer import DEFAULT_MODEL
+from rbee.queen.keys import SECRET_FILE, hive_token
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
 from rbee.queen.registry import STALE_INTERVALS
 from tests.helpers import eventually
@@ -106,8 +107,10 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         assert hives["gpu1"]["status"] == hives["gpu2"]["status"] == "online"
         assert hives["gpu1"]["url"] == f"http://{one.address}:7835"
         assert hives["gpu1"]["labels"] == {"zone": "attic"}
+        # Each hive gets a token of its own, which speaks only for it.
         token_file = one.home / RBEE_DIR / "hives" / "gpu1" / "token"
-        assert token_file.read_text() == TOKEN
+        secret = (tmp_path / SECRET_FILE).read_text().strip()
+        assert token_file.read_text() == hive_token(secret, "gpu1")
         assert token_file.stat().st_mode & 0o777 == 0o600
 
         logs = (await q.http.get("/v1/hives/gpu1/logs", params={"lines": 50})).json()["lines"]

@@ -3,7 +3,8 @@
 One module per command group: ``queen``, ``hive`` and ``worker`` start the daemons (``rbee queen``,
 ``rbee hive daemon``, ``rbee worker daemon``; the daemons themselves live in `rbee.queen`,
 `rbee.hive` and `rbee.worker` and import nothing from here) and manage them through the queen;
-``infer``, ``status``, ``job``, ``model``, ``policy`` and ``config`` are the keeper's commands.
+``infer``, ``status``, ``job``, ``model``, ``policy``, ``key`` and ``config`` are the keeper's
+commands.
 `rbee.cli.common` holds the shared context and options, `rbee.cli.output` the tables and JSON.
 Every command module is imported only when its command runs, so ``--version`` and ``--help`` stay
 fast and each mode pays only for what it uses.
@@ -42,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "job": ("rbee.cli.job:job", "List, show or cancel jobs ('jobs' works too)."),
     "model": ("rbee.cli.model:model", "Import, list, pull and remove models."),
     "policy": ("rbee.cli.policy:policy", "Check, test, explain and replay scheduling policies."),
+    "key": ("rbee.cli.key:key", "Create, list and revoke API keys (admin)."),
     "config": ("rbee.cli.config:config", "Show or change settings in the config file."),
 }
 

@@ -61,11 +61,34 @@ class Context:
         return self.queen_url or str(self.config.keeper.queen_url)
 
     def client(self) -> QueenClient:
-        """A client for the queen this command line points at, with its token."""
+        """A client for the queen this command line points at, with its token.
+
+        Without ``--token`` or ``keeper.token``, a queen on this machine's loopback is sent the
+        cluster secret from its data directory, when this user can read it (the admin
+        credential: see `rbee.queen.auth`); it is never sent to another host.
+        """
         from rbee.queen.client import QueenClient
 
         keeper = self.config.keeper
-        return QueenClient(self.queen(), self.token or keeper.token, keeper.timeout_s)
+        url = self.queen()
+        token = self.token or keeper.token or self.local_secret(url)
+        return QueenClient(url, token, keeper.timeout_s)
+
+    def local_secret(self, url: str) -> str:
+        """The cluster secret of the queen at ``url`` if it runs here and this user can read it
+        (else "")."""
+        import urllib.parse
+
+        from rbee.config import is_loopback
+        from rbee.queen.keys import secret_path
+
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if not is_loopback(host):
+            return ""
+        try:
+            return secret_path(self.config.queen).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
 
 
 pass_context = click.make_pass_decorator(Context)

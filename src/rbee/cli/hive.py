@@ -8,6 +8,7 @@ Nothing heavy is imported until a command runs: the daemon's modules load only w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +21,9 @@ from rbee.cli.common import (
     queen_options,
     token_option,
 )
+
+if TYPE_CHECKING:
+    from rbee.config import HiveConfig
 
 __all__ = ["hive"]
 
@@ -49,7 +53,10 @@ def hive() -> None:
     type=click.Path(file_okay=False),
     help="Where worker logs go (default ~/.local/share/rbee/hive).",
 )
-@token_option("API token: required from callers, sent to the queen (default hive.token).")
+@token_option(
+    "API token: required from callers, sent to the queen (default hive.token; for a queen on "
+    "this machine whose cluster secret this user can read, this hive's own token from it)."
+)
 @click.option(
     "--heartbeat-interval",
     "heartbeat_interval_s",
@@ -90,6 +97,8 @@ def daemon(
         token=ctx.token,
         heartbeat_interval_s=heartbeat_interval_s,
     )
+    if not settings.token:
+        settings = config_mod.override(settings, token=_own_token(ctx, settings))
     store = ctx.config.models_dir(settings.models_dir)
     state = (
         Path(settings.state_dir).expanduser()
@@ -97,6 +106,16 @@ def daemon(
         else config_mod.default_data_dir() / "hive"
     )
     trio.run(partial(run_hive, settings, store, state, worker_defaults=ctx.config.worker))
+
+
+def _own_token(ctx: Context, settings: HiveConfig) -> str | None:
+    """A hive started by hand without a token, for a queen on this machine whose cluster secret
+    this user can read, takes its own hive token from that secret (else it has none)."""
+    from rbee.hive.daemon import default_hive_name
+    from rbee.queen.keys import hive_token
+
+    secret = ctx.local_secret(settings.queen_url)
+    return hive_token(secret, settings.name or default_hive_name()) if secret else None
 
 
 @hive.command("list")

@@ -30,7 +30,13 @@ __all__ = ["queen"]
 @click.option(
     "--policy-locked/--policy-unlocked",
     default=None,
-    help="Platform mode: never reload the policy file.",
+    help="Never reload the policy file.",
+)
+@click.option(
+    "--platform/--home",
+    default=None,
+    help="Platform mode: the policy is locked, every caller needs an API key (loopback too), "
+    "quotas are enforced and tenants share the queue fairly (default queen.platform).",
 )
 @token_option(
     "API token clients must send as 'Authorization: Bearer <token>' (default queen.token)."
@@ -59,6 +65,7 @@ def queen(
     db: str | None,
     policy: str | None,
     policy_locked: bool | None,
+    platform: bool | None,
     local_hive: bool | None,
     models_dir: str | None,
     keep_alive_s: float | None,
@@ -82,13 +89,14 @@ def queen(
         db=db,
         policy=policy,
         policy_locked=policy_locked,
+        platform=platform,
         token=ctx.token,
         local_hive=local_hive,
         models_dir=models_dir,
         keep_alive_s=keep_alive_s,
     )
     check_exposure(config)
-    scheduler = make_scheduler(config.policy, locked=config.policy_locked)
+    scheduler = make_scheduler(config.policy, locked=config.policy_locked or config.platform)
     try:
         trio.run(
             functools.partial(

@@ -1,7 +1,7 @@
 """Golden case files for ``rbee policy test``: job + cluster -> expected decision.
 
-A case file is TOML or JSON. Top-level ``workers`` and ``hives`` are the cluster every case uses
-unless it brings its own; each ``[[case]]`` has a ``name``, a ``job`` (``id`` optional) and an
+A case file is TOML or JSON. Top-level ``workers``, ``hives`` and ``tenants`` (their quota use,
+for the ``tenant_*`` helpers) are the cluster every case uses unless it brings its own; each ``[[case]]`` has a ``name``, a ``job`` (``id`` optional) and an
 ``expect`` table::
 
     [[workers]]
@@ -35,7 +35,7 @@ import msgspec
 
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
 from rbee.errors import PolicyError, UsageError
-from rbee.wire.queen import DecisionKind, HiveView, JobView, Snapshot, WorkerView
+from rbee.wire.queen import DecisionKind, HiveView, JobView, Snapshot, TenantView, WorkerView
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,12 +60,14 @@ class Case(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expect: Expect
     workers: tuple[WorkerView, ...] | None = None
     hives: tuple[HiveView, ...] | None = None
+    tenants: tuple[TenantView, ...] | None = None
 
 
 class _CaseFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     case: list[Case]
     workers: tuple[WorkerView, ...] = ()
     hives: tuple[HiveView, ...] = ()
+    tenants: tuple[TenantView, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,7 @@ def load_cases(path: Path) -> list[tuple[Case, Snapshot]]:
             Snapshot(
                 workers=parsed.workers if case.workers is None else case.workers,
                 hives=parsed.hives if case.hives is None else case.hives,
+                tenants=parsed.tenants if case.tenants is None else case.tenants,
             ),
         )
         for case in parsed.case

@@ -744,6 +744,7 @@ class CompiledPolicy:
         with self._lock:
             meter = self._meter
             meter.reset()
+            meter.tenants = {t.name: t for t in snapshot.tenants}
             meter.returned_at = self._fn.pos
             try:
                 result = self._entry(args)

@@ -27,7 +27,7 @@ from rbee.policy.runtime import (
     Workers,
     type_name,
 )
-from rbee.wire.queen import GpuTelemetry, HiveView, JobView, WorkerView
+from rbee.wire.queen import GpuTelemetry, HiveView, JobView, TenantView, WorkerView
 
 __all__ = ["FIELDS", "FUNCTIONS", "METHODS", "Site", "equal", "order_key"]
 
@@ -103,6 +103,11 @@ _JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     for name in ("id", "model", "priority", "prompt_tokens", "max_tokens", "tenant", "labels")
 }
 
+_TENANT_FIELDS: dict[str, Callable[[Any], Any]] = {
+    name: attrgetter(name)
+    for name in ("name", "requests", "tokens", "concurrent", "rpm", "tpm", "max_concurrent")
+}
+
 # name -> {receiver type -> getter}: the compiler rejects a name in none of them.
 FIELDS: dict[str, dict[type, Callable[[Any], Any]]] = {}
 for _type, _table in (
@@ -110,6 +115,7 @@ for _type, _table in (
     (HiveView, _HIVE_FIELDS),
     (GpuTelemetry, _GPU_FIELDS),
     (JobView, _JOB_FIELDS),
+    (TenantView, _TENANT_FIELDS),
 ):
     for _name, _getter in _table.items():
         FIELDS.setdefault(_name, {})[_type] = _getter
@@ -591,6 +597,31 @@ def _range(site: Site, start: Any, stop: Any) -> list[int]:
     return list(range(start, stop))
 
 
+def _tenant(site: Site, name: Any) -> TenantView:
+    """The tenant's usage this minute; one without keys (or quotas) has none."""
+    tenant = _str(site, name, "the tenant")
+    return site.meter.tenants.get(tenant) or TenantView(name=tenant)
+
+
+def _remaining(t: TenantView) -> float:
+    """The fraction left of the tenant's tightest limit (1.0 with no limit)."""
+    pairs = ((t.requests, t.rpm), (t.tokens, t.tpm), (t.concurrent, t.max_concurrent))
+    left = [max(limit - used, 0) / limit for used, limit in pairs if limit > 0]
+    return min(left, default=1.0)
+
+
+def _tenant_usage(site: Site, name: Any) -> TenantView:
+    return _tenant(site, name)
+
+
+def _tenant_over_quota(site: Site, name: Any) -> bool:
+    return _remaining(_tenant(site, name)) <= 0.0
+
+
+def _tenant_remaining_quota(site: Site, name: Any) -> float:
+    return _remaining(_tenant(site, name))
+
+
 # name -> (implementation, min args, max args)
 FUNCTIONS: dict[str, tuple[Impl, int, int]] = {
     "reject": (_reject, 1, 1),
@@ -602,4 +633,7 @@ FUNCTIONS: dict[str, tuple[Impl, int, int]] = {
     "floor": (_floor, 1, 1),
     "round": (_round, 1, 1),
     "range": (_range, 2, 2),
+    "tenant_usage": (_tenant_usage, 1, 1),
+    "tenant_over_quota": (_tenant_over_quota, 1, 1),
+    "tenant_remaining_quota": (_tenant_remaining_quota, 1, 1),
 }

@@ -2,7 +2,7 @@
 
 A script only ever holds these values: numbers (``int``, ``float``), ``str``, ``bool``, lists
 (``list``/``tuple``, and the tagged `Workers` and `Hives`), label maps (``dict[str, str]``), the
-views of `rbee.wire.queen` (job, worker, hive, GPU), `Closure`, `Nothing` and the decisions of
+views of `rbee.wire.queen` (job, worker, hive, GPU, tenant), `Closure`, `Nothing` and the decisions of
 `rbee.decisions`. Fields and methods are looked up in fixed tables (`rbee.policy.helpers`),
 never with ``getattr`` on a name the script chose, so no other Python object is reachable.
 
@@ -21,7 +21,7 @@ from typing import Any
 from rbee.decisions import Queue, Reject, Spawn
 from rbee.policy.limits import Limits
 from rbee.policy.nodes import Pos
-from rbee.wire.queen import GpuTelemetry, HiveView, JobView, WorkerView
+from rbee.wire.queen import GpuTelemetry, HiveView, JobView, TenantView, WorkerView
 
 __all__ = [
     "CHECK_EVERY",
@@ -60,6 +60,7 @@ class Meter:
         "ops",
         "returned_at",
         "started",
+        "tenants",
         "trace",
     )
 
@@ -79,6 +80,8 @@ class Meter:
         self.returned_at: Pos = (1, 1)
         self.started = time.perf_counter()
         self.deadline = self.started + self.deadline_ms / 1000.0
+        # The tenants of the snapshot being decided on, by name (the tenant_* helpers read it).
+        self.tenants: dict[str, TenantView] = {}
 
     def tick(self, pos: Pos | None) -> None:
         """Called when ``ops`` passes ``next_check``: enforce the budget and the deadline."""
@@ -158,6 +161,7 @@ _TYPE_NAMES: dict[type, str] = {
     HiveView: "a hive",
     GpuTelemetry: "a GPU",
     JobView: "the job",
+    TenantView: "a tenant's usage",
     Closure: "a closure",
     Nothing: "nothing",
     Reject: "a reject(...) decision",

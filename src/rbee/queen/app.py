@@ -1,7 +1,9 @@
-"""The queen's HTTP API: hive heartbeats, the jobs API, status, decisions, metrics and health.
+"""The queen's HTTP API: hive heartbeats, the jobs API, keys, status, decisions, metrics, health.
 
 The OpenAI-compatible routes are added by `rbee.queen.openai_api`. Every body is validated by its
-wire type (a bad one is a 400 naming the field); unknown jobs are 404.
+wire type (a bad one is a 400 naming the field); unknown jobs are 404. Every request passes the
+`Gate` first (`rbee.queen.auth`: who the caller is, which routes it may call); the caller is
+`rbee.queen.auth.caller` inside a route.
 """
 
 from __future__ import annotations
@@ -10,22 +12,28 @@ import contextlib
 from collections.abc import AsyncGenerator
 
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.errors import NotFoundError, UsageError
 from rbee.queen import openai_api
+from rbee.queen.auth import Gate, bearer, caller, route_class
 from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
+from rbee.queen.keys import KeyStore
 from rbee.server import create_app, error_response, json_response
 from rbee.wire.queen import (
     DecisionList,
     HiveHeartbeat,
     JobAccepted,
+    JobInfo,
     JobList,
     JobRequest,
     JobState,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
     WorkerExited,
 )
 from rbee.wire.worker import Health
@@ -88,9 +96,20 @@ def _stream_response(dispatcher: Dispatcher, job: Job, after: int = 0) -> Respon
     )
 
 
-def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
-    """The queen's app around ``dispatcher``."""
-    app = create_app("rbee-queen", token)
+def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
+    """The queen's app around ``dispatcher``, its callers checked by ``gate``."""
+    app = create_app("rbee-queen")
+
+    @app.before_request
+    async def _check_caller() -> None:
+        route = route_class(request.method, request.path)
+        if route == "open":
+            return
+        who = gate.identify(request.headers.get("Authorization", ""), request.remote_addr)
+        gate.allow(who, route)
+        g.caller = who
+
+    _key_routes(app, gate.keys)
 
     @app.get("/health")
     async def health() -> Response:
@@ -98,7 +117,10 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
 
     @app.post("/v1/heartbeat")
     async def heartbeat() -> Response:
-        dispatcher.heartbeat(wire.decode(await request.get_data(), HiveHeartbeat))
+        hb = wire.decode(await request.get_data(), HiveHeartbeat)
+        gate.check_hive(caller(), hb.hive)
+        gate.credentials.heard(hb, bearer(request.headers.get("Authorization", "")))
+        dispatcher.heartbeat(hb)
         return Response(b"", status=204)
 
     @app.post("/v1/workers/<worker_id>/exited")
@@ -109,12 +131,13 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
                 f"invalid request body: worker_id {exited.worker_id!r} is not {worker_id!r} "
                 "from the path - at `$.worker_id`"
             )
+        gate.check_hive(caller(), exited.hive)
         dispatcher.worker_exited(exited)
         return Response(b"", status=204)
 
     @app.post("/v1/jobs")
     async def submit() -> Response:
-        job = dispatcher.submit(wire.decode(await request.get_data(), JobRequest))
+        job = gate.submit(dispatcher, caller(), wire.decode(await request.get_data(), JobRequest))
         await dispatcher.accepted(job)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(dispatcher, job)
@@ -128,21 +151,27 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
                 f"invalid query parameter 'state': {state!r} (one of {', '.join(_STATES)})"
             )
         limit = _int_arg("limit", 100, 1, 10_000)
-        return json_response(JobList(dispatcher.records.recent(state, limit)))
+        who = caller()
+        tenant = None if who.key is None else who.tenant
+        return json_response(JobList(dispatcher.records.recent(state, limit, tenant)))
+
+    def record(job_id: str) -> JobInfo:
+        """A job's record; a key's caller sees only its own tenant's jobs."""
+        info = dispatcher.records.get(job_id)
+        who = caller()
+        if info is None or (who.key is not None and info.tenant != who.tenant):
+            raise NotFoundError(f"no job {job_id}")
+        return info
 
     @app.get("/v1/jobs/<job_id>")
     async def get_job(job_id: str) -> Response:
-        info = dispatcher.records.get(job_id)
-        if info is None:
-            raise NotFoundError(f"no job {job_id}")
-        return json_response(info)
+        return json_response(record(job_id))
 
     @app.get("/v1/jobs/<job_id>/stream")
     async def stream_job(job_id: str) -> Response:
+        record(job_id)
         job = dispatcher.jobs.get(job_id)
         if job is None:
-            if dispatcher.records.get(job_id) is None:
-                raise NotFoundError(f"no job {job_id}")
             return error_response(
                 f"job {job_id} ended long ago and its stream is no longer held: "
                 f"GET /v1/jobs/{job_id} has its record",
@@ -153,14 +182,12 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
 
     @app.delete("/v1/jobs/<job_id>")
     async def cancel_job(job_id: str) -> Response:
+        record(job_id)
         job = dispatcher.cancel(job_id)
         if job is not None:
             with trio.move_on_after(CANCEL_TIMEOUT_S + 1):
                 await job.done.wait()
-        info = dispatcher.records.get(job_id)
-        if info is None:
-            raise NotFoundError(f"no job {job_id}")
-        return json_response(info)
+        return json_response(record(job_id))
 
     @app.get("/v1/decisions")
     async def decisions() -> Response:
@@ -177,5 +204,22 @@ def build_app(dispatcher: Dispatcher, token: str = "") -> QuartTrio:
         text = dispatcher.metrics.render(dispatcher.gauges)
         return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    openai_api.add_routes(app, dispatcher)
+    openai_api.add_routes(app, dispatcher, gate)
     return app
+
+
+def _key_routes(app: QuartTrio, keys: KeyStore) -> None:
+    """``/v1/keys``: create, list and revoke API keys (admin only, as `route_class` says)."""
+
+    @app.post("/v1/keys")
+    async def create_key() -> Response:
+        key, record = keys.create(wire.decode(await request.get_data(), KeyCreate))
+        return json_response(KeyCreated(key=key, info=record.info()), status=201)
+
+    @app.get("/v1/keys")
+    async def list_keys() -> Response:
+        return json_response(KeyList([r.info() for r in keys.all()]))
+
+    @app.delete("/v1/keys/<name>")
+    async def revoke_key(name: str) -> Response:
+        return json_response(keys.revoke(name).info())

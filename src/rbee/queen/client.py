@@ -1,7 +1,7 @@
 """A typed client of the queen's API (`rbee.wire.queen`), for the keeper CLI and scripts.
 
 Synchronous: the keeper does one thing at a time. It covers jobs (``POST /v1/jobs`` and their
-stream, records, cancel), status, the decision log and the cluster routes (hives, their workers and
+stream, records, cancel), API keys, status, the decision log and the cluster routes (hives, their workers and
 models), which the queen forwards to the right hive: the keeper never talks to a hive itself.
 Transport failures become `ConnectError` ("cannot reach the queen at URL: is it running?"), error
 answers `ApiError` / `NotFoundError` with the queen's message, a failed job `InferenceError` and a
@@ -44,6 +44,10 @@ from rbee.wire.queen import (
     JobInfo,
     JobList,
     JobRequest,
+    KeyCreate,
+    KeyCreated,
+    KeyInfo,
+    KeyList,
     ModelPullRequest,
     QueenStatus,
     WorkerEntry,
@@ -226,6 +230,24 @@ class QueenClient:
 
     def cancel(self, job_id: str) -> JobInfo:
         return self._call("DELETE", f"/v1/jobs/{job_id}", f"cancelling job {job_id}", JobInfo)
+
+    # --- API keys (admin) -----------------------------------------------------------------------
+
+    def create_key(self, spec: KeyCreate) -> KeyCreated:
+        return self._call(
+            "POST",
+            "/v1/keys",
+            f"creating key {spec.name}",
+            KeyCreated,
+            content=wire.encode(spec),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def keys(self) -> list[KeyInfo]:
+        return self._call("GET", "/v1/keys", "listing keys", KeyList).keys
+
+    def revoke_key(self, name: str) -> KeyInfo:
+        return self._call("DELETE", f"/v1/keys/{name}", f"revoking key {name}", KeyInfo)
 
     # --- status and the decision log -----------------------------------------------------------
 

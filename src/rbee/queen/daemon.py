@@ -10,6 +10,7 @@ queen stops serving.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,15 +19,17 @@ from typing import TypeVar
 import httpx
 import trio
 
-from rbee.config import QueenConfig, default_data_dir
+from rbee.config import QueenConfig
 from rbee.decisions import Scheduler
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
 from rbee.queen import cluster_api, fast_routes
 from rbee.queen.app import build_app
-from rbee.queen.db import open_db
+from rbee.queen.auth import Gate
+from rbee.queen.db import db_path, open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
+from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
 from rbee.queen.lifecycle import routes as lifecycle_routes
 from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
@@ -38,7 +41,7 @@ from rbee.ssh import KnownHosts
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["check_exposure", "db_path", "first_of", "run_queen"]
+__all__ = ["check_exposure", "first_of", "make_gate", "run_queen"]
 
 # After the drain every job stream has ended; what is left are idle keep-alive connections.
 CLOSE_GRACE_S = 1.0
@@ -47,9 +50,15 @@ HIVE_CALL_TIMEOUT_S = 10.0
 POLICY_CHECK_INTERVAL_S = 1.0
 
 
-def db_path(config: QueenConfig) -> Path:
-    """The database file: ``queen.db`` / ``--db``, else ``queen.db`` in the data directory."""
-    return Path(config.db).expanduser() if config.db else default_data_dir() / "queen.db"
+def make_gate(config: QueenConfig, conn: sqlite3.Connection) -> Gate:
+    """The queen's `Gate`: its keys, the cluster secret (made on the first start), its mode."""
+    return Gate(
+        KeyStore(conn),
+        load_secret(secret_path(config)),
+        token=config.token,
+        loopback_keyless=config.loopback_keyless,
+        platform=config.platform,
+    )
 
 
 def check_exposure(config: QueenConfig) -> None:
@@ -117,17 +126,24 @@ async def run_queen(
     """
     check_exposure(config)
     conn = open_db(db_path(config))
+    gate = make_gate(config, conn)
     control = httpx.AsyncClient(timeout=httpx.Timeout(HIVE_CALL_TIMEOUT_S))
     # Spawns that wait for a model to load and pull streams: bounded per read, not in total.
     transfer = httpx.AsyncClient(timeout=httpx.Timeout(config.spawn_timeout_s, connect=5.0))
     try:
-        scheduler = scheduler or make_scheduler(config.policy, locked=config.policy_locked)
+        locked = config.policy_locked or config.platform
+        scheduler = scheduler or make_scheduler(config.policy, locked=locked)
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
-        app = build_app(dispatcher, config.token)
-        fast_routes.install(app, dispatcher, config.token)
+        if isinstance(scheduler, Watched):
+            # Only a policy file reads the tenants; the built-in policies never pay for them.
+            dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.tenant_limits)
+        dispatcher.worker_token = gate.credentials.worker
+        app = build_app(dispatcher, gate)
+        fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
         if provision and provisioner is None:
             dispatcher.provisioner = hives
+        hives.token_for = gate.credentials.hive
         hives.before_retire = dispatcher.close_idle_connections
         if local_hive is not None:
             # Before the first request can arrive: a job sent right away waits for this hive.
@@ -142,6 +158,7 @@ async def run_queen(
             queen_host=config.host,
             heartbeat_interval_s=config.heartbeat_interval_s,
         )
+        hosts.token_for = functools.partial(hive_token, gate.secret)
         lifecycle_routes.add_routes(app, hosts)
         dispatcher.before_connect = hosts.before_connect
         if hives.store is not None:
@@ -174,7 +191,7 @@ async def run_queen(
                     hive = LocalHive(
                         local_hive,
                         url,
-                        token=config.token,
+                        token=hive_token(gate.secret, LOCAL_HIVE),
                         models_dir=str(store_dir) if config.models_dir and store_dir else "",
                         heartbeat_interval_s=config.heartbeat_interval_s,
                     )

@@ -14,9 +14,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from rbee.config import QueenConfig, default_data_dir
 from rbee.errors import ConfigError
 
-__all__ = ["MIGRATIONS", "open_db"]
+__all__ = ["MIGRATIONS", "db_path", "open_db"]
+
+
+def db_path(config: QueenConfig) -> Path:
+    """The database file: ``queen.db`` / ``--db``, else ``queen.db`` in the data directory."""
+    return Path(config.db).expanduser() if config.db else default_data_dir() / "queen.db"
+
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -78,6 +85,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE hives ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE hives ADD COLUMN auto_start INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE hives ADD COLUMN tunnel INTEGER NOT NULL DEFAULT 0;
+    """,
+    # API keys (only the SHA-256 of a key is kept) and the tenant each job belongs to.
+    """
+    CREATE TABLE keys (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        rpm INTEGER NOT NULL DEFAULT 0,
+        tpm INTEGER NOT NULL DEFAULT 0,
+        concurrent INTEGER NOT NULL DEFAULT 0,
+        models TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
     """,
 )
 

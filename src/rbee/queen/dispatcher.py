@@ -65,6 +65,7 @@ from rbee.wire.queen import (
     QueenStatus,
     RecentError,
     Snapshot,
+    TenantView,
     WorkerExited,
 )
 
@@ -137,12 +138,16 @@ class Dispatcher:
         self._bounds = StallBounds(
             config.first_event_timeout_s, config.stall_steps, config.stall_floor_s
         )
+        # The tenants and their quota use that policies see (`rbee.queen.auth` sets it).
+        self.tenants: Callable[[], tuple[TenantView, ...]] = tuple
+        # The token to call the worker at (host, port) with; None: ``queen.token``.
+        self.worker_token: Callable[[tuple[str, int]], str] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Re-admit the jobs left queued, then host attempts and housekeeping until cancelled."""
-        pool = Pool(self.config.token, self.before_connect)
+        pool = Pool(self.config.token, self.before_connect, self.worker_token)
         try:
             async with trio.open_nursery() as nursery:
                 self._pool = pool
@@ -177,6 +182,7 @@ class Dispatcher:
                 deadline=deadline,
                 attempts=stored.attempts,
                 readmitted=True,
+                tenant=stored.tenant,
             )
             job.worker_body = wire.encode(stored.request.to_worker())
             self.jobs[job.id] = job
@@ -248,9 +254,9 @@ class Dispatcher:
 
     # --- admission -------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Admit a job; raise `ModelNotFoundError`, `NoWorkerError`, `QueueFullError`, or a 503
-        while draining."""
+    def submit(self, request: JobRequest, tenant: str = "") -> Job:
+        """Admit a job of ``tenant``; raise `ModelNotFoundError`, `NoWorkerError`,
+        `QueueFullError`, or a 503 while draining."""
         if self.draining:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
@@ -267,11 +273,12 @@ class Dispatcher:
             created_at=time.time(),
             admitted_at=t,
             deadline=None if request.deadline_s is None else t + request.deadline_s,
+            tenant=tenant,
         )
         job.worker_body = wire.encode(request.to_worker())
         deadline_at = None if request.deadline_s is None else job.created_at + request.deadline_s
         with self.records.held():
-            self.records.insert(job.id, job.seq, request, job.created_at, deadline_at)
+            self.records.insert(job.id, job.seq, request, job.created_at, deadline_at, tenant)
             self.jobs[job.id] = job
             self.queue.push(job)
             self.pump()
@@ -312,6 +319,7 @@ class Dispatcher:
 
     def _pump(self) -> None:
         blocked: set[str] = set()
+        tenants = self.tenants()
         for job in self.queue.in_order():
             if job.model in blocked:
                 continue
@@ -321,7 +329,7 @@ class Dispatcher:
                 job.failure = ModelNotFoundError(_not_found(job.model) + self._overdue())
                 self._finish(job, "failed", error=str(job.failure))
                 continue
-            decision = self._decide(job)
+            decision = self._decide(job, tenants)
             if isinstance(decision, Route):
                 worker = self.registry.get(decision.worker_id)
                 if (
@@ -368,7 +376,7 @@ class Dispatcher:
             f" (hive {name} did not report within {bound:g} s of its start)" for name, bound in late
         )
 
-    def _decide(self, job: Job) -> Decision:
+    def _decide(self, job: Job, tenants: tuple[TenantView, ...]) -> Decision:
         snapshot = self.registry.snapshot()
         if job.tried:
             others = [w for w in snapshot.workers if w.model == job.model and w.id not in job.tried]
@@ -378,6 +386,8 @@ class Dispatcher:
                     workers=tuple(w for w in snapshot.workers if w.id not in job.tried),
                     hives=snapshot.hives,
                 )
+        if tenants:
+            snapshot = msgspec.structs.replace(snapshot, tenants=tenants)
         view = job.view()
         policy = self.scheduler.name
         error: str | None = None
@@ -461,7 +471,7 @@ class Dispatcher:
     # --- attempts --------------------------------------------------------------------------
 
     def _start(self, job: Job, worker_id: str, url: str) -> None:
-        self.queue.remove(job.id)
+        self.queue.take(job.id)
         self.registry.acquire(worker_id)
         job.state = "running"
         job.attempts += 1
@@ -653,6 +663,9 @@ class Dispatcher:
             self.metrics.tokens.inc(outcome.tokens_out)
         self.records.update(job.id, **fields)
         self.metrics.jobs.inc(state=state)
+        if job.on_end is not None:
+            job.on_end(None if outcome is None else outcome.tokens_in + outcome.tokens_out)
+            job.on_end = None
         job.done.set()
         job.ended_at = trio.current_time()
         self._finished.append(job.id)

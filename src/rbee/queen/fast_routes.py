@@ -6,11 +6,12 @@ request and response machinery costs about 0.25 ms a request on a small machine,
 the queen may add to the time to first token (``bench/queen.py``), so these two do without it.
 
 They speed up the way a job is accepted and followed, nothing else: a request they would answer
-differently from the quart app (another route, a wrong token, a body that is too large, not
+differently from the quart app (another route, a caller the `Gate` refuses, another tenant's
+job, a body that is too large, not
 sized by ``Content-Length`` or does not decode, a job that is not held any more) goes to the
 quart app with its body, which answers it as it answers every request. Only a refusal by
-`Dispatcher.submit` (queue full, unknown model, no worker, shutting down) is answered here, with
-`rbee.server.error_parts` like every other error.
+`Gate.submit` (a model the key may not use, its quota used up, queue full, unknown model, no
+worker, shutting down) is answered here, with `rbee.server.error_parts` like every other error.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from quart_trio import QuartTrio
 from rbee import sse, wire
 from rbee.errors import RbeeError
 from rbee.queen.app import follow_job, last_event_id
+from rbee.queen.auth import Caller, Gate
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
-from rbee.server import MAX_BODY_BYTES, bearer_ok, error_parts
+from rbee.server import MAX_BODY_BYTES, error_parts
 from rbee.wire.queen import JobAccepted, JobRequest
 
 __all__ = ["FastRoutes", "install"]
@@ -45,19 +47,19 @@ _SSE_HEADERS = [(k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.ite
 _STREAM_PATH = re.compile(r"/v1/jobs/([^/]+)/stream")
 
 
-def install(app: QuartTrio, dispatcher: Dispatcher, token: str) -> None:
+def install(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
     """Serve the two routes in front of ``app``'s own."""
     inner = cast(App, app.asgi_app)
-    app.asgi_app = cast(Any, FastRoutes(inner, dispatcher, token))  # type: ignore[method-assign]
+    app.asgi_app = cast(Any, FastRoutes(inner, dispatcher, gate))  # type: ignore[method-assign]
 
 
 class FastRoutes:
     """ASGI middleware: serves the two routes itself when it can, passes the rest to ``app``."""
 
-    def __init__(self, app: App, dispatcher: Dispatcher, token: str) -> None:
+    def __init__(self, app: App, dispatcher: Dispatcher, gate: Gate) -> None:
         self.app = app
         self.dispatcher = dispatcher
-        self.token = token
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,17 +70,24 @@ class FastRoutes:
         job = self.dispatcher.jobs.get(match[1]) if match else None
         submit = method == "POST" and path == "/v1/jobs"
         headers: dict[bytes, bytes] = dict(scope["headers"]) if job is not None or submit else {}
-        if job is not None and self._authorized(headers):
+        who = self._caller(scope, headers) if job is not None or submit else None
+        if job is not None and who is not None and (who.key is None or who.tenant == job.tenant):
             await self._follow(job, headers, receive, send)
-        elif submit and self._authorized(headers):
-            await self._submit(scope, headers, receive, send)
+        elif submit and who is not None:
+            await self._submit(scope, headers, who, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
-        if not self.token:
-            return True
-        return bearer_ok(headers.get(b"authorization", b"").decode("latin-1"), self.token)
+    def _caller(self, scope: Scope, headers: dict[bytes, bytes]) -> Caller | None:
+        """The caller, if the gate lets it call a client route (else quart answers the refusal)."""
+        client = scope.get("client")
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        try:
+            who = self.gate.identify(authorization, client[0] if client else None)
+            self.gate.allow(who, "client")
+        except RbeeError:
+            return None
+        return who
 
     async def _follow(
         self, job: Job, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -91,7 +100,7 @@ class FastRoutes:
         await _stream(self.dispatcher, job, receive, send, after)
 
     async def _submit(
-        self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
+        self, scope: Scope, headers: dict[bytes, bytes], who: Caller, receive: Receive, send: Send
     ) -> None:
         length = headers.get(b"content-length", b"")
         if not length.isdigit() or int(length) > MAX_BODY_BYTES:
@@ -105,7 +114,7 @@ class FastRoutes:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
-            job = self.dispatcher.submit(request)
+            job = self.gate.submit(self.dispatcher, who, request)
         except RbeeError as err:
             await _answer_error(send, err)
             return

@@ -99,18 +99,22 @@ class Response:
 
 
 class Pool:
-    """Idle keep-alive connections per ``host:port``; requests for base URLs ``http://host:port``."""
+    """Idle keep-alive connections per ``host:port``; requests for base URLs ``http://host:port``.
+
+    Each request carries ``token_for((host, port))`` (else ``token``) as its bearer token.
+    """
 
     def __init__(
         self,
         token: str = "",
         before_connect: Callable[[str, int], Awaitable[None]] | None = None,
+        token_for: Callable[[tuple[str, int]], str] | None = None,
     ) -> None:
         self._idle: dict[tuple[str, int], collections.deque[_Conn]] = {}
         # Awaited before each new connection (a hive behind an SSH tunnel forwards the port).
         self._before_connect = before_connect
-        # Workers share the cluster's token (their hive passes it on to them).
-        self._auth = [("Authorization", f"Bearer {token}")] if token else []
+        # A worker takes its hive's token (the hive passes it on): ``token_for(host, port)``.
+        self._token_for = token_for or (lambda key: token)
 
     def _put(self, key: tuple[str, int], conn: _Conn) -> None:
         idle = self._idle.setdefault(key, collections.deque())
@@ -137,7 +141,10 @@ class Pool:
         if parts.scheme != "http" or parts.hostname is None:
             raise OSError(f"unsupported URL {base_url!r} (plain http://host:port only)")
         key = (parts.hostname, parts.port or 80)
-        headers = [("Host", parts.netloc), ("Accept", accept), *self._auth]
+        headers = [("Host", parts.netloc), ("Accept", accept)]
+        token = self._token_for(key)
+        if token:
+            headers.append(("Authorization", f"Bearer {token}"))
         if body or method in ("POST", "PUT"):
             headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         idle = self._idle.get(key)

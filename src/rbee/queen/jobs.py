@@ -3,16 +3,18 @@
 The worker's events land in a `JobStream` (payloads kept as the worker sent them) and every client
 reading the job's stream follows that buffer, so a client may connect after the first tokens, and
 a retried attempt is invisible to it. Each event's SSE ``id`` is its number in the buffer (from 1),
-so a client that lost its connection reconnects with ``Last-Event-ID`` and gets the rest. The `AdmissionQueue` orders waiting jobs:
-interactive before batch, first come first served within a class (by admission number, so a job
-that is retried keeps its place).
+so a client that lost its connection reconnects with ``Last-Event-ID`` and gets the rest.
+
+The `AdmissionQueue` orders waiting jobs: interactive before batch; within a class the tenants take
+turns, and each tenant's jobs go first come first served (by admission number, so a job that is
+retried keeps its place).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import trio
 
@@ -91,6 +93,8 @@ class Job:
     created_at: float
     admitted_at: float
     deadline: float | None = None
+    # The tenant of the key that sent it ("" without a key).
+    tenant: str = ""
     state: JobState = "queued"
     attempts: int = 0
     tried: set[str] = dataclasses.field(default_factory=set)
@@ -119,6 +123,8 @@ class Job:
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     # Set once its attempt has sent the request to the worker (or failed to).
     sent: trio.Event = dataclasses.field(default_factory=trio.Event)
+    # Called once as it ends, with the tokens it used (prompt plus completion; None if unknown).
+    on_end: Callable[[int | None], None] | None = None
 
     @property
     def model(self) -> str:
@@ -134,16 +140,27 @@ class Job:
             priority=r.priority,
             prompt_tokens=chars // 4,
             max_tokens=r.max_tokens,
+            tenant=self.tenant,
             labels=r.labels,
         )
 
 
 class AdmissionQueue:
-    """Jobs waiting for a slot: interactive before batch, then by admission number."""
+    """Jobs waiting for a slot: interactive before batch, tenants in turn, then by admission.
+
+    Within a priority each tenant has a count of the jobs it was served (`take`), and a job's
+    turn is that count plus the number of its tenant's jobs waiting ahead of it; the lowest turn
+    goes first, ties to the older job. The priority's clock is the turn of the job taken last: a
+    tenant with nothing waiting that sends a job starts at least there (start-time fair
+    queueing), so time it spent away earns it no turns, and no tenant is owed more than one.
+    A tenant with 100 jobs waiting and one with 1 alternate.
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._order: list[Job] | None = []
+        self._served: dict[tuple[str, str], int] = {}
+        self._clock: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -152,6 +169,10 @@ class AdmissionQueue:
         return job_id in self._jobs
 
     def push(self, job: Job) -> None:
+        group = (job.request.priority, job.tenant)
+        if not any((j.request.priority, j.tenant) == group for j in self._jobs.values()):
+            clock = self._clock.get(group[0], 0)
+            self._served[group] = max(self._served.get(group, 0), clock)
         self._jobs[job.id] = job
         self._order = None
 
@@ -161,10 +182,32 @@ class AdmissionQueue:
             self._order = None
         return job
 
+    def take(self, job_id: str) -> Job | None:
+        """Remove a job that starts running: its tenant's turn is used."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        group = (job.request.priority, job.tenant)
+        ahead = sum(
+            1
+            for j in self._jobs.values()
+            if (j.request.priority, j.tenant) == group and j.seq < job.seq
+        )
+        served = self._served.get(group, 0)
+        self._clock[group[0]] = max(self._clock.get(group[0], 0), served + ahead)
+        self._served[group] = served + 1
+        return self.remove(job_id)
+
     def in_order(self) -> list[Job]:
         """A copy of the waiting jobs in serving order (safe to change the queue while iterating)."""
         if self._order is None:
-            self._order = sorted(
-                self._jobs.values(), key=lambda j: (j.request.priority != "interactive", j.seq)
-            )
+            ahead: dict[tuple[str, str], int] = {}
+            ranked = []
+            for job in sorted(self._jobs.values(), key=lambda j: j.seq):
+                group = (job.request.priority, job.tenant)
+                turn = self._served.get(group, 0) + ahead.get(group, 0)
+                ahead[group] = ahead.get(group, 0) + 1
+                ranked.append((job.request.priority != "interactive", turn, job.seq, job))
+            ranked.sort(key=lambda r: r[:3])
+            self._order = [r[3] for r in ranked]
         return list(self._order)

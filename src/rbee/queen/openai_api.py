@@ -26,6 +26,7 @@ from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.errors import RbeeError, UsageError
+from rbee.queen.auth import Gate, caller
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
 from rbee.server import error_response, json_response, rbee_error_response
@@ -157,8 +158,8 @@ async def _collect(dispatcher: Dispatcher, job: Job) -> tuple[str, ww.Finished]:
     return "".join(text), finished
 
 
-def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
-    """Add the OpenAI-compatible routes to the queen's ``app``."""
+def add_routes(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
+    """Add the OpenAI-compatible routes to the queen's ``app`` (callers checked by ``gate``)."""
 
     @app.get("/v1/models")
     async def models() -> Response:
@@ -167,7 +168,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         body = _decode(await request.get_data(), _chat_request)
-        job = dispatcher.submit(_operation(body))
+        job = gate.submit(dispatcher, caller(), _operation(body))
         await dispatcher.accepted(job)
         cid, created = f"chatcmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
@@ -189,7 +190,7 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher) -> None:
     @app.post("/v1/completions")
     async def completions() -> Response:
         body = _decode(await request.get_data(), _completion_request)
-        job = dispatcher.submit(_operation(body))
+        job = gate.submit(dispatcher, caller(), _operation(body))
         await dispatcher.accepted(job)
         cid, created = f"cmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:

@@ -59,7 +59,8 @@ class Hives:
         self.registry = registry
         self.control = control
         self.transfer = transfer
-        self.token = token
+        # The token to call a hive with (the queen's daemon gives the one each hive reports with).
+        self.token_for: Callable[[str], str] = lambda hive: token
         self.store = store
         self.keep_alive_s = keep_alive_s
         self.before_retire: Callable[[], Awaitable[None]] | None = None
@@ -75,7 +76,8 @@ class Hives:
             raise NotFoundError(f"no hive named {hive!r} (known hives: {known})")
         if not record.online:
             raise ApiError(f"hive {hive} is offline (no heartbeat for a while)", 409)
-        return HiveClient(record.heartbeat.url, self.transfer if long else self.control, self.token)
+        http = self.transfer if long else self.control
+        return HiveClient(record.heartbeat.url, http, self.token_for(hive))
 
     def worker_hive(self, worker_id: str) -> str:
         """The hive running ``worker_id``; `NotFoundError` when no hive reports it."""

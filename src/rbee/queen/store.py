@@ -32,6 +32,7 @@ class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     deadline_at: float | None
     attempts: int
+    tenant: str = ""
 
 
 class JobStore:
@@ -106,10 +107,11 @@ class JobStore:
         request: JobRequest,
         created_at: float,
         deadline_at: float | None,
+        tenant: str = "",
     ) -> None:
         self._write(
             "INSERT INTO jobs (id, seq, operation, model, priority, state, request, created_at,"
-            " deadline_at) VALUES (?, ?, 'infer', ?, ?, 'queued', ?, ?, ?)",
+            " deadline_at, tenant) VALUES (?, ?, 'infer', ?, ?, 'queued', ?, ?, ?, ?)",
             (
                 job_id,
                 seq,
@@ -118,6 +120,7 @@ class JobStore:
                 wire.encode(request),
                 created_at,
                 deadline_at,
+                tenant,
             ),
         )
 
@@ -187,15 +190,19 @@ class JobStore:
         ]
         return _info(row, decision, attempts)
 
-    def recent(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]:
-        """The newest ``limit`` jobs (in ``state``, if given), newest first."""
+    def recent(
+        self, state: JobState | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[JobInfo]:
+        """The newest ``limit`` jobs (in ``state``, of ``tenant``, if given), newest first."""
         self.flush()
-        if state is None:
-            rows = self._conn.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
-        else:
-            rows = self._conn.execute(
-                "SELECT * FROM jobs WHERE state = ? ORDER BY seq DESC LIMIT ?", (state, limit)
-            )
+        where = [
+            f"{column} = ?" for column, v in (("state", state), ("tenant", tenant)) if v is not None
+        ]
+        args = [v for v in (state, tenant) if v is not None]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._conn.execute(
+            f"SELECT * FROM jobs {clause} ORDER BY seq DESC LIMIT ?", (*args, limit)
+        )
         return [_info(r, None, []) for r in rows]
 
     def unfinished(self) -> list[StoredJob]:
@@ -213,6 +220,7 @@ class JobStore:
                 created_at=r["created_at"],
                 deadline_at=r["deadline_at"],
                 attempts=r["attempts"],
+                tenant=r["tenant"],
             )
             for r in rows
         ]
@@ -228,6 +236,7 @@ def _info(
         priority=row["priority"],
         state=row["state"],
         created_at=row["created_at"],
+        tenant=row["tenant"],
         worker=row["worker"],
         attempts=row["attempts"],
         started_at=row["started_at"],

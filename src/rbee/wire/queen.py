@@ -39,12 +39,17 @@ __all__ = [
     "JobRequest",
     "JobState",
     "JobView",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyInfo",
+    "KeyList",
     "ModelPullRequest",
     "PolicyStatus",
     "Priority",
     "QueenStatus",
     "RecentError",
     "Snapshot",
+    "TenantView",
     "WorkerEntry",
     "WorkerEntryList",
     "WorkerExited",
@@ -180,11 +185,28 @@ class HiveView(Struct, frozen=True, kw_only=True):
         return float(sum(g.vram_total_mb - g.vram_used_mb for g in self.gpus))
 
 
+class TenantView(Struct, frozen=True, kw_only=True):
+    """One tenant's use of its keys' quotas in the current minute, as a policy sees it.
+
+    Sums over the tenant's keys; a limit of 0 is no limit (a tenant with one unlimited key has
+    none). ``concurrent`` counts its jobs admitted and not yet ended.
+    """
+
+    name: str
+    requests: int = 0
+    tokens: int = 0
+    concurrent: int = 0
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrent: int = 0
+
+
 class Snapshot(Struct, frozen=True, kw_only=True):
-    """The cluster at one instant, as a policy sees it."""
+    """The cluster at one instant, as a policy sees it (``tenants``: those with a key)."""
 
     workers: tuple[WorkerView, ...] = ()
     hives: tuple[HiveView, ...] = ()
+    tenants: tuple[TenantView, ...] = ()
 
 
 class DecisionRecord(Struct, frozen=True, kw_only=True):
@@ -273,6 +295,7 @@ class JobInfo(Struct, frozen=True, kw_only=True):
     priority: Priority
     state: JobState
     created_at: float
+    tenant: str = ""
     worker: str | None = None
     attempts: int = 0
     started_at: float | None = None
@@ -389,3 +412,47 @@ class ModelPullRequest(Struct, frozen=True, kw_only=True):
     """Install ``model`` from the queen's store on the hive named in the path."""
 
     model: Annotated[str, Meta(min_length=1, max_length=80)]
+
+
+# --- API keys: ``POST /v1/keys`` (`KeyCreate` -> `KeyCreated`), ``GET /v1/keys`` (`KeyList`),
+# ``DELETE /v1/keys/{name}`` (the revoked `KeyInfo`). Admin only (see `rbee.queen.auth`).
+
+
+class KeyCreate(Struct, frozen=True, kw_only=True):
+    """A new API key: its quotas (0: none), the models it may use (empty: any), its expiry.
+
+    ``tenant`` defaults to the key's name; ``expires_at`` is Unix seconds.
+    """
+
+    name: Name
+    tenant: Name | None = None
+    rpm: Annotated[int, Meta(ge=0)] = 0
+    tpm: Annotated[int, Meta(ge=0)] = 0
+    concurrent: Annotated[int, Meta(ge=0)] = 0
+    models: list[Annotated[str, Meta(min_length=1, max_length=80)]] = []
+    expires_at: float | None = None
+
+
+class KeyInfo(Struct, frozen=True, kw_only=True):
+    """A key as ``rbee key list`` shows it: never the key itself, which only its creator saw."""
+
+    name: str
+    tenant: str
+    rpm: int
+    tpm: int
+    concurrent: int
+    models: list[str]
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class KeyCreated(Struct, frozen=True, kw_only=True):
+    """The answer to `KeyCreate`: the full key, shown this once (the queen keeps its SHA-256)."""
+
+    key: str
+    info: KeyInfo
+
+
+class KeyList(Struct, frozen=True):
+    keys: list[KeyInfo]

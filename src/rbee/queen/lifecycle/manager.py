@@ -27,7 +27,7 @@ import sqlite3
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,10 @@ class HostHives:
     """Registered hives and their lifecycle, for the queen's routes and its start-up.
 
     ``file`` is what gets pushed (the queen's own ``rbee.pyz``; None when the queen does not run
-    from one, and then no hive can be started). ``accepts`` are the Python versions it runs on (default: those
-    its listings name, `file_pythons`).
-    ``queen_host`` / ``queen_port`` are where the queen listens; the hives get its ``token``.
+    from one, and then no hive can be started). ``accepts`` are the Python versions it runs on
+    (default: those its listings name, `file_pythons`). ``queen_host`` / ``queen_port`` are where
+    the queen listens; each hive gets ``token_for(name)`` (the queen's daemon gives each its own
+    hive token), else ``token``.
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class HostHives:
         self.known = known
         self.file = file
         self.token = token
+        self.token_for: Callable[[str], str] = lambda name: token
         self.queen_host = queen_host
         self.queen_port = 0
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -409,7 +411,7 @@ class HostHives:
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
         started_at = trio.current_time()
-        pid = await steps.start(connector, name, argv, self.token)
+        pid = await steps.start(connector, name, argv, self.token_for(name))
         await self._wait_online(connector, name, pid, started_at)
         return pid
 
