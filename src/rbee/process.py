@@ -37,7 +37,7 @@ _PR_SET_PDEATHSIG = 1
 def rbee_command() -> list[str]:
     """How to run this same rbee: ``python rbee.pyz`` inside the zipapp, else ``python -m rbee``.
 
-    shiv leaves the archive's path in ``sys.argv[0]``; anything else (the ``rbee`` console script,
+    A zipapp leaves the archive's path in ``sys.argv[0]``; anything else (the ``rbee`` console script,
     ``python -m rbee``) runs from an installed or source package that ``-m`` finds again.
     """
     argv0 = sys.argv[0] if sys.argv else ""
