@@ -70,9 +70,11 @@ def extract(archive: str, abi: str, target: Path) -> None:
 
 def run(archive: str) -> None:
     """Start rbee from ``archive`` under the running (already accepted) interpreter."""
-    # The zip importer that loaded this module has read the archive's directory already.
+    # The zip importer that loaded this module has read the archive's directory already. It
+    # knows the archive by the path it was started with (``./rbee.pyz`` gives
+    # ``/dir/./rbee.pyz``), which ``archive`` (normalized) need not equal.
     loader: Any = __spec__.loader
-    info: dict[str, Any] = json.loads(loader.get_data(os.path.join(archive, INFO)))
+    info: dict[str, Any] = json.loads(loader.get_data(os.path.join(loader.archive, INFO)))
     abi = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     machine = platform.machine()
     if sys.platform != "linux" or machine != info["machine"]:

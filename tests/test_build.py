@@ -132,11 +132,19 @@ def test_pyz_copied_alone_runs_as_a_program(pyz: Path, unpacked: Path, tmp_path:
     alone.parent.mkdir()
     shutil.copy2(pyz, alone)
     env = {**os.environ, "RBEE_PYZ_ROOT": str(unpacked)}
-    answered = subprocess.run(
-        [str(alone), "--version"], capture_output=True, text=True, env=env, check=False, timeout=300
-    )
-    assert answered.returncode == 0, answered.stderr
-    assert answered.stdout.strip() == f"rbee {__version__}"
+    # As the README runs it: './rbee.pyz' (the zip importer then knows it as '/dir/./rbee.pyz').
+    for program in (str(alone), "./rbee.pyz"):
+        answered = subprocess.run(
+            [program, "--version"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=alone.parent,
+            check=False,
+            timeout=300,
+        )
+        assert answered.returncode == 0, (program, answered.stderr)
+        assert answered.stdout.strip() == f"rbee {__version__}"
 
 
 def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
