@@ -40,6 +40,8 @@ import psutil
 import trio
 
 MODEL = "smollm2-135m-instruct"
+# Hives report with a credential since the queen has keys and hive tokens: the bench is the admin.
+TOKEN = "bench-admin-token-0123456789abcdef"
 FAKE_MODEL = "fake-model"
 LONG_RUNS = 8
 
@@ -50,7 +52,8 @@ LONG_RUNS = 8
 class Conn:
     """One keep-alive connection; requests run one after another."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str = "") -> None:
+        self.token = token
         host, _, port = url.removeprefix("http://").partition(":")
         self.host, self.port = host, int(port)
         self.sock: trio.SocketStream | None = None
@@ -78,6 +81,8 @@ class Conn:
         headers = [("Host", self.host), ("Content-Length", str(len(body))), ("Accept", accept)]
         if body:
             headers.append(("Content-Type", "application/json"))
+        if self.token:
+            headers.append(("Authorization", f"Bearer {self.token}"))
         data = self.h11.send(h11.Request(method=method, target=path, headers=headers))
         data += self.h11.send(h11.Data(data=body)) if body else b""
         data += self.h11.send(h11.EndOfMessage())
@@ -225,7 +230,7 @@ async def paired_ttft(
 
 
 async def real_worker_figures(queen: Daemon, worker: str, requests: int) -> None:
-    direct, via = Conn(worker), Conn(queen.url)
+    direct, via = Conn(worker), Conn(queen.url, TOKEN)
     status, _ = await via.request("POST", "/v1/heartbeat", heartbeat([("w", MODEL, worker, 4)]))
     assert status == 204
     print(f"time to first token over {requests} requests (ms):   p50      p99")
@@ -316,7 +321,7 @@ async def serve_fakes(count: int) -> None:
 
 
 async def scheduling_rate(queen: Daemon, fake_urls: list[str], seconds: float, lanes: int) -> None:
-    conn = Conn(queen.url)
+    conn = Conn(queen.url, TOKEN)
     workers = [(f"fake-{i}", FAKE_MODEL, url, 8) for i, url in enumerate(fake_urls)]
     status, _ = await conn.request("POST", "/v1/heartbeat", heartbeat(workers))
     assert status == 204
@@ -326,7 +331,7 @@ async def scheduling_rate(queen: Daemon, fake_urls: list[str], seconds: float, l
 
     async def lane(deadline: float) -> None:
         nonlocal done
-        c = Conn(queen.url)
+        c = Conn(queen.url, TOKEN)
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             await run_once(c, "/v1/jobs", body, one_call=True)
@@ -387,7 +392,7 @@ def main() -> None:
         return
     rbee = [sys.executable, "-m", "rbee"]
     with tempfile.TemporaryDirectory() as tmp:
-        queen_cmd = [*rbee, "queen", "--port", "0", "--db", f"{tmp}/queen.db"]
+        queen_cmd = [*rbee, "queen", "--port", "0", "--db", f"{tmp}/queen.db", "--token", TOKEN]
         with daemon(queen_cmd, "rbee queen listening on") as queen:
             if not args.skip_real:
                 store = model_store(args.models_dir, Path(tmp))
