@@ -16,9 +16,17 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
-from rbee.errors import NotFoundError, UsageError
+from rbee.errors import ForbiddenError, NotFoundError, UsageError
 from rbee.queen import openai_api
-from rbee.queen.auth import Gate, bearer, caller, route_class
+from rbee.queen.auth import (
+    SESSION_COOKIE,
+    Gate,
+    bearer,
+    caller,
+    credential,
+    cross_site,
+    route_class,
+)
 from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
 from rbee.queen.keys import KeyStore
@@ -102,10 +110,23 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
 
     @app.before_request
     async def _check_caller() -> None:
+        authorization = request.headers.get("Authorization", "")
+        headers = request.headers
+        if cross_site(
+            request.method,
+            authorization,
+            headers.get("Sec-Fetch-Site"),
+            headers.get("Origin"),
+            headers.get("Host"),
+        ):
+            raise ForbiddenError(
+                "cross-site request refused: send it from the queen's page", "cross_site"
+            )
         route = route_class(request.method, request.path)
         if route == "open":
             return
-        who = gate.identify(request.headers.get("Authorization", ""), request.remote_addr)
+        authorization = credential(authorization, request.cookies.get(SESSION_COOKIE))
+        who = gate.identify(authorization, request.remote_addr)
         gate.allow(who, route)
         g.caller = who
 

@@ -1,0 +1,177 @@
+"""Policy drafts: check one, preview it on sample jobs, replay the logged decisions, apply it.
+
+What ``rbee policy check|replay`` do on a file, done on text the web page sends
+(`rbee.wire.ui`). A draft is compiled afresh each time; nothing here changes the running
+policy but `apply`, which writes the draft where the queen's policy file lives and reloads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rbee.decisions import Decision, Reject, Scheduler, kind_target
+from rbee.errors import ForbiddenError, PolicyError, UsageError
+from rbee.policy import CompiledPolicy, PolicyHost, load_source
+from rbee.policy.cases import describe
+from rbee.wire.queen import DecisionRecord, JobView, PolicyStatus, Snapshot
+from rbee.wire.ui import (
+    DecisionSummary,
+    PolicyCheck,
+    PolicyFormat,
+    PolicyPreview,
+    PolicyProblem,
+    PolicyReplay,
+    PreviewRow,
+    ReplayRow,
+)
+
+__all__ = [
+    "APPLIED_FILE",
+    "apply",
+    "check",
+    "compile_draft",
+    "preview",
+    "recorded",
+    "replay",
+    "summarize",
+]
+
+# Where an applied draft goes when the queen ran a built-in policy (next to its database).
+APPLIED_FILE = "applied-policy.rhai"
+_DRAFT = "<draft>"
+
+
+def _policy_text(source: str, format: PolicyFormat) -> str:
+    """The draft in the policy language: YAML rules are compiled to it first."""
+    if format == "rhai":
+        return source
+    rules = importlib.import_module("rbee.policy")
+    compile_rules: Callable[[str, str], str] | None = getattr(rules, "compile_rules", None)
+    if compile_rules is None:
+        raise UsageError(
+            "invalid request body: this queen does not read YAML rules - at `$.format`"
+        )
+    return compile_rules(source, "<draft.yaml>")
+
+
+def compile_draft(source: str, format: PolicyFormat = "rhai") -> CompiledPolicy:
+    """The draft compiled; `PolicyError` with its line and column when it does not compile."""
+    return load_source(_policy_text(source, format), _DRAFT)
+
+
+def _problem(err: PolicyError) -> PolicyProblem:
+    return PolicyProblem(message=err.message, line=err.line, column=err.column)
+
+
+def check(source: str, format: PolicyFormat = "rhai") -> PolicyCheck:
+    """Whether the draft compiles, and if not, where and why."""
+    try:
+        compiled = compile_draft(source, format)
+    except PolicyError as err:
+        return PolicyCheck(ok=False, error=_problem(err))
+    return PolicyCheck(ok=True, name=compiled.name, lines=source.count("\n") + 1)
+
+
+def summarize(scheduler: Scheduler, job: JobView, snapshot: Snapshot) -> DecisionSummary:
+    """``scheduler``'s decision for ``job`` on ``snapshot``; a policy error is a decision too."""
+    try:
+        decision: Decision = scheduler.schedule(job, snapshot)
+    except PolicyError as err:
+        first = str(err).splitlines()[0]
+        return DecisionSummary(kind="error", text=f"error: {first}", reasons=[first])
+    kind, target = kind_target(decision)
+    reasons = list(decision.reasons)
+    if isinstance(decision, Reject):
+        reasons.append(decision.reason)
+    return DecisionSummary(kind=kind, target=target, text=describe(decision), reasons=reasons)
+
+
+def preview(
+    draft: CompiledPolicy, running: Scheduler, jobs: Sequence[JobView], snapshot: Snapshot
+) -> PolicyPreview:
+    """The draft's and the running policy's decisions for each job on the live ``snapshot``."""
+    rows = []
+    for job in jobs:
+        now, new = summarize(running, job, snapshot), summarize(draft, job, snapshot)
+        changed = (now.kind, now.target) != (new.kind, new.target)
+        rows.append(PreviewRow(job=job, running=now, draft=new, changed=changed))
+    return PolicyPreview(
+        policy=running.name, workers=len(snapshot.workers), hives=len(snapshot.hives), rows=rows
+    )
+
+
+def recorded(record: DecisionRecord) -> str:
+    """A logged decision in the form `replay` compares: ``route w1``, ``spawn h1``, ``queue``."""
+    return f"{record.kind} {record.target}" if record.target else record.kind
+
+
+def replay(draft: Scheduler, records: Sequence[DecisionRecord]) -> PolicyReplay:
+    """The draft on each logged decision's job and snapshot, and where it would choose otherwise."""
+    rows = []
+    for record in records:
+        now = summarize(draft, record.job, record.snapshot)
+        short = f"{now.kind} {now.target}" if now.target else now.kind
+        was = recorded(record)
+        rows.append(
+            ReplayRow(
+                job_id=record.job_id, model=record.job.model, was=was, now=now, changed=short != was
+            )
+        )
+    return PolicyReplay(
+        replayed=len(rows),
+        changed=sum(r.changed for r in rows),
+        errors=sum(r.now.kind == "error" for r in rows),
+        rows=rows,
+    )
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reload never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def apply(
+    current: Scheduler, source: str, format: PolicyFormat, *, locked: bool, default_path: Path
+) -> tuple[PolicyHost, PolicyStatus]:
+    """Make the draft the queen's policy: the host to schedule with from now on, and its status.
+
+    A queen that runs a policy file gets the draft written into that file (a YAML draft as the
+    policy language it compiles to) and reloads it; one that runs a built-in policy gets a new
+    file at ``default_path``. `ForbiddenError` in platform mode; `PolicyError` (nothing written)
+    for a draft that does not compile.
+    """
+    if locked or (isinstance(current, PolicyHost) and current.locked):
+        raise ForbiddenError(
+            "the policy is locked (platform mode): it cannot be changed from the API",
+            "policy_locked",
+        )
+    text = _policy_text(source, format)
+    load_source(text, _DRAFT)
+    if isinstance(current, PolicyHost):
+        if current.path.suffix in (".yaml", ".yml"):
+            if format != "yaml":
+                raise UsageError(
+                    f"invalid request body: the queen's policy file {current.path} holds YAML "
+                    "rules; apply a YAML draft - at `$.format`"
+                )
+            text = source
+        _write(current.path, text)
+        error = current.reload_if_changed()
+        if error is not None:
+            raise error
+        return current, current.status()
+    _write(default_path, text)
+    host = PolicyHost(default_path)
+    return host, host.status()

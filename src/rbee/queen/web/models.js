@@ -1,0 +1,72 @@
+// Models: what each hive has; pull one from the queen's store with progress.
+import { api, bytes, h, stream, table } from "./lib.js";
+
+let controller = null;
+
+async function hiveModels(hive) {
+  if (hive.status !== "online") return h("p", { class: "muted" }, "offline");
+  try {
+    const list = await api(`/v1/hives/${encodeURIComponent(hive.name)}/models`);
+    return list.models.length
+      ? table(["model", "architecture", "context", "precisions", "size"], list.models.map((m) => [m.name, m.architecture, String(m.context_length), m.precisions.join(", "), bytes(m.size_bytes)]), `models on ${hive.name}`)
+      : h("p", { class: "muted" }, "no model");
+  } catch (err) {
+    return h("p", { class: "error" }, err.message);
+  }
+}
+
+function progressText(event) {
+  if (event.type === "progress") return [`${event.file}: ${bytes(event.done)} of ${bytes(event.total)}`, event.done / Math.max(event.total, 1)];
+  if (event.type === "import") return [`${event.file}: converting, step ${event.step} of ${event.steps}`, event.step / Math.max(event.steps, 1)];
+  return [`pulled ${event.name}: ${bytes(event.size_bytes)} (${bytes(event.downloaded_bytes)} downloaded)`, 1];
+}
+
+async function pull(hive, model, out, refresh) {
+  const bar = h("progress", { max: 1, value: 0, "aria-label": "pull progress" });
+  const text = h("span", { role: "status" }, "starting…");
+  out.replaceChildren(bar, " ", text);
+  controller = new AbortController();
+  try {
+    await stream(`/v1/hives/${encodeURIComponent(hive)}/models/pull`, { model }, (data) => {
+      if (data === "[DONE]") return;
+      if (data.startsWith("[ERROR]")) throw new Error(data.slice(8));
+      const [line, fraction] = progressText(JSON.parse(data));
+      text.textContent = line;
+      bar.value = fraction;
+    }, { signal: controller.signal });
+    refresh();
+  } catch (err) {
+    text.replaceChildren(h("span", { class: "error" }, err.message));
+  }
+}
+
+async function render(root) {
+  const { hives } = await api("/v1/hives");
+  const sections = await Promise.all(hives.map(async (hive) => h("section", { class: "card", "aria-label": `hive ${hive.name}` }, h("h3", {}, hive.name), await hiveModels(hive))));
+  const hiveSelect = h("select", { id: "pull-hive" }, hives.filter((x) => x.status === "online").map((x) => h("option", { value: x.name }, x.name)));
+  const model = h("input", { id: "pull-model", required: true, placeholder: "model name in the queen's store" });
+  const out = h("div", { id: "pull-out" });
+  root.replaceChildren(
+    hives.length ? h("div", { class: "cards" }, sections) : h("p", { class: "muted" }, "No hive has reported yet."),
+    h("h2", {}, "Pull a model from the queen's store"),
+    h(
+      "form",
+      { class: "row", onsubmit: (event) => { event.preventDefault(); pull(hiveSelect.value, model.value, out, () => render(root)); } },
+      h("div", {}, h("label", { for: "pull-hive" }, "hive"), hiveSelect),
+      h("div", {}, h("label", { for: "pull-model" }, "model"), model),
+      h("button", { type: "submit" }, "Pull"),
+    ),
+    out,
+    h("p", { class: "muted" }, "To import a GGUF file into a store: rbee model import FILE.gguf --name NAME (on that host)."),
+  );
+}
+
+export function start(view) {
+  const root = h("div", { id: "models" });
+  view.append(h("h1", {}, "Models"), root);
+  render(root).catch((err) => root.replaceChildren(h("p", { class: "error" }, err.message)));
+}
+
+export function stop() {
+  controller?.abort();
+}
