@@ -58,9 +58,20 @@ def _policy_text(source: str, format: PolicyFormat) -> str:
     return compile_rules(source, "<draft.yaml>")
 
 
+def _compile(text: str) -> CompiledPolicy:
+    try:
+        return load_source(text, _DRAFT)
+    except PolicyError as err:
+        raise UsageError(f"the draft does not compile: {_first_line(err)}") from None
+
+
 def compile_draft(source: str, format: PolicyFormat = "rhai") -> CompiledPolicy:
-    """The draft compiled; `PolicyError` with its line and column when it does not compile."""
-    return load_source(_policy_text(source, format), _DRAFT)
+    """The draft compiled; a `UsageError` (400) naming its line and column when it does not."""
+    return _compile(_policy_text(source, format))
+
+
+def _first_line(err: PolicyError) -> str:
+    return str(err).splitlines()[0]
 
 
 def _problem(err: PolicyError) -> PolicyProblem:
@@ -70,7 +81,7 @@ def _problem(err: PolicyError) -> PolicyProblem:
 def check(source: str, format: PolicyFormat = "rhai") -> PolicyCheck:
     """Whether the draft compiles, and if not, where and why."""
     try:
-        compiled = compile_draft(source, format)
+        compiled = load_source(_policy_text(source, format), _DRAFT)
     except PolicyError as err:
         return PolicyCheck(ok=False, error=_problem(err))
     return PolicyCheck(ok=True, name=compiled.name, lines=source.count("\n") + 1)
@@ -81,7 +92,7 @@ def summarize(scheduler: Scheduler, job: JobView, snapshot: Snapshot) -> Decisio
     try:
         decision: Decision = scheduler.schedule(job, snapshot)
     except PolicyError as err:
-        first = str(err).splitlines()[0]
+        first = _first_line(err)
         return DecisionSummary(kind="error", text=f"error: {first}", reasons=[first])
     kind, target = kind_target(decision)
     reasons = list(decision.reasons)
@@ -149,7 +160,7 @@ def apply(
 
     A queen that runs a policy file gets the draft written into that file (a YAML draft as the
     policy language it compiles to) and reloads it; one that runs a built-in policy gets a new
-    file at ``default_path``. `ForbiddenError` in platform mode; `PolicyError` (nothing written)
+    file at ``default_path``. `ForbiddenError` in platform mode; `UsageError` (nothing written)
     for a draft that does not compile.
     """
     if locked or (isinstance(current, PolicyHost) and current.locked):
@@ -158,7 +169,7 @@ def apply(
             "policy_locked",
         )
     text = _policy_text(source, format)
-    load_source(text, _DRAFT)
+    _compile(text)
     if isinstance(current, PolicyHost):
         if current.path.suffix in (".yaml", ".yml"):
             if format != "yaml":
