@@ -101,7 +101,7 @@ async def test_a_workers_log_is_read_from_its_hive(
         return json_response(WorkerLog(id=worker_id, lines=["loading", "ready"], path="/x/log"))
 
     url = await nursery.start(
-        functools.partial(serve, hive, "127.0.0.1", 0, shutdown=trio.sleep_forever)  # type: ignore[arg-type]
+        functools.partial(serve, hive, "127.0.0.1", 0, shutdown=trio.sleep_forever)
     )
     worker = FakeWorker(url="http://127.0.0.1:1")
     beat = msgspec.structs.replace(heartbeat("hive-a", [worker.status()]), url=url)

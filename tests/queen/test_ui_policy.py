@@ -197,10 +197,11 @@ async def test_apply_is_refused_when_the_policy_is_locked(
     tmp_path: Path,
     mode: str,
 ) -> None:
-    config = dataclasses.replace(queen_config, **{mode: True})
     if mode == "platform":
-        config = dataclasses.replace(config, token="platform-admin")
+        config = dataclasses.replace(queen_config, platform=True, token="platform-admin")
         http.headers["Authorization"] = "Bearer platform-admin"
+    else:
+        config = dataclasses.replace(queen_config, policy_locked=True)
     queen = await start_queen(nursery, config)
     applied = await http.post(f"{queen.url}/v1/policy/apply", json={"source": CLOSED})
     assert applied.status_code == 403
