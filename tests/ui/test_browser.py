@@ -324,3 +324,34 @@ def test_applying_a_policy_changes_where_the_next_job_goes(
     assert f"route {target}" in decision.text
     browser.save_screenshot(str(shots / "job.png"))
     assert console_errors(browser) == []
+
+
+def test_the_overview_and_the_logs_show_the_running_workers(
+    browser: WebDriver, queen: Queen, shots: Path
+) -> None:
+    workers = sorted(e["worker"]["id"] for e in queen.get("/v1/workers")["workers"])
+    assert len(workers) == 2
+    open_page(browser, queen, "overview")
+    rows = wait_for(browser, "#overview tbody")
+    WebDriverWait(browser, WAIT_S).until(
+        lambda _: len(rows.find_elements(By.CSS_SELECTOR, "tr[data-worker]")) == 2
+    )
+    shown = [r.get_attribute("data-worker") for r in rows.find_elements(By.TAG_NAME, "tr")]
+    assert shown == workers
+    local = wait_for(browser, 'section[data-hive="local"]')
+    assert "RAM" in local.text
+    assert DEFAULT_MODEL in local.text
+    browser.save_screenshot(str(shots / "overview.png"))
+
+    open_page(browser, queen, "logs")
+    log = wait_for(browser, "#log-text")
+    WebDriverWait(browser, WAIT_S).until(lambda _: log.text.strip() != "")
+    assert "worker" in wait_for(browser, "#log-status").text
+    browser.save_screenshot(str(shots / "logs.png"))
+
+    open_page(browser, queen, "jobs")
+    jobs = wait_for(browser, "#jobs table")
+    # The three chats of the tests before.
+    assert len(jobs.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
+    browser.save_screenshot(str(shots / "jobs.png"))
+    assert console_errors(browser) == []

@@ -1,6 +1,6 @@
 // Jobs: the latest jobs, live; one job's trace: queue wait, time to first token, tokens/s, the
 // worker, each attempt, and the scheduling decision with its reasons.
-import { ago, api, h, ms, num, table } from "./lib.js";
+import { ago, api, fill, h, ms, num, table } from "./lib.js";
 
 let timer = null;
 
@@ -29,7 +29,7 @@ function row(job) {
 
 async function refresh(root) {
   const list = await api("/v1/jobs?limit=100");
-  root.replaceChildren(
+  fill(root,
     list.jobs.length
       ? table(["job", "model", "state", "worker", "queue wait", "first token", "tokens", "tokens/s", "created"], list.jobs.map(row), "jobs")
       : h("p", { class: "muted" }, "No job yet: send one from the playground."),
@@ -72,14 +72,14 @@ function trace(job) {
 
 async function showJob(root, id) {
   const job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
-  root.replaceChildren(h("p", {}, h("a", { href: "#/jobs" }, "← all jobs")), h("h2", {}, job.id), ...trace(job));
+  fill(root, h("p", {}, h("a", { href: "#/jobs" }, "← all jobs")), h("h2", {}, job.id), ...trace(job));
   if (job.state === "queued" || job.state === "running") timer = setTimeout(() => showJob(root, id), 1000);
 }
 
 export function start(view, { arg }) {
   const root = h("div", { id: "jobs" });
   view.append(h("h1", {}, "Jobs"), root);
-  const fail = (err) => root.replaceChildren(h("p", { class: "error" }, err.message));
+  const fail = (err) => fill(root, h("p", { class: "error" }, err.message));
   if (arg) {
     showJob(root, arg).catch(fail);
     return;

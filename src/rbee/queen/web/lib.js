@@ -72,6 +72,17 @@ export async function stream(path, body, onData, { signal, method = "POST" } = {
   }
 }
 
+/** Replace `el`'s children: nodes, texts, arrays of them; null, undefined and false are left out. */
+export function fill(el, ...children) {
+  el.replaceChildren(
+    ...children
+      .flat(Infinity)
+      .filter((child) => child !== undefined && child !== null && child !== false)
+      .map((child) => (child instanceof Node ? child : document.createTextNode(String(child)))),
+  );
+  return el;
+}
+
 /** An element: `h("td", {class: "num"}, "3")`; attributes starting with "on" are listeners. */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -81,11 +92,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (name === "class") el.className = value;
     else el.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
-    if (child === undefined || child === null || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
+  return fill(el, children);
 }
 
 /** A number with `digits` decimals, or "-" for none. */

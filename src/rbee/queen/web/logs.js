@@ -1,6 +1,6 @@
 // Logs: the tail of a worker's log (read again every second) or of a hive started over SSH
 // (followed as the hive writes it).
-import { api, h, stream } from "./lib.js";
+import { api, fill, h, stream } from "./lib.js";
 
 const FOLLOW_MS = 1000;
 let timer = null;
@@ -25,7 +25,7 @@ function followWorker(id, pre, status) {
       status.textContent = `worker ${id} · ${log.path}`;
       timer = setTimeout(tick, FOLLOW_MS);
     } catch (err) {
-      status.replaceChildren(h("span", { class: "error" }, err.message));
+      fill(status, h("span", { class: "error" }, err.message));
     }
   };
   tick();
@@ -43,7 +43,7 @@ async function followHive(name, pre, status) {
       show(pre, lines.slice(-2000));
     }, { signal: controller.signal, method: "GET" });
   } catch (err) {
-    if (err.name !== "AbortError") status.replaceChildren(h("span", { class: "error" }, err.message));
+    if (err.name !== "AbortError") fill(status, h("span", { class: "error" }, err.message));
   }
 }
 

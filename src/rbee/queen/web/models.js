@@ -1,5 +1,5 @@
 // Models: what each hive has; pull one from the queen's store with progress.
-import { api, bytes, h, stream, table } from "./lib.js";
+import { api, bytes, fill, h, stream, table } from "./lib.js";
 
 let controller = null;
 
@@ -24,7 +24,7 @@ function progressText(event) {
 async function pull(hive, model, out, refresh) {
   const bar = h("progress", { max: 1, value: 0, "aria-label": "pull progress" });
   const text = h("span", { role: "status" }, "starting…");
-  out.replaceChildren(bar, " ", text);
+  fill(out, bar, " ", text);
   controller = new AbortController();
   try {
     await stream(`/v1/hives/${encodeURIComponent(hive)}/models/pull`, { model }, (data) => {
@@ -36,7 +36,7 @@ async function pull(hive, model, out, refresh) {
     }, { signal: controller.signal });
     refresh();
   } catch (err) {
-    text.replaceChildren(h("span", { class: "error" }, err.message));
+    fill(text, h("span", { class: "error" }, err.message));
   }
 }
 
@@ -46,7 +46,7 @@ async function render(root) {
   const hiveSelect = h("select", { id: "pull-hive" }, hives.filter((x) => x.status === "online").map((x) => h("option", { value: x.name }, x.name)));
   const model = h("input", { id: "pull-model", required: true, placeholder: "model name in the queen's store" });
   const out = h("div", { id: "pull-out" });
-  root.replaceChildren(
+  fill(root,
     hives.length ? h("div", { class: "cards" }, sections) : h("p", { class: "muted" }, "No hive has reported yet."),
     h("h2", {}, "Pull a model from the queen's store"),
     h(
@@ -64,7 +64,7 @@ async function render(root) {
 export function start(view) {
   const root = h("div", { id: "models" });
   view.append(h("h1", {}, "Models"), root);
-  render(root).catch((err) => root.replaceChildren(h("p", { class: "error" }, err.message)));
+  render(root).catch((err) => fill(root, h("p", { class: "error" }, err.message)));
 }
 
 export function stop() {

@@ -1,6 +1,6 @@
 // Overview: hives with their host telemetry and GPUs as bars, workers with state, slots and
 // tokens/s, live from the queen's overview events (one a second).
-import { h, meter, num, table } from "./lib.js";
+import { fill, h, meter, num, table } from "./lib.js";
 
 let events = null;
 
@@ -54,7 +54,7 @@ function render(root, overview) {
   const perHive = {};
   for (const entry of s.workers) perHive[entry.hive] = (perHive[entry.hive] ?? 0) + 1;
   const workers = [...s.workers].sort((a, b) => a.worker.id.localeCompare(b.worker.id));
-  root.replaceChildren(
+  fill(root,
     h("h1", {}, "Overview"),
     h(
       "p",

@@ -1,6 +1,6 @@
 // Playground: a chat through the queen's OpenAI-compatible endpoint, streamed token by token,
 // with the model and sampling settings, and which worker answered and why.
-import { api, h, ms, num, servedModels, stream } from "./lib.js";
+import { api, fill, h, ms, num, servedModels, stream } from "./lib.js";
 
 let controller = null;
 const messages = [];
@@ -47,10 +47,10 @@ function bubble(role, text) {
 }
 
 async function explain(info, jobId) {
-  info.replaceChildren(h("span", { class: "muted" }, "…"));
+  fill(info, h("span", { class: "muted" }, "…"));
   const job = await api(`/v1/jobs/${jobId}`);
   const d = job.decision;
-  info.replaceChildren(
+  fill(info,
     h(
       "dl",
       { class: "trace", id: "pg-answered" },
@@ -105,7 +105,7 @@ async function send(log, info, prompt, button) {
     answer.el.dataset.done = "true";
     if (jobId) await explain(info, jobId);
   } catch (err) {
-    answer.body.replaceChildren(h("span", { class: "error" }, err.message));
+    fill(answer.body, h("span", { class: "error" }, err.message));
     answer.el.dataset.done = "error";
     messages.pop();
   } finally {
@@ -126,7 +126,7 @@ export async function start(view) {
   const info = h("div", { id: "pg-info" }, h("p", { class: "muted" }, "Which worker answered, and why, shows here."));
   const prompt = h("textarea", { id: "pg-prompt", class: "prompt", placeholder: "Ask something (Ctrl+Enter sends)" });
   const button = h("button", { type: "submit", id: "pg-send" }, "Send");
-  const clear = h("button", { type: "button", class: "secondary", onclick: () => { messages.length = 0; log.replaceChildren(); } }, "New chat");
+  const clear = h("button", { type: "button", class: "secondary", onclick: () => { messages.length = 0; fill(log); } }, "New chat");
   const form = h(
     "form",
     { onsubmit: (event) => { event.preventDefault(); send(log, info, prompt, button); } },

@@ -1,6 +1,6 @@
 // Policy: an editor that checks the draft as you type (the error shown on its line), a preview
 // of the draft against the live cluster on sample jobs, a replay of the last decisions, apply.
-import { api, h, table } from "./lib.js";
+import { api, fill, h, table } from "./lib.js";
 
 const STARTER = `// A draft: route to the least-loaded worker with the model, else start one.
 fn schedule_job(job, workers, hives) {
@@ -37,12 +37,12 @@ function paint(textarea, gutter, overlay, problem) {
   const lines = textarea.value.split("\n");
   textarea.rows = Math.max(lines.length + 1, 16);
   const bad = problem?.line ?? null;
-  gutter.replaceChildren(
+  fill(gutter,
     ...lines.map((_, i) =>
       h("div", { class: i + 1 === bad ? "err" : null, "data-line": i + 1, title: i + 1 === bad ? problem.message : null }, String(i + 1)),
     ),
   );
-  overlay.replaceChildren(
+  fill(overlay,
     ...lines.map((line, i) => (i + 1 === bad ? h("span", { class: "err-line" }, line || " ") : `${line}`)).flatMap((part, i) => (i ? ["\n", part] : [part])),
   );
 }
@@ -55,7 +55,7 @@ async function check(textarea, gutter, overlay, status, applyButton) {
     result = await api("/v1/policy/check", { method: "POST", body: draft(), signal: checking.signal });
   } catch (err) {
     if (err.name === "AbortError") return;
-    status.replaceChildren(h("span", { class: "error" }, err.message));
+    fill(status, h("span", { class: "error" }, err.message));
     return;
   }
   draftSource = textarea.value;
@@ -65,9 +65,9 @@ async function check(textarea, gutter, overlay, status, applyButton) {
   applyButton.dataset.valid = problem ? "false" : "true";
   if (problem) {
     const where = problem.line == null ? "" : `${problem.line}:${problem.column ?? 1}: `;
-    status.replaceChildren(h("span", { class: "error", id: "policy-error" }, `${where}${problem.message}`));
+    fill(status, h("span", { class: "error", id: "policy-error" }, `${where}${problem.message}`));
   } else {
-    status.replaceChildren(h("span", { class: "ok", id: "policy-ok" }, `ok: policy ${result.name}, ${result.lines} lines`));
+    fill(status, h("span", { class: "ok", id: "policy-ok" }, `ok: policy ${result.name}, ${result.lines} lines`));
   }
 }
 
@@ -80,13 +80,13 @@ async function preview(out) {
   try {
     jobs = JSON.parse(document.getElementById("policy-jobs").value);
   } catch (err) {
-    out.replaceChildren(h("p", { class: "error" }, `sample jobs: not valid JSON (${err.message})`));
+    fill(out, h("p", { class: "error" }, `sample jobs: not valid JSON (${err.message})`));
     return;
   }
   try {
     const result = await api("/v1/policy/preview", { method: "POST", body: { ...draft(), jobs } });
     const changed = result.rows.filter((r) => r.changed).length;
-    out.replaceChildren(
+    fill(out,
       h("p", { id: "preview-summary" }, `${result.rows.length} jobs on the live cluster (${result.workers} workers, ${result.hives} hives): ${changed} decisions change from ${result.policy}`),
       table(
         ["job", "model", `now (${result.policy})`, "draft"],
@@ -95,7 +95,7 @@ async function preview(out) {
       ),
     );
   } catch (err) {
-    out.replaceChildren(h("p", { class: "error" }, err.message));
+    fill(out, h("p", { class: "error" }, err.message));
   }
 }
 
@@ -103,24 +103,24 @@ async function replay(out) {
   const last = Number(document.getElementById("policy-last").value);
   try {
     const result = await api("/v1/policy/replay", { method: "POST", body: { ...draft(), last } });
-    out.replaceChildren(
+    fill(out,
       h("p", { id: "replay-summary" }, `${result.replayed} decisions replayed: ${result.replayed - result.changed} the same, ${result.changed} different, ${result.errors} policy errors`),
       result.changed
         ? table(["job", "model", "was", "draft"], result.rows.filter((r) => r.changed).map((r) => h("tr", { class: "changed" }, h("td", {}, r.job_id), h("td", {}, r.model), h("td", {}, r.was), decisionCell(r.now))), "replay")
         : null,
     );
   } catch (err) {
-    out.replaceChildren(h("p", { class: "error" }, err.message));
+    fill(out, h("p", { class: "error" }, err.message));
   }
 }
 
 async function applyDraft(out, header) {
   try {
     const status = await api("/v1/policy/apply", { method: "POST", body: draft() });
-    out.replaceChildren(h("p", { class: "ok", id: "apply-result" }, `applied: policy ${status.policy} from ${status.path}`));
+    fill(out, h("p", { class: "ok", id: "apply-result" }, `applied: policy ${status.policy} from ${status.path}`));
     header.textContent = `running: ${status.policy} (${status.path})`;
   } catch (err) {
-    out.replaceChildren(h("p", { class: "error", id: "apply-result" }, err.message));
+    fill(out, h("p", { class: "error", id: "apply-result" }, err.message));
   }
 }
 
