@@ -164,6 +164,14 @@ def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
     assert sum(map(len, listings.values())) > 2 * len(stored)
 
 
+def test_pyz_carries_the_web_page(pyz: Path) -> None:
+    """Every file of the queen's page ships in the archive, byte for byte."""
+    web = ROOT / "src" / "rbee" / "queen" / "web"
+    with zipfile.ZipFile(pyz) as zf:
+        for path in web.iterdir():
+            assert zf.read(f"site-packages/rbee/queen/web/{path.name}") == path.read_bytes()
+
+
 def tag(abi: str, arch: str) -> str:
     return f"cpython-{abi[2:]}-{arch}-linux-gnu"
 
