@@ -210,3 +210,52 @@ async def test_apply_is_refused_when_the_policy_is_locked(
     # Checking and previewing a draft stay allowed.
     checked = await http.post(f"{queen.url}/v1/policy/check", json={"source": CLOSED})
     assert checked.json()["ok"] is True
+
+
+async def test_compile_answers_the_draft_in_the_policy_language(
+    queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    answer = await http.post(f"{queen.url}/v1/policy/compile", json={"source": CLOSED})
+    assert answer.json() == {"source": CLOSED}
+    broken = await http.post(f"{queen.url}/v1/policy/compile", json={"source": "fn ("})
+    assert broken.status_code == 400
+    assert "<draft>:1:" in broken.json()["error"]["message"]
+
+
+RULES = """rules:
+  - name: batch waits
+    condition:
+      priority: batch
+    action:
+      queue: "batch jobs wait"
+default:
+  route:
+    if_none: spawn
+"""
+
+
+async def test_yaml_rules_are_checked_previewed_compiled_and_applied_as_yaml(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    pytest.importorskip("rbee.policy.rules", reason="this tree has no YAML rules compiler")
+    url = queen.url
+    ok = await http.post(f"{url}/v1/policy/check", json={"source": RULES, "format": "yaml"})
+    assert ok.json()["ok"] is True, ok.text
+    bad = RULES.replace("priority: batch", "priority: [batch")
+    answer = await http.post(f"{url}/v1/policy/check", json={"source": bad, "format": "yaml"})
+    problem = answer.json()["error"]
+    assert problem["line"] == 4
+    compiled = await http.post(f"{url}/v1/policy/compile", json={"source": RULES, "format": "yaml"})
+    assert "fn schedule_job" in compiled.json()["source"]
+
+    await two_workers(nursery, url)
+    jobs = [{"id": "b", "model": "fake-model", "priority": "batch"}]
+    body = {"source": RULES, "format": "yaml", "jobs": jobs}
+    (row,) = (await http.post(f"{url}/v1/policy/preview", json=body)).json()["rows"]
+    assert row["draft"]["kind"] == "queue"
+    assert row["changed"] is True
+    applied = await http.post(f"{url}/v1/policy/apply", json={"source": RULES, "format": "yaml"})
+    assert applied.status_code == 200, applied.text
+    path = (db_path(queen.config).parent / drafts.APPLIED_FILE).with_suffix(".yaml")
+    assert applied.json()["path"] == str(path)
+    assert path.read_text(encoding="utf-8") == RULES

@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from rbee.decisions import Decision, Reject, Scheduler, kind_target
 from rbee.errors import ForbiddenError, PolicyError, UsageError
@@ -34,40 +35,51 @@ __all__ = [
     "apply",
     "check",
     "compile_draft",
+    "policy_text",
     "preview",
     "recorded",
     "replay",
     "summarize",
 ]
 
-# Where an applied draft goes when the queen ran a built-in policy (next to its database).
+# Where an applied draft goes when the queen ran a built-in policy (next to its database); YAML
+# rules go to the same name with ``.yaml``.
 APPLIED_FILE = "applied-policy.rhai"
-_DRAFT = "<draft>"
+# A draft's name in messages; its suffix tells `load_source` which form the text is in.
+_NAMES: dict[PolicyFormat, str] = {"rhai": "<draft>", "yaml": "<draft.yaml>"}
 
 
-def _policy_text(source: str, format: PolicyFormat) -> str:
-    """The draft in the policy language: YAML rules are compiled to it first."""
-    if format == "rhai":
-        return source
-    rules = importlib.import_module("rbee.policy")
-    compile_rules: Callable[[str, str], str] | None = getattr(rules, "compile_rules", None)
-    if compile_rules is None:
+def _rules() -> ModuleType:
+    """`rbee.policy.rules`, which compiles YAML rules; a `UsageError` where it is missing."""
+    try:
+        return importlib.import_module("rbee.policy.rules")
+    except ImportError:
         raise UsageError(
             "invalid request body: this queen does not read YAML rules - at `$.format`"
-        )
-    return compile_rules(source, "<draft.yaml>")
+        ) from None
 
 
-def _compile(text: str) -> CompiledPolicy:
-    try:
-        return load_source(text, _DRAFT)
-    except PolicyError as err:
-        raise UsageError(f"the draft does not compile: {_first_line(err)}") from None
+def _load(source: str, format: PolicyFormat) -> CompiledPolicy:
+    """The draft compiled; `PolicyError` at its line and column (in the YAML, for rules)."""
+    if format == "yaml":
+        _rules()
+    return load_source(source, _NAMES[format])
+
+
+def policy_text(source: str, format: PolicyFormat) -> str:
+    """The draft in the policy language: YAML rules compiled to it (`PolicyError` if they do not)."""
+    if format == "rhai":
+        return source
+    text: str = _rules().compile_rules(source, _NAMES[format])
+    return text
 
 
 def compile_draft(source: str, format: PolicyFormat = "rhai") -> CompiledPolicy:
     """The draft compiled; a `UsageError` (400) naming its line and column when it does not."""
-    return _compile(_policy_text(source, format))
+    try:
+        return _load(source, format)
+    except PolicyError as err:
+        raise UsageError(f"the draft does not compile: {_first_line(err)}") from None
 
 
 def _first_line(err: PolicyError) -> str:
@@ -81,7 +93,7 @@ def _problem(err: PolicyError) -> PolicyProblem:
 def check(source: str, format: PolicyFormat = "rhai") -> PolicyCheck:
     """Whether the draft compiles, and if not, where and why."""
     try:
-        compiled = load_source(_policy_text(source, format), _DRAFT)
+        compiled = _load(source, format)
     except PolicyError as err:
         return PolicyCheck(ok=False, error=_problem(err))
     return PolicyCheck(ok=True, name=compiled.name, lines=source.count("\n") + 1)
@@ -158,31 +170,33 @@ def apply(
 ) -> tuple[PolicyHost, PolicyStatus]:
     """Make the draft the queen's policy: the host to schedule with from now on, and its status.
 
-    A queen that runs a policy file gets the draft written into that file (a YAML draft as the
-    policy language it compiles to) and reloads it; one that runs a built-in policy gets a new
-    file at ``default_path``. `ForbiddenError` in platform mode; `UsageError` (nothing written)
-    for a draft that does not compile.
+    A queen that runs a policy file gets the draft written into that file and reloads it (a YAML
+    draft into a policy-language file as the text it compiles to; a YAML rules file takes only
+    YAML); one that runs a built-in policy gets a new file at ``default_path`` (``.yaml`` for
+    rules). `ForbiddenError` when the policy is locked; `UsageError` (nothing written) for a
+    draft that does not compile.
     """
     if locked or (isinstance(current, PolicyHost) and current.locked):
         raise ForbiddenError(
             "the policy is locked (platform mode): it cannot be changed from the API",
             "policy_locked",
         )
-    text = _policy_text(source, format)
-    _compile(text)
-    if isinstance(current, PolicyHost):
-        if current.path.suffix in (".yaml", ".yml"):
-            if format != "yaml":
-                raise UsageError(
-                    f"invalid request body: the queen's policy file {current.path} holds YAML "
-                    "rules; apply a YAML draft - at `$.format`"
-                )
-            text = source
-        _write(current.path, text)
-        error = current.reload_if_changed()
-        if error is not None:
-            raise error
-        return current, current.status()
-    _write(default_path, text)
-    host = PolicyHost(default_path)
-    return host, host.status()
+    compile_draft(source, format)
+    if not isinstance(current, PolicyHost):
+        path = default_path.with_suffix(".yaml") if format == "yaml" else default_path
+        _write(path, source)
+        host = PolicyHost(path)
+        return host, host.status()
+    if current.path.suffix.lower() in (".yaml", ".yml"):
+        if format != "yaml":
+            raise UsageError(
+                f"invalid request body: the queen's policy file {current.path} holds YAML "
+                "rules; apply a YAML draft - at `$.format`"
+            )
+        _write(current.path, source)
+    else:
+        _write(current.path, policy_text(source, format))
+    error = current.reload_if_changed()
+    if error is not None:
+        raise error
+    return current, current.status()

@@ -32,6 +32,7 @@ from rbee.server import json_response
 from rbee.wire.queen import JobInfo
 from rbee.wire.ui import (
     Overview,
+    PolicyCompiled,
     PolicyDraft,
     PolicyPreviewRequest,
     PolicyReplayRequest,
@@ -219,6 +220,12 @@ def _policy_routes(
     async def check_policy() -> Response:
         draft = wire.decode(await request.get_data(), PolicyDraft)
         return json_response(drafts.check(draft.source, draft.format))
+
+    @app.post("/v1/policy/compile")
+    async def compile_policy() -> Response:
+        draft = wire.decode(await request.get_data(), PolicyDraft)
+        drafts.compile_draft(draft.source, draft.format)
+        return json_response(PolicyCompiled(source=drafts.policy_text(draft.source, draft.format)))
 
     @app.post("/v1/policy/preview")
     async def preview_policy() -> Response:

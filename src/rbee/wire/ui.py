@@ -8,7 +8,8 @@ compile is an answer, not an error: ``ok`` false and the `PolicyProblem`); ``POS
 /v1/policy/preview`` (`PolicyPreviewRequest`) -> `PolicyPreview`, the draft and the running policy
 on sample jobs against the live cluster snapshot; ``POST /v1/policy/replay`` (`PolicyReplayRequest`)
 -> `PolicyReplay`, the draft on the last decisions the queen logged; ``POST /v1/policy/apply``
--> `rbee.wire.queen.PolicyStatus` (a 403 in platform mode). ``GET /v1/policy`` is the running
+-> `rbee.wire.queen.PolicyStatus` (a 403 in platform mode); ``POST /v1/policy/compile`` ->
+`PolicyCompiled`, the draft in the policy language (YAML rules compiled to it). ``GET /v1/policy`` is the running
 `PolicySource`. ``GET /v1/workers/{id}/log`` is the worker's `rbee.wire.hive.WorkerLog`.
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "DecisionSummary",
     "Overview",
     "PolicyCheck",
+    "PolicyCompiled",
     "PolicyDraft",
     "PolicyPreview",
     "PolicyPreviewRequest",
@@ -79,6 +81,10 @@ class PolicyCheck(Struct, frozen=True, kw_only=True):
     name: str | None = None
     lines: int = 0
     error: PolicyProblem | None = None
+
+
+class PolicyCompiled(Struct, frozen=True, kw_only=True):
+    source: str
 
 
 class DecisionSummary(Struct, frozen=True, kw_only=True):

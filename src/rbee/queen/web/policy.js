@@ -19,6 +19,20 @@ fn schedule_job(job, workers, hives) {
 }
 `;
 
+const YAML_STARTER = `# YAML rules: the first rule whose condition holds decides; default decides the rest.
+rules:
+  - name: batch jobs wait for a free worker
+    condition:
+      priority: batch
+    action:
+      route:
+        if_none:
+          queue: "batch jobs wait for a free worker"
+default:
+  route:
+    if_none: spawn
+`;
+
 const SAMPLE_JOBS = `[
   {"id": "sample-1", "model": "smollm2-135m-instruct"},
   {"id": "sample-2", "model": "smollm2-135m-instruct", "priority": "batch", "max_tokens": 1024}
@@ -114,6 +128,25 @@ async function replay(out) {
   }
 }
 
+function download(name, text) {
+  const link = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/plain" })), download: name });
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
+/** Save the draft as it is, and in the policy language (YAML rules compiled to it). */
+async function exportDraft(out) {
+  const { source } = draft();
+  if (format === "yaml") download("rules.yaml", source);
+  try {
+    const compiled = await api("/v1/policy/compile", { method: "POST", body: draft() });
+    download("policy.rhai", compiled.source);
+    fill(out, h("p", { class: "ok", id: "export-result" }, format === "yaml" ? "exported rules.yaml and policy.rhai" : "exported policy.rhai"));
+  } catch (err) {
+    fill(out, h("p", { class: "error", id: "export-result" }, err.message));
+  }
+}
+
 async function applyDraft(out, header) {
   try {
     const status = await api("/v1/policy/apply", { method: "POST", body: draft() });
@@ -126,6 +159,7 @@ async function applyDraft(out, header) {
 
 export async function start(view) {
   const running = await api("/v1/policy");
+  if (draftSource === null && running.path && /\.ya?ml$/i.test(running.path)) format = "yaml";
   const header = h("p", { class: "muted", id: "policy-running" }, running.path ? `running: ${running.policy} (${running.path})` : `running: the built-in ${running.policy} policy`);
   const textarea = h("textarea", { id: "policy-source", spellcheck: "false", "aria-label": "policy source", autocapitalize: "off", wrap: "off" });
   textarea.value = draftSource ?? running.source ?? STARTER;
@@ -138,7 +172,16 @@ export async function start(view) {
   const replayOut = h("div", { id: "replay-out" });
   const formatSelect = h(
     "select",
-    { id: "policy-format", onchange: (event) => { format = event.target.value; schedule(); } },
+    {
+      id: "policy-format",
+      onchange: (event) => {
+        format = event.target.value;
+        // An untouched starter turns into the other form's starter.
+        if ([STARTER, YAML_STARTER].includes(textarea.value)) textarea.value = format === "yaml" ? YAML_STARTER : STARTER;
+        paint(textarea, gutter, overlay, null);
+        schedule();
+      },
+    },
     h("option", { value: "rhai" }, "policy language"),
     h("option", { value: "yaml" }, "YAML rules"),
   );
@@ -172,7 +215,13 @@ export async function start(view) {
         h("div", { class: "row" }, h("div", {}, h("label", { for: "policy-format" }, "format"), formatSelect), h("p", { class: "muted" }, "Tab indents; Esc then Tab leaves the editor.")),
         h("div", { class: "editor" }, gutter, h("div", { class: "code" }, overlay, textarea)),
         status,
-        h("div", { class: "row" }, applyButton, running.locked ? h("span", { class: "muted" }, "The policy is locked (platform mode).") : null),
+        h(
+          "div",
+          { class: "row" },
+          applyButton,
+          h("button", { type: "button", class: "secondary", id: "policy-export", onclick: () => exportDraft(applyOut) }, "Export"),
+          running.locked ? h("span", { class: "muted" }, "The policy is locked (platform mode).") : null,
+        ),
         applyOut,
       ),
       h(
