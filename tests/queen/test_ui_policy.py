@@ -241,10 +241,11 @@ async def test_yaml_rules_are_checked_previewed_compiled_and_applied_as_yaml(
     url = queen.url
     ok = await http.post(f"{url}/v1/policy/check", json={"source": RULES, "format": "yaml"})
     assert ok.json()["ok"] is True, ok.text
-    bad = RULES.replace("priority: batch", "priority: [batch")
+    bad = RULES.replace("priority: batch", "priorty: batch")
     answer = await http.post(f"{url}/v1/policy/check", json={"source": bad, "format": "yaml"})
     problem = answer.json()["error"]
     assert problem["line"] == 4
+    assert "priorty" in problem["message"]
     compiled = await http.post(f"{url}/v1/policy/compile", json={"source": RULES, "format": "yaml"})
     assert "fn schedule_job" in compiled.json()["source"]
 

@@ -46,7 +46,7 @@ __all__ = [
 # rules go to the same name with ``.yaml``.
 APPLIED_FILE = "applied-policy.rhai"
 # A draft's name in messages; its suffix tells `load_source` which form the text is in.
-_NAMES: dict[PolicyFormat, str] = {"rhai": "<draft>", "yaml": "<draft.yaml>"}
+_NAMES: dict[PolicyFormat, str] = {"rhai": "<draft>", "yaml": "<draft>.yaml"}
 
 
 def _rules() -> ModuleType:
