@@ -10,6 +10,7 @@ Without Chromium the module is skipped, except in CI (``CI`` set), where that is
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import os
 import signal
@@ -39,6 +40,16 @@ BROKEN = """fn schedule_job(job, workers) {
     let best = free.least_loaded(;
     return best;
 }
+"""
+RULES = """rules:
+  - name: batch waits
+    condition:
+      priority: batch
+    action:
+      queue: "batch jobs wait"
+default:
+  route:
+    if_none: spawn
 """
 CLOSED = 'fn schedule_job(job, workers) {\n    return reject("closed for maintenance");\n}\n'
 PIN = """fn schedule_job(job, workers) {{
@@ -74,7 +85,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @dataclass
@@ -268,6 +279,30 @@ def test_a_syntax_error_is_shown_on_its_line(browser: WebDriver, queen: Queen, s
     set_draft(browser, BROKEN.replace("least_loaded(;", "least_loaded();"))
     wait_for(browser, "#policy-ok")
     assert browser.find_elements(By.CSS_SELECTOR, "#policy-gutter div.err") == []
+    assert console_errors(browser) == []
+
+
+def test_yaml_rules_are_edited_and_checked_as_yaml(
+    browser: WebDriver, queen: Queen, shots: Path
+) -> None:
+    if importlib.util.find_spec("rbee.policy.rules") is None:
+        pytest.skip("this tree has no YAML rules compiler")
+    open_page(browser, queen, "policy")
+    wait_for(browser, "#policy-ok")
+    Select(browser.find_element(By.ID, "policy-format")).select_by_value("yaml")
+    set_draft(browser, RULES)
+    wait_for(browser, "#policy-ok")
+    set_draft(browser, RULES.replace("priority: batch", "priorty: batch"))
+    error = wait_for(browser, "#policy-error")
+    assert error.text.startswith("4:"), error.text
+    assert "priorty" in error.text
+    marked = browser.find_elements(By.CSS_SELECTOR, "#policy-gutter div.err")
+    assert [m.get_attribute("data-line") for m in marked] == ["4"]
+    browser.save_screenshot(str(shots / "policy-yaml.png"))
+    # Back to the policy language for the tests after this one.
+    Select(browser.find_element(By.ID, "policy-format")).select_by_value("rhai")
+    set_draft(browser, CLOSED)
+    wait_for(browser, "#policy-ok")
     assert console_errors(browser) == []
 
 
