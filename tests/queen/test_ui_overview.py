@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import AsyncGenerator
 
 import httpx
 import msgspec
 import trio
-from quart import Response
+from quart import Response, request
 
-from rbee import wire
+from rbee import sse, wire
 from rbee.queen.ui import RATE_WINDOW_S, tokens_per_s
 from rbee.server import create_app, json_response, serve
-from rbee.wire.hive import WorkerLog
+from rbee.wire.hive import Importing, Pulled, PullRequest, WorkerLog
 from rbee.wire.queen import GpuTelemetry, HostTelemetry, JobInfo
 from rbee.wire.ui import Overview
 from tests.queen.conftest import QueenHandle, read_stream
@@ -119,3 +120,46 @@ async def test_a_workers_log_is_read_from_its_hive(
     unknown = await http.get(f"{queen.url}/v1/workers/nobody/log")
     assert unknown.status_code == 404
     assert "nobody" in unknown.json()["error"]["message"]
+
+
+async def test_an_import_streams_the_hives_progress_for_a_gguf_on_its_host(
+    nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    hive = create_app("fake-hive")
+    asked: list[PullRequest] = []
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        yield sse.event(wire.encode(Importing(file="model.int4.onnx", step=1, steps=2)))
+        yield sse.event(wire.encode(Pulled(name="copy", size_bytes=10, downloaded_bytes=0, resumed_bytes=0)))  # fmt: skip
+        yield sse.event(sse.DONE)
+
+    @hive.post("/v1/models/pull")
+    async def pull() -> Response:
+        asked.append(wire.decode(await request.get_data(), PullRequest))
+        return Response(events(), headers=sse.SSE_HEADERS)
+
+    url = await nursery.start(
+        functools.partial(serve, hive, "127.0.0.1", 0, shutdown=trio.sleep_forever)
+    )
+    beat = msgspec.structs.replace(heartbeat("hive-a", []), url=url)
+    await http.post(
+        f"{queen.url}/v1/heartbeat", content=wire.encode(beat), headers=hive_auth(queen.url)
+    )
+    body = {"name": "copy", "path": "/models/x.gguf"}
+    payloads = await read_stream_post(http, f"{queen.url}/v1/hives/hive-a/models/import", body)
+    assert [json.loads(p)["type"] for p in payloads[:-1]] == ["import", "pulled"]
+    assert payloads[-1] == "[DONE]"
+    assert asked == [PullRequest(name="copy", source="/models/x.gguf")]
+
+    relative = {"name": "copy", "path": "x.gguf"}
+    refused = await http.post(f"{queen.url}/v1/hives/hive-a/models/import", json=relative)
+    assert refused.status_code == 400
+    assert "$.path" in refused.json()["error"]["message"]
+    unknown = await http.post(f"{queen.url}/v1/hives/hive-b/models/import", json=body)
+    assert unknown.status_code == 404
+
+
+async def read_stream_post(http: httpx.AsyncClient, url: str, body: object) -> list[str]:
+    async with http.stream("POST", url, json=body) as response:
+        assert response.status_code == 200, await response.aread()
+        return [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]

@@ -26,6 +26,7 @@ import pytest
 
 from rbee.models.importer import DEFAULT_MODEL
 from tests.helpers import RBEE, eventually_sync
+from tests.models.helpers import Synthetic, write_synthetic_gguf
 from tests.test_main_job import environment, link_default_model, read_line
 
 pytestmark = pytest.mark.slow
@@ -389,4 +390,32 @@ def test_the_overview_and_the_logs_show_the_running_workers(
     # The three chats of the tests before.
     assert len(jobs.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
     browser.save_screenshot(str(shots / "jobs.png"))
+    assert console_errors(browser) == []
+
+
+def test_the_models_page_imports_a_gguf_on_a_hive_with_progress(
+    browser: WebDriver, queen: Queen, shots: Path, tmp_path: Path
+) -> None:
+    open_page(browser, queen, "models")
+    local = wait_for(browser, 'section[aria-label="hive local"]', DEFAULT_MODEL)
+    assert "tiny-import" not in local.text
+    tiny = write_synthetic_gguf(
+        tmp_path / "tiny.gguf", Synthetic("llama", layers=1, hidden=64, ffn=128, head_dim=16)
+    )
+    browser.find_element(By.ID, "import-path").send_keys(str(tiny))
+    browser.find_element(By.ID, "import-name").send_keys("tiny-import", Keys.ENTER)
+    wait_for(browser, 'progress[aria-label="pull progress"]')
+    # The page lists the hive's models again once the import ends (or shows why it failed).
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: (
+            "tiny-import" in d.find_element(By.ID, "models").text
+            or d.find_elements(By.CSS_SELECTOR, "#import-out .error")
+        )
+    )
+    assert browser.find_elements(By.CSS_SELECTOR, "#import-out .error") == [], browser.find_element(
+        By.ID, "import-out"
+    ).text
+    models = queen.get("/v1/hives/local/models")["models"]
+    assert "tiny-import" in [m["name"] for m in models]
+    browser.save_screenshot(str(shots / "models.png"))
     assert console_errors(browser) == []

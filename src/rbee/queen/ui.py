@@ -4,8 +4,8 @@ The page (``rbee/queen/web/``: HTML, one stylesheet, plain ES modules; nothing f
 other host) calls the queen's own API with the session cookie that ``POST /ui/login`` sets from a
 key, an admin token or the cluster secret (`rbee.queen.auth`); a keyless loopback caller of a
 home-mode queen needs none. The routes here (`rbee.wire.ui`): the session, the live overview as
-SSE, a worker's log, and the policy editor's check, preview, replay and apply
-(`rbee.queen.drafts`).
+SSE, a worker's log, a GGUF import on a hive, and the policy editor's check, preview, replay
+and apply (`rbee.queen.drafts`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.decisions import Scheduler
-from rbee.errors import AuthError, ForbiddenError, NotFoundError
+from rbee.errors import AuthError, ForbiddenError, NotFoundError, UsageError
 from rbee.policy import PolicyHost
-from rbee.queen import drafts
+from rbee.queen import cluster_api, drafts
 from rbee.queen.auth import SESSION_COOKIE, Gate, credential
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.provision import Hives
@@ -31,6 +31,7 @@ from rbee.queen.scheduler import BUILTIN_POLICIES, builtin
 from rbee.server import json_response
 from rbee.wire.queen import JobInfo
 from rbee.wire.ui import (
+    ModelImport,
     Overview,
     PolicyCompiled,
     PolicyDraft,
@@ -113,6 +114,17 @@ def add_routes(
     @app.get("/v1/ui/events")
     async def overview_events() -> Response:
         return Response(_overview(dispatcher), headers=sse.SSE_HEADERS)
+
+    @app.post("/v1/hives/<name>/models/import")
+    async def import_model(name: str) -> Response:
+        req = wire.decode(await request.get_data(), ModelImport)
+        if not req.path.endswith(".gguf") or not req.path.startswith("/"):
+            raise UsageError(
+                f"invalid request body: {req.path!r} is not the absolute path of a .gguf file "
+                "- at `$.path`"
+            )
+        pulled = hives.client(name, long=True).pull(req.name, req.path)
+        return Response(cluster_api.pull_stream(pulled), headers=sse.SSE_HEADERS)
 
     @app.get("/v1/workers/<worker_id>/log")
     async def worker_log(worker_id: str) -> Response:

@@ -11,6 +11,8 @@ on sample jobs against the live cluster snapshot; ``POST /v1/policy/replay`` (`P
 -> `rbee.wire.queen.PolicyStatus` (a 403 in platform mode); ``POST /v1/policy/compile`` ->
 `PolicyCompiled`, the draft in the policy language (YAML rules compiled to it). ``GET /v1/policy`` is the running
 `PolicySource`. ``GET /v1/workers/{id}/log`` is the worker's `rbee.wire.hive.WorkerLog`.
+``POST /v1/hives/{name}/models/import`` (`ModelImport`) imports a GGUF file on that hive's host,
+streaming the hive's `rbee.wire.hive.PullEvent` progress as SSE like a pull.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rbee.wire.queen import DecisionKind, JobView, QueenStatus
 
 __all__ = [
     "DecisionSummary",
+    "ModelImport",
     "Overview",
     "PolicyCheck",
     "PolicyCompiled",
@@ -53,6 +56,13 @@ class UiSession(Struct, frozen=True, kw_only=True):
     kind: str
     tenant: str
     platform: bool
+
+
+class ModelImport(Struct, frozen=True, kw_only=True):
+    """Import the GGUF file at ``path`` (on the hive's host) into its store as ``name``."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=80)]
+    path: Annotated[str, Meta(min_length=1, max_length=4096)]
 
 
 class Overview(Struct, frozen=True, kw_only=True):

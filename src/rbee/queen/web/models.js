@@ -21,13 +21,14 @@ function progressText(event) {
   return [`pulled ${event.name}: ${bytes(event.size_bytes)} (${bytes(event.downloaded_bytes)} downloaded)`, 1];
 }
 
-async function pull(hive, model, out, refresh) {
+async function pull(hive, model, out, refresh, path = null) {
   const bar = h("progress", { max: 1, value: 0, "aria-label": "pull progress" });
   const text = h("span", { role: "status" }, "starting…");
   fill(out, bar, " ", text);
   controller = new AbortController();
   try {
-    await stream(`/v1/hives/${encodeURIComponent(hive)}/models/pull`, { model }, (data) => {
+    const [url, body] = path === null ? ["pull", { model }] : ["import", { name: model, path }];
+    await stream(`/v1/hives/${encodeURIComponent(hive)}/models/${url}`, body, (data) => {
       if (data === "[DONE]") return;
       if (data.startsWith("[ERROR]")) throw new Error(data.slice(8));
       const [line, fraction] = progressText(JSON.parse(data));
@@ -38,6 +39,26 @@ async function pull(hive, model, out, refresh) {
   } catch (err) {
     fill(text, h("span", { class: "error" }, err.message));
   }
+}
+
+function importForm(hives, root) {
+  const hive = h("select", { id: "import-hive" }, hives.filter((x) => x.status === "online").map((x) => h("option", { value: x.name }, x.name)));
+  const path = h("input", { id: "import-path", required: true, size: 48, placeholder: "/path/on/that/host/model.gguf" });
+  const name = h("input", { id: "import-name", required: true, placeholder: "name in the store" });
+  const out = h("div", { id: "import-out" });
+  return h(
+    "div",
+    {},
+    h(
+      "form",
+      { class: "row", onsubmit: (event) => { event.preventDefault(); pull(hive.value, name.value, out, () => render(root), path.value); } },
+      h("div", {}, h("label", { for: "import-hive" }, "hive"), hive),
+      h("div", {}, h("label", { for: "import-path" }, "GGUF file"), path),
+      h("div", {}, h("label", { for: "import-name" }, "name"), name),
+      h("button", { type: "submit", id: "import-start" }, "Import"),
+    ),
+    out,
+  );
 }
 
 async function render(root) {
@@ -57,7 +78,8 @@ async function render(root) {
       h("button", { type: "submit" }, "Pull"),
     ),
     out,
-    h("p", { class: "muted" }, "To import a GGUF file into a store: rbee model import FILE.gguf --name NAME (on that host)."),
+    h("h2", {}, "Import a GGUF file on a hive's host"),
+    importForm(hives, root),
   );
 }
 
