@@ -14,7 +14,7 @@ model's package and the Gemma packages. For each real model (the default SmolLM2
 - ``greedy``: 32-token greedy continuations of five prompts.
 
 For each small random-weight GGUF of `tests.models.helpers` (``SYNTHETIC``: qwen2, qwen3, a llama
-with K-quants, gemma3) it records llama.cpp's full logits over a fixed id sequence. The tests
+with K-quants, gemma3, phi3) it records llama.cpp's full logits over a fixed id sequence. The tests
 regenerate those files with the same seeds and compare.
 """
 

@@ -118,6 +118,8 @@ class Synthetic:
     """Matrices in a mix of every block type (K-quants where a row is whole super-blocks)."""
     name: str = ""
     chat_template: str = ""
+    rope_factors: bool = False
+    """LongRoPE's ``rope_factors_long``/``_short`` tensors (phi3 files with a long context)."""
 
     @property
     def vocab(self) -> int:
@@ -131,6 +133,7 @@ _MERGES = ["Ġ t", "h e", "i n", "Ġ a"]
 _MATRIX_TYPES = {
     "token_embd": Q.Q6_K,
     "output": Q.Q2_K,
+    "attn_qkv": Q.Q4_K,
     "attn_q": Q.Q5_0,
     "attn_k": Q.Q8_0,
     "attn_v": Q.Q4_K,
@@ -180,18 +183,30 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
     }
     if not spec.tied:
         tensors["output.weight"] = (spec.vocab, spec.hidden)
+    if spec.rope_factors:
+        tensors |= {
+            f"rope_factors_{kind}.weight": (spec.head_dim // 2,) for kind in ("long", "short")
+        }
     for i in range(spec.layers):
         b = f"blk.{i}."
         tensors |= {b + f"{n}.weight": (spec.hidden,) for n in norms}
-        tensors |= {
-            b + "attn_q.weight": (q_rows, spec.hidden),
-            b + "attn_k.weight": (kv_rows, spec.hidden),
-            b + "attn_v.weight": (kv_rows, spec.hidden),
-            b + "attn_output.weight": (spec.hidden, q_rows),
-            b + "ffn_gate.weight": (spec.ffn, spec.hidden),
-            b + "ffn_up.weight": (spec.ffn, spec.hidden),
-            b + "ffn_down.weight": (spec.hidden, spec.ffn),
-        }
+        if spec.arch == "phi3":
+            matrices = {
+                "attn_qkv": (q_rows + 2 * kv_rows, spec.hidden),
+                "attn_output": (spec.hidden, q_rows),
+                "ffn_up": (2 * spec.ffn, spec.hidden),
+            }
+        else:
+            matrices = {
+                "attn_q": (q_rows, spec.hidden),
+                "attn_k": (kv_rows, spec.hidden),
+                "attn_v": (kv_rows, spec.hidden),
+                "attn_output": (spec.hidden, q_rows),
+                "ffn_gate": (spec.ffn, spec.hidden),
+                "ffn_up": (spec.ffn, spec.hidden),
+            }
+        matrices["ffn_down"] = (spec.hidden, spec.ffn)
+        tensors |= {b + f"{name}.weight": shape for name, shape in matrices.items()}
         if spec.arch == "qwen2":
             tensors |= {
                 b + "attn_q.bias": (q_rows,),
@@ -264,6 +279,16 @@ def _gelu_tanh(x: npt.NDArray[F32]) -> npt.NDArray[F32]:
     return result
 
 
+def _qkv_weights(model: GgufModel, b: str) -> dict[str, npt.NDArray[F32]]:
+    """Block ``b``'s Q, K and V matrices, split out of phi3's stacked ``attn_qkv``."""
+    if not model.has(b + "attn_qkv.weight"):
+        return {part: model.floats(b + f"attn_{part}.weight") for part in "qkv"}
+    h = model.hyper
+    q_rows, kv_rows = h.heads * h.head_dim, h.kv_heads * h.head_dim
+    q, k, v = np.split(model.floats(b + "attn_qkv.weight"), [q_rows, q_rows + kv_rows])
+    return {"q": q, "k": k, "v": v}
+
+
 def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
     """Logits ``[len(ids), vocab]`` of a textbook forward pass over dequantized weights.
 
@@ -286,8 +311,9 @@ def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
         mask = np.where(local & (distance >= h.sliding_window), -np.inf, causal).astype(F32)
         y = _rms(x, w(b + "attn_norm.weight"), h.rms_eps)
         projections = []
+        weights = _qkv_weights(model, b)
         for part, heads in (("q", h.heads), ("k", h.kv_heads), ("v", h.kv_heads)):
-            weight = w(b + f"attn_{part}.weight")
+            weight = weights[part]
             if arch.permuted_qk and part != "v":
                 weight = weight[unpermute_rows(heads * h.head_dim, heads)]
             p = y @ weight.T
@@ -315,8 +341,10 @@ def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
             out = _rms(out, w(b + "post_attention_norm.weight"), h.rms_eps)
         x = x + out
         y = _rms(x, w(b + "ffn_norm.weight"), h.rms_eps)
-        gate = y @ w(b + "ffn_gate.weight").T
-        up = y @ w(b + "ffn_up.weight").T
+        if model.has(b + "ffn_gate.weight"):
+            gate, up = y @ w(b + "ffn_gate.weight").T, y @ w(b + "ffn_up.weight").T
+        else:  # phi3: gate and up rows stacked in ffn_up, gate first
+            gate, up = np.split(y @ w(b + "ffn_up.weight").T, 2, axis=-1)
         act = _gelu_tanh(gate) if arch.activation == "gelu_tanh" else gate / (1 + np.exp(-gate))
         out = (act * up) @ w(b + "ffn_down.weight").T
         if arch.post_norms:
