@@ -28,15 +28,24 @@ from tests.models.reference_data import (
 pytestmark = pytest.mark.slow
 
 MODELS = [DEFAULT_MODEL, GEMMA]
-# llama.cpp's CPU kernels round activations to 8 bits for quantized weights, which moves its
-# logits by about 0.15 on average (0.13 to 0.17 here, logits of 15 to 25): next to ours, its
-# top token is another only where two candidates are that close. Measured: top-1 agreement
-# 97.5% (default model, int4), 97.7% (fp32), 95.5% (Gemma int4), 96.1% (fp32), and 100%
-# wherever llama.cpp's top token leads by more than 0.5; grouped KL 0.0014 to 0.0027.
+# With block-quantized weights llama.cpp's CPU kernels round each activation vector to 8-bit
+# blocks before the matmul. That rounding is discontinuous: arithmetic that differs from
+# llama.cpp's in the last float bits lands on other codes here and there, and the logits move by
+# about 0.15 (0.13 to 0.18 here, logits of 15 to 25), so next to any other implementation its top
+# token is another wherever two candidates are that close. The reference shows it on llama.cpp
+# itself: with only its KV cache in F32 instead of F16 it agrees with its own default run on
+# 97.1% (default model) and 95.6% (Gemma) of the next tokens; rbee's int4 graphs on 97.5% and
+# 95.5%, its fp32 graphs on 97.7% and 96.1%, and all of them on 100% wherever llama.cpp's top
+# token leads by more than 0.5. In float arithmetic (the file dequantized to F32 by llama.cpp)
+# rbee's fp32 graph agrees on 100% and 99.9%, its int4 graph on 98.6% and 98.0% (its 8-bit
+# matmuls, like llama.cpp's, take int8 activations).
 NEAR_TIE = 0.3
 CLEAR_LEAD = 0.5
-MIN_TOP1 = 0.95
+# How far below llama.cpp's agreement with itself (across KV cache precisions) rbee may be.
+SELF_AGREEMENT_SLACK = 0.01
+MIN_TOP1_FLOAT = {"fp32": 0.99, "int4": 0.97}
 MAX_KL = 0.01
+MAX_KL_FLOAT = {"fp32": 1e-4, "int4": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -83,25 +92,38 @@ def grouped_kl(ref: dict[str, list[list[float]]], logits: np.ndarray) -> float:
     return float((p * (np.log(p) - np.log(q))).sum(-1).mean())
 
 
+def top1_agreement(ref: dict[str, list[list[float]]], top: np.ndarray) -> float:
+    """The share of positions whose top token ``top`` is ``ref``'s."""
+    return float((top == np.array(ref["top_ids"])[:, 0]).mean())
+
+
 @pytest.mark.parametrize("precision", ["int4", "fp32"])
 @pytest.mark.parametrize("name", MODELS)
 def test_teacher_forced_next_tokens_agree(
     stores: dict[str, tuple[Path, Manifest]], name: str, precision: str
 ) -> None:
-    ref = load(name)["teacher_forced"]
+    recorded = load(name)
+    ref, in_float = recorded["teacher_forced"], recorded["teacher_forced_f32"]
     ids = ref["ids"]
     assert len(ids) > 1000
     engine = Engine(*stores[name], precision=precision, threads=2, slots=1)
     logits = engine.score(0, ids)
-    same = logits.argmax(-1) == np.array(ref["top_ids"])[:, 0]
+    top = logits.argmax(-1)
+    agreement, kl = top1_agreement(ref, top), grouped_kl(ref, logits)
+    own = top1_agreement(ref, np.array(recorded["teacher_forced_f32_cache"]["top_ids"])[:, 0])
+    float_agreement, float_kl = top1_agreement(in_float, top), grouped_kl(in_float, logits)
+    print(
+        f"{name} {precision}: top-1 agreement {agreement:.4f} (llama.cpp with itself {own:.4f}), "
+        f"grouped KL {kl:.5f}; with llama.cpp in float {float_agreement:.4f}, KL {float_kl:.6f}"
+    )
     top_logits = np.array(ref["top_logits"])
     clear = top_logits[:, 0] - top_logits[:, 1] > CLEAR_LEAD
-    kl = grouped_kl(ref, logits)
-    print(f"{name} {precision}: top-1 agreement {same.mean():.4f}, grouped KL {kl:.5f}")
-    assert same.mean() >= MIN_TOP1
+    assert agreement >= own - SELF_AGREEMENT_SLACK
     assert clear.mean() > 0.5
-    assert same[clear].all()
+    assert (top == np.array(ref["top_ids"])[:, 0])[clear].all()
     assert kl < MAX_KL
+    assert float_agreement >= MIN_TOP1_FLOAT[precision]
+    assert float_kl < MAX_KL_FLOAT[precision]
 
 
 @pytest.mark.parametrize("precision", ["int4", "fp32"])
