@@ -377,3 +377,84 @@ def first_divergence(
         if top != token:
             return i, float(row[top] - row[token])
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaShape:
+    """The shape of a big llama-architecture file (`write_llama_shaped_gguf`)."""
+
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+
+def write_llama_shaped_gguf(
+    path: Path, shape: LlamaShape, kind: Q = Q.Q8_0, embedding: Q = Q.Q8_0
+) -> Path:
+    """A llama GGUF of ``shape`` with random Q8_0 or Q4_0 blocks (``embedding`` for the token
+    table, ``kind`` for the rest), written one tensor at a time (memory stays one matrix,
+    whatever the size); a byte-level vocabulary padded with reserved tokens."""
+    s = shape
+    rng = np.random.default_rng(0)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(s.layers)
+    writer.add_context_length(4096)
+    writer.add_embedding_length(s.hidden)
+    writer.add_feed_forward_length(s.ffn)
+    writer.add_head_count(s.heads)
+    writer.add_head_count_kv(s.kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(500000.0)
+    tokens = byte_level_tokens() + [f"<|reserved_{i}|>" for i in range(s.vocab - 256)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * 256 + [3] * (s.vocab - 256))
+    writer.add_token_merges([])
+    writer.add_eos_token_id(256)
+    h, kv = s.hidden, s.kv_heads * s.hidden // s.heads
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (s.vocab, h),
+        "output_norm.weight": (h,),
+    }
+    for i in range(s.layers):
+        b = f"blk.{i}."
+        shapes |= {
+            b + "attn_norm.weight": (h,),
+            b + "ffn_norm.weight": (h,),
+            b + "attn_q.weight": (h, h),
+            b + "attn_k.weight": (kv, h),
+            b + "attn_v.weight": (kv, h),
+            b + "attn_output.weight": (h, h),
+            b + "ffn_gate.weight": (s.ffn, h),
+            b + "ffn_up.weight": (s.ffn, h),
+            b + "ffn_down.weight": (h, s.ffn),
+        }
+    kinds = {name: embedding if name == "token_embd.weight" else kind for name in shapes}
+    for name, dims in shapes.items():
+        if len(dims) == 1:
+            writer.add_tensor_info(name, dims, np.dtype(np.float32), dims[0] * 4)
+        else:
+            byte_shape = (dims[0], dims[1] // 32 * GGML_QUANT_SIZES[kinds[name]][1])
+            nbytes = byte_shape[0] * byte_shape[1]
+            writer.add_tensor_info(
+                name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=kinds[name]
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, dims in shapes.items():
+        if len(dims) == 1:
+            writer.write_tensor_data(np.ones(dims, np.float32))
+            continue
+        rows, blocks, size = dims[0], dims[1] // 32, GGML_QUANT_SIZES[kinds[name]][1]
+        raw = rng.integers(0, 256, (rows, blocks, size), dtype=np.uint8)
+        # Scales small enough that activations stay finite through every layer.
+        d = (rng.standard_normal((rows, blocks, 1)) * 0.02 / 64).astype(np.float16)
+        raw[..., 0:2] = d.view(np.uint8)
+        writer.write_tensor_data(raw.reshape(rows, -1))
+    writer.close()
+    return path
