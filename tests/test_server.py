@@ -20,7 +20,7 @@ from rbee.errors import (
     SshError,
     UsageError,
 )
-from rbee.server import create_app, error_parts, is_loopback, require_token
+from rbee.server import bearer_ok, create_app, error_parts, is_loopback, require_token
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -33,7 +33,21 @@ def test_loopback_hosts_need_no_token(host: str) -> None:
 def test_other_hosts_need_a_token(host: str) -> None:
     with pytest.raises(ConfigError, match=r"refusing to serve the hive on .* hive\.token"):
         require_token(host, "", "hive", "hive.token")
-    require_token(host, "t", "hive", "hive.token")
+    require_token(host, "t" * 16, "hive", "hive.token")
+
+
+@pytest.mark.parametrize(
+    "token", ["short", "x" * 15, " " * 20, "sixteen chars or more, with spaces"]
+)
+def test_a_guessable_token_is_refused_at_start(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"at least 16 characters, without spaces"):
+        require_token("127.0.0.1", token, "queen", "queen.token")
+
+
+def test_an_empty_bearer_never_matches() -> None:
+    assert not bearer_ok("Bearer ", "")
+    assert not bearer_ok("", "")
+    assert bearer_ok("Bearer " + "k" * 16, "k" * 16)
 
 
 async def test_a_token_guards_every_route_but_health() -> None:

@@ -81,15 +81,18 @@ class RbeeError(Exception):
 
 
 class UsageError(RbeeError):
-    """A command line or request body was malformed; ``param`` names the field, when known."""
+    """A command line or request body was malformed; ``param`` names the field, when known,
+    and ``code`` says what was wrong when OpenAI has a name for it (``context_length_exceeded``).
+    """
 
     exit_code = 2
     status = 400
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class ConfigError(RbeeError):

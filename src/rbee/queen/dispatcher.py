@@ -49,7 +49,7 @@ import trio
 from rbee import __version__, sse, wire
 from rbee.config import QueenConfig
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
-from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError
+from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError, UsageError
 from rbee.log import kv
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
@@ -254,6 +254,20 @@ class Dispatcher:
 
     # --- admission -------------------------------------------------------------------------
 
+    def _check_fits(self, request: JobRequest) -> None:
+        """Refuse (400) a request the model's context cannot hold: as OpenAI does, ``max_tokens``
+        is never cut down to what is left. The prompt's own length is checked by the worker,
+        which has the tokenizer; its 400 fails the job with that error, not retried."""
+        context = self.registry.context_length(request.model)
+        if context is not None and request.max_tokens >= context:
+            raise UsageError(
+                f"max_tokens is too large: {request.max_tokens}. Model {request.model!r} has a "
+                f"context of {context} tokens, which leaves at most {context - 1} for the "
+                "completion after a prompt of one token",
+                param="max_tokens",
+                code="invalid_value",
+            )
+
     def submit(self, request: JobRequest, tenant: str = "") -> Job:
         """Admit a job of ``tenant``; raise `ModelNotFoundError`, `NoWorkerError`,
         `QueueFullError`, or a 503 while draining."""
@@ -261,6 +275,7 @@ class Dispatcher:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
             )
+        self._check_fits(request)
         if request.seed is None:
             # A seed of its own makes the job resumable on another worker (and reproducible).
             request = msgspec.structs.replace(request, seed=secrets.randbits(63))
@@ -551,6 +566,8 @@ class Dispatcher:
                 await self._retry_later(job)
             else:
                 self._not_running(job)
+                if failure.refusal is not None:
+                    job.failure = failure.refusal
                 if failure.retryable and job.attempts > 1:
                     message = f"gave up after {job.attempts} attempts; last: {message}"
                 self._finish(job, "failed", error=message)

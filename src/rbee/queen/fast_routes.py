@@ -145,7 +145,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 def _decode(body: bytes) -> JobRequest | None:
     try:
         return _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

@@ -121,13 +121,18 @@ class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
 
 
 class HiveHeartbeat(Struct, frozen=True, kw_only=True):
-    """Everything the queen knows about a host, resent every interval."""
+    """Everything the queen knows about a host, resent every interval.
+
+    ``contexts``: the context length in tokens of each model in ``models`` (the queen refuses a
+    request that cannot fit before a worker sees it).
+    """
 
     hive: Name
     url: str
     host: HostTelemetry
     workers: list[WorkerStatus] = []
     models: list[str] = []
+    contexts: dict[str, int] = {}
     labels: dict[str, str] = {}
     interval_s: float = 1.0
 
