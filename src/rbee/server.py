@@ -128,7 +128,8 @@ def create_app(name: str, token: str = "") -> QuartTrio:
 
     ``GET /health`` stays open so that supervisors can probe a daemon without its token.
     """
-    app = QuartTrio(name)
+    # No static folder: a daemon serves no files but the ones its routes choose.
+    app = QuartTrio(name, static_folder=None)
     # Token streams can run for minutes; quart's 60 s response timeout would cut them off.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 60

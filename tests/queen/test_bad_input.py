@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import openai
 import pytest
 import trio
@@ -23,6 +22,7 @@ import trio
 from rbee.config import QueenConfig
 from rbee.queen.openapi import ROUTES
 from rbee.server import MAX_BODY_BYTES
+from tests.helpers import assert_body_limit, raw_http
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
 from tests.queen.fake_worker import QUEEN_SECRETS, FakeWorker, register
 
@@ -109,38 +109,11 @@ async def test_a_wrong_field_is_400_naming_it(
     assert f"`$.{param}`" in error["message"]
 
 
-async def _raw(url: str, head: bytes) -> tuple[bytes, bytes]:
-    """Send ``head`` (request line and headers, no body) and read the JSON error it answers."""
-    parsed = httpx.URL(url)
-    stream = await trio.open_tcp_stream(parsed.host, parsed.port or 80)
-    async with stream:
-        await stream.send_all(head)
-        data = b""
-        while not data.endswith(b"}}") and (chunk := await stream.receive_some(65536)):
-            data += chunk
-    status_line, _, rest = data.partition(b"\r\n")
-    return status_line, rest
-
-
 @pytest.mark.parametrize(("method", "path"), EVERY_ROUTE)
 async def test_a_body_over_the_limit_is_413_unread(
     queen: QueenHandle, method: str, path: str
 ) -> None:
-    # The body is announced and never sent: the answer comes without waiting for it.
-    host = httpx.URL(queen.url).netloc.decode()
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {MAX_BODY_BYTES + 1}\r\n"
-        f"Authorization: Bearer {QUEEN_SECRETS[queen.url]}\r\n\r\n"
-    ).encode()
-    with trio.fail_after(10):
-        status_line, rest = await _raw(queen.url, head)
-    assert status_line == b"HTTP/1.1 413 ", rest
-    headers, _, body = rest.partition(b"\r\n\r\n")
-    assert b"connection: close" in headers.lower()
-    error = msgspec.json.decode(body)["error"]
-    assert error["code"] == "body_too_large"
-    assert str(MAX_BODY_BYTES) in error["message"]
+    await assert_body_limit(queen.url, method, path, QUEEN_SECRETS[queen.url])
 
 
 async def test_a_chunked_body_over_the_limit_is_413(queen: QueenHandle) -> None:
@@ -263,7 +236,7 @@ async def test_an_empty_bearer_is_no_credential(
     for header in (b"Bearer ", b"Bearer    ", b"Bearer", b""):
         head = b"GET /v1/status HTTP/1.1\r\nHost: q\r\nAuthorization: %s\r\n\r\n" % header
         with trio.fail_after(10):
-            status_line, rest = await _raw(queen.url, head)
+            status_line, rest = await raw_http(queen.url, head)
         assert status_line == b"HTTP/1.1 401 ", header
         assert b'"code":"invalid_api_key"' in rest
 

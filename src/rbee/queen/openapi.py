@@ -239,5 +239,5 @@ def _answers(route: Route, schema_of: dict[int, Any]) -> dict[str, Any]:
     }
     if route.stream:
         ok = answers.setdefault("200", {"description": _STREAM, "content": {}})
-        ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        ok["content"]["text/event-stream"] = {}
     return answers
