@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from rbee.config import QueenConfig
+from rbee.models.importer import DEFAULT_MODEL
 from rbee.queen.openapi import ROUTES
 from rbee.server import MAX_BODY_BYTES
 from tests.helpers import assert_body_limit, raw_http
@@ -259,3 +260,46 @@ async def test_the_openapi_document_describes_every_route(
             assert "default" in op["responses"]
     schemas = doc["components"]["schemas"]
     assert {"ErrorBody", "InferOperation", "ChatCompletionRequest", "QueenStatus"} <= set(schemas)
+
+
+@pytest.fixture
+async def stored(
+    nursery: trio.Nursery, queen_config: QueenConfig, model_store: Path
+) -> QueenHandle:
+    """A queen whose store has the default model (context 8192) and that has no worker at all."""
+    return await start_queen(nursery, queen_config, store_dir=model_store)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("route", ["chat", "completions"])
+async def test_a_prompt_the_context_cannot_hold_is_400_at_the_queen(
+    stored: QueenHandle, stream: bool, route: str
+) -> None:
+    def send(c: openai.OpenAI) -> object:
+        if route == "chat":
+            messages: list[Any] = [{"role": "user", "content": "hello " * 9000}]
+            return c.chat.completions.create(model=DEFAULT_MODEL, messages=messages, stream=stream)
+        return c.completions.create(model=DEFAULT_MODEL, prompt="hello " * 9000, stream=stream)
+
+    def call() -> openai.BadRequestError:
+        with openai_client(stored) as c, pytest.raises(openai.BadRequestError) as caught:
+            send(c)
+        return caught.value
+
+    err = await trio.to_thread.run_sync(call)
+    assert err.code == "context_length_exceeded"
+    assert err.param == ("messages" if route == "chat" else "prompt")
+    assert "context of 8192 tokens" in err.message
+
+
+@pytest.mark.slow
+async def test_a_long_prompt_that_fits_passes_the_count(
+    stored: QueenHandle, http: httpx.AsyncClient
+) -> None:
+    # 4000 characters may not fit by the cheap bound and are counted: about 1000 tokens fit.
+    body = {"operation": "infer", "model": DEFAULT_MODEL, "prompt": "hello " * 700}
+    response = await http.post(f"{stored.url}/v1/jobs", json=body)
+    # No worker serves it and none can start: the answer after the prompt was let through.
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "model_not_found"

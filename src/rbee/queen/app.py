@@ -139,7 +139,9 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
 
     @app.post("/v1/jobs")
     async def submit() -> Response:
-        job = gate.submit(dispatcher, caller(), wire.decode(await request.get_data(), JobRequest))
+        job_request = wire.decode(await request.get_data(), JobRequest)
+        await dispatcher.prompts.check(job_request)
+        job = gate.submit(dispatcher, caller(), job_request)
         await dispatcher.accepted(job)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(dispatcher, job)

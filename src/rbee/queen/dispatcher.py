@@ -54,6 +54,7 @@ from rbee.log import kv
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
 from rbee.queen.metrics import Labels, Metrics
+from rbee.queen.prompts import PromptCheck
 from rbee.queen.registry import STALE_INTERVALS, Registry
 from rbee.queen.relay import AttemptError, Outcome, StallBounds, cancel_on_worker, run_attempt
 from rbee.queen.scheduler import Watched, make_fallback
@@ -113,6 +114,9 @@ class Dispatcher:
         # Awaited before the queen opens a connection to a worker (see `rbee.queen.http11`).
         self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
+        # A prompt too long for its model is refused before it is submitted; the daemon gives
+        # it the queen's store, whose tokenizers count the prompts that may not fit.
+        self.prompts = PromptCheck(self.registry, None)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback)
         self.provisioner = provisioner
@@ -257,8 +261,8 @@ class Dispatcher:
     def _check_fits(self, request: JobRequest) -> None:
         """Refuse (400) a request the model's context cannot hold: as OpenAI does, ``max_tokens``
         is never cut down to what is left. The prompt's own length is checked by the worker,
-        which has the tokenizer; its 400 fails the job with that error, not retried."""
-        context = self.registry.context_length(request.model)
+        or, when it may be too long, before the job is submitted (`PromptCheck.check`)."""
+        context = self.prompts.context(request.model)
         if context is not None and request.max_tokens >= context:
             raise UsageError(
                 f"max_tokens is too large: {request.max_tokens}. Model {request.model!r} has a "

@@ -141,7 +141,9 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         body = wire.decode_with(await request.get_data(), _chat_request)
-        job = gate.submit(dispatcher, caller(), _operation(body))
+        operation = _operation(body)
+        await dispatcher.prompts.check(operation)
+        job = gate.submit(dispatcher, caller(), operation)
         await dispatcher.accepted(job)
         cid, created = f"chatcmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
@@ -163,7 +165,9 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
     @app.post("/v1/completions")
     async def completions() -> Response:
         body = wire.decode_with(await request.get_data(), _completion_request)
-        job = gate.submit(dispatcher, caller(), _operation(body))
+        operation = _operation(body)
+        await dispatcher.prompts.check(operation)
+        job = gate.submit(dispatcher, caller(), operation)
         await dispatcher.accepted(job)
         cid, created = f"cmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
