@@ -85,17 +85,19 @@ def _operation(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> InferOp
 async def _pieces(dispatcher: Dispatcher, job: Job) -> AsyncGenerator[ww.Token | ww.Finished, None]:
     """The job's tokens and final event; raise `_Failed` on ``[ERROR]``; cancel on early exit."""
     try:
-        async for batch in job.stream.batches():
-            for payload in batch:
-                if payload.startswith(_ERROR):
-                    message = payload[len(_ERROR) :].decode(errors="replace").strip()
-                    raise _Failed(message, job.failure)
-                if payload == _CANCELLED:
-                    raise _Failed("the job was cancelled")
-                if payload.startswith(b"{"):
-                    event = _events.decode(payload)
-                    if not isinstance(event, ww.Started):
-                        yield event
+        # Closed at once when an error ends the loop early, not by the garbage collector.
+        async with contextlib.aclosing(job.stream.batches()) as batches:
+            async for batch in batches:
+                for payload in batch:
+                    if payload.startswith(_ERROR):
+                        message = payload[len(_ERROR) :].decode(errors="replace").strip()
+                        raise _Failed(message, job.failure)
+                    if payload == _CANCELLED:
+                        raise _Failed("the job was cancelled")
+                    if payload.startswith(b"{"):
+                        event = _events.decode(payload)
+                        if not isinstance(event, ww.Started):
+                            yield event
     finally:
         if not job.done.is_set():
             dispatcher.cancel(job.id)
