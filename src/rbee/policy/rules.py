@@ -535,10 +535,10 @@ class _Generator:
         if name == "not":
             frag, prec = self.condition(value, where, depth + 1)
             return [("!", at), *_paren(frag, prec < 3, at)], 3
-        items: list[yaml.Node] = value.value if isinstance(value, yaml.SequenceNode) else []
-        if not items:
+        conditions: list[yaml.Node] = value.value if isinstance(value, yaml.SequenceNode) else []
+        if not conditions:
             raise self.error(f"type error: {what} must be a non-empty list of conditions", value)
-        parts = [self.condition(item, where, depth + 1) for item in items]
+        parts = [self.condition(item, where, depth + 1) for item in conditions]
         return _join(parts, " || " if name == "any" else " && ", 1 if name == "any" else 2, at)
 
     # --- actions ------------------------------------------------------------------------------
