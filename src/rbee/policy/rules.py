@@ -426,6 +426,12 @@ class _Generator:
                     "syntax error: anchors and aliases are not supported in rules", node
                 )
             seen.add(id(node))
+            if node.tag.startswith("!"):
+                raise self.error(
+                    f"syntax error: YAML reads {node.tag} as a tag: quote a value that starts "
+                    "with '!'",
+                    node,
+                )
             if node.tag not in _PLAIN_TAGS:
                 raise self.error(f"syntax error: tag {node.tag} is not supported in rules", node)
             if isinstance(node, yaml.MappingNode):
@@ -598,7 +604,7 @@ class _Generator:
         text = self.scalar(node, f"the {kind} reason of {rule.label}")
         at = _origin(node)
         parts: list[str] = []
-        last = 0
+        literal, last = "", 0
         for m in _PLACEHOLDER.finditer(text):
             name = m.group(1)
             if name not in (*_PLACEHOLDERS, "rule"):
@@ -607,16 +613,18 @@ class _Generator:
                     "{model}, {tenant}, {priority}, {rule}",
                     node,
                 )
-            literal = text[last : m.start()]
-            if name == "rule":
-                parts.append(_q(literal + rule.label))
-            else:
-                if literal:
-                    parts.append(_q(literal))
-                parts.append(_PLACEHOLDERS[name])
+            literal += text[last : m.start()]
             last = m.end()
-        if text[last:] or not parts:
-            parts.append(_q(text[last:]))
+            if name == "rule":
+                literal += rule.label
+                continue
+            if literal:
+                parts.append(_q(literal))
+            parts.append(_PLACEHOLDERS[name])
+            literal = ""
+        literal += text[last:]
+        if literal or not parts:
+            parts.append(_q(literal))
         return [(" + ".join(parts), at)]
 
     def options(
@@ -782,7 +790,8 @@ def _join(parts: list[tuple[Frag, int]], op: str, prec: int, at: Origin) -> tupl
     for i, (frag, p) in enumerate(parts):
         if i:
             out.append((op, at))
-        out += _paren(frag, p < prec, at)
+        # `&&` inside `||` needs no parentheses, but reads better with them.
+        out += _paren(frag, p not in (3, prec), at)
     return out, prec
 
 
