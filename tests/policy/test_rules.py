@@ -321,7 +321,6 @@ def test_a_twin_decides_like_its_policy_on_the_test_clusters(stem: str) -> None:
     assert compared == 6 * 72
 
 
-
 def test_reasons_name_the_lines_of_the_yaml() -> None:
     text = (
         "rules:\n"
