@@ -510,3 +510,11 @@ def test_rules_files_are_known_by_their_suffix() -> None:
     assert load_source(text, "x.yml").schedule(job(), Snapshot()).reason == "closed"  # type: ignore[union-attr]
     with pytest.raises(PolicyError, match="syntax error"):
         load_source(text, "x.rhai")
+
+
+def test_the_example_in_the_docs_compiles() -> None:
+    docs = (ROOT / "docs" / "policies.md").read_text()
+    example = docs.split("## YAML rules", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = load_rules(example, "rules.yaml")
+    snap = Snapshot(workers=(worker("eu", labels={"region": "eu"}), worker("us")))
+    assert policy.schedule(job(tenant="acme"), snap).worker_id == "eu"  # type: ignore[union-attr]
