@@ -208,6 +208,8 @@ class _Rule:
 
 
 class _Generator:
+    """One rules file -> `_Out`: checks every node on the way and names its position on error."""
+
     def __init__(self, text: str, filename: str, limits: Limits) -> None:
         self.text = text
         self.filename = filename
@@ -549,11 +551,10 @@ class _Generator:
 
     # --- actions ------------------------------------------------------------------------------
 
-    def action(self, node: yaml.Node, indent: int, rule: _Rule, *, fallback: bool = False) -> None:
-        """Emit the statements of an action; each ends in a return, except `next`."""
+    def action(self, node: yaml.Node, indent: int, rule: _Rule) -> None:
+        """Emit the statements of an action: each path returns, or goes on where `next` says."""
         if isinstance(node, yaml.ScalarNode):
-            allowed = (*_ACTIONS[:4], "next") if fallback else _ACTIONS[:4]
-            kind = self.choice(node, "an action", allowed)
+            kind = self.choice(node, "an action", _ACTIONS[:4])
             self.emit_action(kind, None, _origin(node), indent, rule)
             return
         found = self.fields(node, _ACTIONS, f"the action of {rule.label}")
@@ -568,12 +569,6 @@ class _Generator:
     def emit_action(
         self, kind: str, value: yaml.Node | None, at: Origin, indent: int, rule: _Rule
     ) -> None:
-        if kind == "next":
-            if rule.last:
-                raise self.error_at(
-                    "value error: 'next' in the default: no rule comes after it", at
-                )
-            return
         if kind in ("queue", "reject"):
             reason = (
                 self.reason(value, rule, kind)
@@ -641,6 +636,60 @@ class _Generator:
     def route(self, node: yaml.Node | None, at: Origin, indent: int, rule: _Rule) -> None:
         """The least loaded (or ``pick``) free worker for the job's model among those kept."""
         opts = self.options(node, _ROUTE, f"'route' in {rule.label}")
+        chain = self.route_chain(opts)
+        pick = (
+            self.choice(opts["pick"][1], "'pick' of 'route'", _ROUTE_PICKS)
+            if "pick" in opts
+            else "least_loaded"
+        )
+        i = self.fresh()
+        pool, free = f"pool{i}", f"free{i}"
+        self.out.line(indent, [(f"let {pool} = {''.join(chain)};", at)])
+        self.out.line(indent, [(f"let {free} = {pool}.available();", at)])
+        self.out.line(indent, [(f"if !{free}.is_empty() {{", at)])
+        self.out.line(indent + 4, [(f"return {free}.{pick}();", at)])
+        self.out.line(indent, [("}", at)])
+        matching = f" that matches {rule.label}" if len(chain) > 1 else ""
+        busy = f'queue("every worker for " + job.model + {_q(matching + " is busy")})'
+        none = (
+            f'reject("no worker for " + job.model + {_q(" matches " + rule.label)})'
+            if len(chain) > 1
+            else 'reject("no worker serves " + job.model)'
+        )
+        self.route_fallbacks(opts, pool, (busy, none), at, indent, rule)
+
+    def route_fallbacks(
+        self,
+        opts: dict[str, tuple[yaml.Node, yaml.Node]],
+        pool: str,
+        defaults: tuple[str, str],
+        at: Origin,
+        indent: int,
+        rule: _Rule,
+    ) -> None:
+        """What a route does when the kept workers are all busy, or when none was kept."""
+        busy, none = opts.get("if_busy"), opts.get("if_none")
+        busy_next = busy is not None and self.is_next(busy[1])
+        none_next = none is not None and self.is_next(none[1])
+        for given, is_next in ((busy, busy_next), (none, none_next)):
+            if is_next and given is not None:
+                self.check_next(given[1], rule)
+        if busy_next and none_next:
+            return
+        if not busy_next:
+            self.out.line(indent, [(f"if !{pool}.is_empty() {{", at)])
+            self.fallback(busy, defaults[0], at, indent + 4, rule)
+            self.out.line(indent, [("}", at)])
+        if busy_next:
+            # Busy goes on to the next rule, so "none kept" needs its own test.
+            self.out.line(indent, [(f"if {pool}.is_empty() {{", at)])
+            self.fallback(none, defaults[1], at, indent + 4, rule)
+            self.out.line(indent, [("}", at)])
+        elif not none_next:
+            self.fallback(none, defaults[1], at, indent, rule)
+
+    def route_chain(self, opts: dict[str, tuple[yaml.Node, yaml.Node]]) -> list[str]:
+        """The workers a route keeps, as a chain of filters on ``workers``."""
         chain = ["workers.with_model(job.model)"]
         if "hive" in opts:
             hives = self.texts(opts["hive"][1], "'hive' of 'route'")
@@ -666,46 +715,7 @@ class _Generator:
             chain.append(
                 f".with_capacity({self.number(opts['min_vram_free_mb'][1], 'min_vram_free_mb')})"
             )
-        pick = (
-            self.choice(opts["pick"][1], "'pick' of 'route'", _ROUTE_PICKS)
-            if "pick" in opts
-            else "least_loaded"
-        )
-        filtered = len(chain) > 1
-        i = self.fresh()
-        pool, free = f"pool{i}", f"free{i}"
-        self.out.line(indent, [(f"let {pool} = {''.join(chain)};", at)])
-        self.out.line(indent, [(f"let {free} = {pool}.available();", at)])
-        self.out.line(indent, [(f"if !{free}.is_empty() {{", at)])
-        self.out.line(indent + 4, [(f"return {free}.{pick}();", at)])
-        self.out.line(indent, [("}", at)])
-        matching = f" that matches {rule.label}" if filtered else ""
-        busy_default = f'queue("every worker for " + job.model + {_q(matching + " is busy")})'
-        none_default = (
-            f'reject("no worker for " + job.model + {_q(" matches " + rule.label)})'
-            if filtered
-            else 'reject("no worker serves " + job.model)'
-        )
-        busy = opts.get("if_busy")
-        none = opts.get("if_none")
-        busy_next = busy is not None and self.is_next(busy[1])
-        none_next = none is not None and self.is_next(none[1])
-        if busy_next and none_next:
-            self.check_next(busy[1] if busy else None, rule)
-            return
-        if not busy_next:
-            self.out.line(indent, [(f"if !{pool}.is_empty() {{", at)])
-            self.fallback(busy, busy_default, at, indent + 4, rule)
-            self.out.line(indent, [("}", at)])
-        if none_next:
-            self.check_next(none[1] if none else None, rule)
-        elif busy_next:
-            self.check_next(busy[1] if busy else None, rule)
-            self.out.line(indent, [(f"if {pool}.is_empty() {{", at)])
-            self.fallback(none, none_default, at, indent + 4, rule)
-            self.out.line(indent, [("}", at)])
-        else:
-            self.fallback(none, none_default, at, indent, rule)
+        return chain
 
     def is_next(self, node: yaml.Node) -> bool:
         return isinstance(node, yaml.ScalarNode) and node.value == "next"
@@ -725,7 +735,7 @@ class _Generator:
         if given is None:
             self.out.line(indent, [(f"return {default};", at)])
             return
-        self.action(given[1], indent, rule, fallback=True)
+        self.action(given[1], indent, rule)
 
     def spawn(self, node: yaml.Node | None, at: Origin, indent: int, rule: _Rule) -> None:
         """A new worker for the job's model on the least loaded (or ``pick``) hive kept."""
