@@ -518,3 +518,16 @@ def test_the_example_in_the_docs_compiles() -> None:
     policy = load_rules(example, "rules.yaml")
     snap = Snapshot(workers=(worker("eu", labels={"region": "eu"}), worker("us")))
     assert policy.schedule(job(tenant="acme"), snap).worker_id == "eu"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("depth", "expected"),
+    [
+        (70, r"^r.yaml:2:\d+: limit exceeded: conditions nested more than 64 deep"),
+        (5000, r"^r.yaml: limit exceeded: the YAML is nested too deeply"),
+    ],
+)
+def test_deep_nesting_is_a_limit(depth: int, expected: str) -> None:
+    text = _rule("{not: " * depth + "true" + "}" * depth)
+    with pytest.raises(PolicyError, match=expected):
+        load_rules(text, "r.yaml")
