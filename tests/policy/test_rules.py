@@ -456,6 +456,7 @@ def test_reasons_name_the_lines_of_the_yaml() -> None:
             "2:17: integer 99999999999999999999999 is too large",
         ),
         ("rules: [] # \u202e\n", "1:13: character U+202E is not allowed in a policy"),
+        ("rules: []\n# a \ufffe\n", "2:5: syntax error: character U+FFFE is not allowed in YAML"),
     ],
 )
 def test_an_error_names_the_yaml_line_and_column(text: str, expected: str) -> None:

@@ -362,14 +362,9 @@ class _Generator:
         if not isinstance(rules, yaml.SequenceNode):
             raise self.error(f"type error: 'rules' must be a list, not {_kind(rules)}", rules)
         head = _origin(root)
+        name = self.safe(PurePath(self.filename).name)
         self.out.line(
-            0,
-            [
-                (
-                    f"// Compiled from {self.safe(PurePath(self.filename).name)} by rbee: edit the rules, not this file.",
-                    head,
-                )
-            ],
+            0, [(f"// Compiled from {name} by rbee: edit the rules, not this file.", head)]
         )
         if "description" in top:
             for row in self.scalar(top["description"][1], "'description'").splitlines():
@@ -402,7 +397,10 @@ class _Generator:
                 raise PolicyError(message, filename=self.filename) from None
             raise self.error(message, mark) from None
         except yaml.reader.ReaderError as err:
-            raise PolicyError(f"syntax error: {err.reason}", filename=self.filename) from None
+            before = self.text[: err.position]
+            line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+            message = f"syntax error: character U+{err.character:04X} is not allowed in YAML"
+            raise _error(self.filename, self.text, message, line, column) from None
         except RecursionError:
             raise PolicyError(
                 "limit exceeded: the YAML is nested too deeply", filename=self.filename
