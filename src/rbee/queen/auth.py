@@ -129,7 +129,7 @@ def caller() -> Caller:
 
 def route_class(method: str, path: str) -> RouteClass:
     """Which callers a route is for (see the module docstring)."""
-    if path in ("/health", "/ui") or path.startswith("/ui/"):
+    if path in ("/health", "/openapi.json", "/ui") or path.startswith("/ui/"):
         return "open"
     if path in ("/v1/heartbeat", "/v1/store") or path.startswith("/v1/store/"):
         return "hive"

@@ -10,7 +10,8 @@ differently from the quart app (another route, a caller the `Gate` refuses, a cr
 (`rbee.queen.auth.cross_site`), another tenant's job, a body that is too large, not sized by
 ``Content-Length`` or does not decode, a job that is not held any more) goes to the quart app with its body, which answers it as it answers every request. Only a refusal by
 `Gate.submit` (a model the key may not use, its quota used up, queue full, unknown model, no
-worker, shutting down) is answered here, with `rbee.server.error_parts` like every other error.
+worker, shutting down, ``max_tokens`` beyond the context) or by
+`rbee.queen.prompts.PromptCheck` (a prompt the model's context cannot hold) is answered here, with `rbee.server.error_parts` like every other error.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class FastRoutes:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
+            if self.dispatcher.prompts.might_not_fit(request):
+                await self.dispatcher.prompts.check(request)
             job = self.gate.submit(self.dispatcher, who, request)
         except RbeeError as err:
             await _answer_error(send, err)
@@ -149,7 +152,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 def _decode(body: bytes) -> JobRequest | None:
     try:
         return _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
