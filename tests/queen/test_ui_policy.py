@@ -198,8 +198,8 @@ async def test_apply_is_refused_when_the_policy_is_locked(
     mode: str,
 ) -> None:
     if mode == "platform":
-        config = dataclasses.replace(queen_config, platform=True, token="platform-admin")
-        http.headers["Authorization"] = "Bearer platform-admin"
+        config = dataclasses.replace(queen_config, platform=True, token="platform-admin-token-0123")
+        http.headers["Authorization"] = "Bearer platform-admin-token-0123"
     else:
         config = dataclasses.replace(queen_config, policy_locked=True)
     queen = await start_queen(nursery, config)
