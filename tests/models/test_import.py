@@ -33,7 +33,7 @@ def test_default_model_in_store_is_complete_and_verified(model_store: Path) -> N
     assert manifest.architecture == "llama"
     assert manifest.context_length == 8192
     assert manifest.vocab_size == 49152
-    assert manifest.precisions == ["int4", "fp32"]
+    assert manifest.precisions == ["int4", "fp32", "fp16"]
     assert manifest.stop_token_ids == [0, 2]
     assert "<|im_start|>" in manifest.chat_template
     assert set(manifest.files) == {
@@ -42,6 +42,8 @@ def test_default_model_in_store_is_complete_and_verified(model_store: Path) -> N
         "model.int4.onnx.data",
         "model.fp32.onnx",
         "model.fp32.onnx.data",
+        "model.fp16.onnx",
+        "model.fp16.onnx.data",
     }
     store.verify(DEFAULT_MODEL)
     assert not [p for p in model_store.iterdir() if p.name.startswith(".staging")]
