@@ -12,17 +12,18 @@ import onnxruntime as ort
 import pytest
 
 from rbee.errors import InferenceError, ModelError
+from rbee.models import default_precision
 from rbee.models.importer import DEFAULT_MODEL
 from rbee.models.store import Manifest, ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.wire.worker import SamplingParams, Token
 from rbee.worker.batch import Admit, Batch
-from rbee.worker.engine import CALIBRATED_ROWS, Engine
+from rbee.worker.engine import CALIBRATED_ROWS, Engine, check_provider
 
 pytestmark = pytest.mark.slow
 
 Logits = npt.NDArray[np.float32]
-TOLERANCE = {"fp32": 2e-3, "int4": 5e-2}
+TOLERANCE = {"fp32": 2e-3, "int4": 5e-2, "fp16": 5e-2}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,12 @@ def test_engine_describes_itself(engine: Engine) -> None:
     assert (engine.context_length, engine.vocab_size) == (8192, 49152)
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
+def test_the_device_chooses_the_graph_unless_told() -> None:
+    assert default_precision("cpu") == "int4"
+    assert default_precision("cuda:1") == "fp16"
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp16", "fp32"])
 def test_decoding_with_the_cache_matches_recomputing(
     model: tuple[Path, Manifest], precision: str
 ) -> None:
@@ -63,7 +69,7 @@ def test_decoding_with_the_cache_matches_recomputing(
     assert (cached.argmax(-1) == full[15:].argmax(-1)).all()
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
+@pytest.mark.parametrize("precision", ["int4", "fp16", "fp32"])
 def test_a_prompt_in_pieces_equals_the_prompt_at_once(
     model: tuple[Path, Manifest], precision: str
 ) -> None:
@@ -230,6 +236,39 @@ def test_cuda_without_cuda_says_so(model: tuple[Path, Manifest]) -> None:
         Engine(*model, device="cuda:0")
     with pytest.raises(ModelError, match="unknown device"):
         Engine(*model, device="tpu")
+
+
+def test_a_gpu_session_that_fell_back_to_the_cpu_is_refused(
+    model: tuple[Path, Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime given a CUDA provider it cannot start runs on the CPU without an error."""
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        pytest.skip("this host has CUDA")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"])
+    with pytest.raises(ModelError, match="started the model on CPUExecutionProvider") as caught:
+        Engine(*model, device="cuda:0", precision="int4", threads=1, slots=1)
+    assert "refusing to run on the CPU" in str(caught.value)
+    assert check_provider("cpu", ["CPUExecutionProvider"]) == "CPUExecutionProvider"
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert check_provider("cuda:0", gpu) == "CUDAExecutionProvider"
+
+
+def test_fp16_cache_rows_decode_together_as_alone(model: tuple[Path, Manifest]) -> None:
+    """Half-precision cache rows bound by offset: a batch over slots 1 and 3 (slot 2 riding
+    along) gives each the top tokens it gets alone."""
+    engine = Engine(*model, precision="fp16", threads=2, slots=4)
+    prompts = {1: prompt(9, seed=11), 3: prompt(21, seed=12)}
+    alone = {}
+    for slot, ids in prompts.items():
+        first = engine.prefill(slot, ids)
+        alone[slot] = [first, engine.decode([slot], [int(first.argmax())])[0]]
+    for slot, ids in prompts.items():
+        engine.prefill(slot, ids)
+    out = engine.decode([1, 3], [int(alone[1][0].argmax()), int(alone[3][0].argmax())])
+    for row, slot in enumerate([1, 3]):
+        assert int(out[row].argmax()) == int(alone[slot][1].argmax())
+        np.testing.assert_allclose(out[row], alone[slot][1], rtol=0, atol=5e-2)
 
 
 def test_engine_and_tokenizer_fit_the_batching_loops_protocols(
