@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,14 @@ from rbee.errors import ModelError, UsageError
 from rbee.models import importer
 from rbee.models.importer import (
     DEFAULT_MODEL,
+    PRECISIONS,
     default_model_path,
     ensure_model,
     import_gguf,
     name_from_path,
 )
-from rbee.models.store import ModelStore
+from rbee.models.store import Manifest, ModelStore
+from rbee.wire.hive import FileEntry, Precision
 from tests.models.helpers import write_tiny_gguf
 
 
@@ -149,3 +152,26 @@ def test_failed_import_keeps_the_previous_version(
     assert (old / "rbee-model.toml").read_text() == "kept"
     shutil.rmtree(old)
     assert_nothing_left(store.root)
+
+
+def test_the_wire_names_every_precision_the_importer_builds() -> None:
+    assert set(typing.get_args(Precision)) == set(PRECISIONS)
+
+
+def test_a_manifest_reduced_to_some_precisions_keeps_only_their_graphs() -> None:
+    graphs = {f"model.{p}.onnx{end}" for p in ("int4", "fp16") for end in ("", ".data")}
+    files = {n: FileEntry(size=1, sha256="0" * 64) for n in (*graphs, "tokenizer.json")}
+    manifest = Manifest(
+        name="m",
+        architecture="llama",
+        context_length=8,
+        vocab_size=8,
+        precisions=["int4", "fp16"],
+        files=files,
+    )
+    reduced = manifest.with_precisions(["fp16"])
+    assert reduced.precisions == ["fp16"]
+    assert set(reduced.files) == {"model.fp16.onnx", "model.fp16.onnx.data", "tokenizer.json"}
+    assert manifest.with_precisions([]) == manifest
+    with pytest.raises(ModelError, match=r"has no fp32 graph \(has: int4, fp16\)"):
+        manifest.with_precisions(["fp16", "fp32"])

@@ -179,7 +179,7 @@ class _Builder:
         return self._consts[key]
 
     def floats(self, name: str, array: npt.NDArray[np.generic]) -> str:
-        """A float initializer in the graph's activation type."""
+        """A float initializer of the type being built (`dtype`)."""
         return self.w.add(name, array.astype(self.dtype, copy=False))
 
     def norm_weight(self, name: str) -> str:
@@ -195,7 +195,7 @@ class _Builder:
         )[0]
 
     def _rows(self, name: str, heads: int | None) -> QuantBlocks | npt.NDArray[np.float32]:
-        """Matrix ``name`` as blocks (int4 graph, quantized tensor) or floats, rows unpermuted."""
+        """Matrix ``name`` as blocks (packed graph, quantized tensor) or floats, rows unpermuted."""
         if heads is not None and not self.model.arch.permuted_qk:
             heads = None
         if self.packed and self.model.is_quantized(name):
@@ -357,7 +357,8 @@ class _Builder:
         return block, codes, np.concatenate(scales)
 
     def float_table(self, name: str) -> str:
-        """Matrix ``name`` ``[rows, cols]`` as a float initializer, converted in runs of rows."""
+        """Matrix ``name`` ``[rows, cols]`` as an initializer of the type being built, converted
+        in runs of rows."""
         rows = self.model.rows(name)
         cols = self.h.hidden
 
@@ -434,8 +435,9 @@ class _Builder:
         scaled by ``weight``: ``(normed, residual)``; ``block`` is in the activation type.
 
         The residual stream is float32 in every graph, the norm's input too: in half precision
-        Gemma's stream (values past 30000) lost the small updates of later layers (95% top-token
-        agreement with fp32 instead of 97%). ``normed`` is of the type being built (`dtype`).
+        Gemma 3's stream (values past 30000) lost the small updates of later layers (on English
+        text, 95.5% top-token agreement with fp32 instead of 97.9%). ``normed`` is of the type
+        being built (`dtype`).
         """
         with self.float32():
             if block is None:

@@ -14,7 +14,14 @@ single row, and on a 2-core machine one run of two rows took 15.9 ms against 6.6
 the runs of contiguous rows that cost least in all (`plan_runs`).
 
 Memory: the cache is reserved for the full context (about 380 MB of address space per slot for
-the default model) but only pages that hold tokens become resident, about 46 KB per token.
+the default model) but only pages that hold tokens become resident, about 46 KB per token (half
+that for the fp16 graph, whose cache is float16).
+
+Devices: on the CPU the cache is anonymous memory bound by pointer; on ``cuda:N`` it is one
+`onnxruntime.OrtValue` per buffer on that GPU, bound the same way, so the cache never leaves the
+device and only token ids and logits cross the bus. CUDA graphs are not used: ORT replays a
+captured graph only with the same shapes and the same bound addresses each run, and every step
+here varies the rows, the new tokens and the cache rows bound.
 """
 
 from __future__ import annotations
