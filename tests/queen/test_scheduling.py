@@ -290,10 +290,10 @@ async def test_a_policy_file_is_reloaded_while_the_queen_runs(
 async def test_the_queen_sends_its_token_to_workers(
     nursery: trio.Nursery, queen_config: QueenConfig
 ) -> None:
-    config = dataclasses.replace(queen_config, token="s3cret")
+    config = dataclasses.replace(queen_config, token="s3cret-token-0123456789")
     queen = await start_queen(nursery, config)
-    worker = await FakeWorker(token="s3cret").start(nursery)
-    headers = {"Authorization": "Bearer s3cret"}
+    worker = await FakeWorker(token="s3cret-token-0123456789").start(nursery)
+    headers = {"Authorization": "Bearer s3cret-token-0123456789"}
     async with httpx.AsyncClient(headers=headers) as http:
         beat = heartbeat("hive-a", [worker.status()])
         # The hive reports with the queen's token: the queen calls its workers with it.
