@@ -32,12 +32,12 @@ async def peer(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[PeerStore
 
 
 async def pull(
-    hive: Hive, name: str, source: str, precisions: Sequence[str] = ()
+    hive: Hive, name: str, source: str, precisions: Sequence[str] = (), read_s: float = 10.0
 ) -> tuple[list[PullEvent], str]:
-    """POST /v1/models/pull; the events and the terminal marker."""
+    """POST /v1/models/pull; the events and the terminal marker (``read_s``: the longest wait for data)."""
     events: list[PullEvent] = []
     body = {"name": name, "source": source, "precisions": list(precisions)}
-    response = await hive.client.post("/v1/models/pull", json=body)
+    response = await hive.client.post("/v1/models/pull", json=body, timeout=read_s)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "text/event-stream"
     for line in response.text.splitlines():
@@ -280,7 +280,9 @@ async def test_delete_refuses_bad_names(hive: Hive, path: str) -> None:
 async def test_pull_from_a_gguf_file_imports_it(hive: Hive) -> None:
     from rbee.models.importer import default_model_path
 
-    events, end = await pull(hive, "smol-imported", str(default_model_path()), ["fp16"])
+    # Reading the GGUF's metadata and vocabulary comes before the first step (5-10 s when
+    # the machine is busy).
+    events, end = await pull(hive, "smol-imported", str(default_model_path()), ["fp16"], 60.0)
     assert end == sse.DONE, end
     steps = [e for e in events if isinstance(e, Importing)]
     assert steps
