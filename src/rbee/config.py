@@ -147,7 +147,8 @@ class WorkerConfig:
     device: str = "cpu"
     slots: int = 4
     threads: int = 0
-    precision: str = "int4"
+    precision: str = ""
+    """The graph to run; empty: the device's default (`rbee.models.default_precision`)."""
     queue_size: int = 16
     token: str = ""
     models_dir: str = ""

@@ -150,6 +150,7 @@ async def test_heartbeats_decode_and_carry_host_and_workers(
     assert len(beat.host.gpus) == hive.state.supervisor.gpus.count
     [worker] = beat.workers
     assert (worker.pid, worker.state, worker.device) == (status.pid, "ready", "cpu")
+    assert worker.provider == "StandIn"  # from its ready line
     assert worker.rss_mb > 1
     snapshot = wire.decode((await hive.client.get("/v1/status")).content, HiveHeartbeat)
     assert snapshot.workers[0].id == status.id

@@ -38,14 +38,15 @@ MODELS = [DEFAULT_MODEL, GEMMA]
 # 95.5%, its fp32 graphs on 97.7% and 96.1%, and all of them on 100% wherever llama.cpp's top
 # token leads by more than 0.5. In float arithmetic (the file dequantized to F32 by llama.cpp)
 # rbee's fp32 graph agrees on 100% and 99.9%, its int4 graph on 98.6% and 98.0% (its 8-bit
-# matmuls, like llama.cpp's, take int8 activations).
+# matmuls, like llama.cpp's, take int8 activations), its fp16 graph on 98.3% and 98.5% (grouped
+# KL 0.0004 and 0.0002).
 NEAR_TIE = 0.3
 CLEAR_LEAD = 0.5
 # How far below llama.cpp's agreement with itself (across KV cache precisions) rbee may be.
 SELF_AGREEMENT_SLACK = 0.01
-MIN_TOP1_FLOAT = {"fp32": 0.99, "int4": 0.97}
+MIN_TOP1_FLOAT = {"fp32": 0.99, "int4": 0.97, "fp16": 0.98}
 MAX_KL = 0.01
-MAX_KL_FLOAT = {"fp32": 1e-4, "int4": 0.01}
+MAX_KL_FLOAT = {"fp32": 1e-4, "int4": 0.01, "fp16": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def top1_agreement(ref: dict[str, list[list[float]]], top: np.ndarray) -> float:
     return float((top == np.array(ref["top_ids"])[:, 0]).mean())
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
+@pytest.mark.parametrize("precision", ["int4", "fp16", "fp32"])
 @pytest.mark.parametrize("name", MODELS)
 def test_teacher_forced_next_tokens_agree(
     stores: dict[str, tuple[Path, Manifest]], name: str, precision: str

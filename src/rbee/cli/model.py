@@ -26,10 +26,12 @@ def model() -> None:
 @click.option("--name", help="Name in the store (default: from the file name).")
 @click.option(
     "--precision",
-    type=click.Choice(["int4", "fp32", "all"]),
+    type=click.Choice(["int4", "fp16", "fp32", "all"]),
     default="all",
     show_default=True,
-    help="Graphs to build: int4 keeps the GGUF's 4-bit weights, fp32 is the exact reference.",
+    help="Graphs to build: int4 keeps the GGUF's quantized weights (the CPU's default), fp16 "
+    "keeps them too with half-precision activations (the GPU's default), fp32 is the exact "
+    "reference.",
 )
 @click.option(
     "--models-dir",

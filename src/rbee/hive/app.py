@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -170,15 +170,17 @@ def create_hive_app(state: HiveState) -> QuartTrio:
             raise ApiError(f"model {name} is already being pulled", 409)
         source = open_source(req.source, name, state.transfer, state.token, state.queen_url)
         if not isinstance(source, GgufFile):
-            # Fetched before the stream starts so that a wrong name or source is a plain 4xx.
-            await source.manifest()
-        return Response(_pull_events(state, name, source), headers=sse.SSE_HEADERS)
+            # Fetched before the stream starts so that a wrong name, source or precision is a
+            # plain 4xx.
+            (await source.manifest()).with_precisions(req.precisions)
+        events = _pull_events(state, name, source, req.precisions)
+        return Response(events, headers=sse.SSE_HEADERS)
 
     return app
 
 
 async def _pull_events(
-    state: HiveState, name: str, source: Source | GgufFile
+    state: HiveState, name: str, source: Source | GgufFile, precisions: Sequence[str]
 ) -> AsyncGenerator[bytes, None]:
     if name in state.pulling:
         yield sse.event(sse.error_marker(f"model {name} is already being pulled"))
@@ -186,9 +188,9 @@ async def _pull_events(
     state.pulling.add(name)
     try:
         events = (
-            import_gguf(state.store, name, source, state.tasks)
+            import_gguf(state.store, name, source, state.tasks, precisions)
             if isinstance(source, GgufFile)
-            else pull(state.store, name, source)
+            else pull(state.store, name, source, precisions)
         )
         async with contextlib.aclosing(events):
             async for event in events:

@@ -108,6 +108,9 @@ class WorkerLoad(Struct, frozen=True, kw_only=True):
     gpu_util_pct: float = 0.0
     vram_mb: float = 0.0
     uptime_s: float = 0.0
+    provider: str = ""
+    """The ONNX Runtime execution provider the worker's model runs on (``CUDAExecutionProvider``,
+    ``CPUExecutionProvider``), as its ready line said; empty while it loads."""
 
 
 class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
