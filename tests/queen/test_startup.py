@@ -26,6 +26,7 @@ from rbee.queen.app import last_event_id
 from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.local_hive import LOCAL_HIVE
+from rbee.queen.registry import STALE_INTERVALS
 from rbee.queen.scheduler import builtin
 from rbee.queen.store import HiveStore, JobStore
 from rbee.wire.queen import InferOperation
@@ -156,8 +157,8 @@ async def test_a_restarted_queen_holds_its_queued_jobs_until_its_hives_report_ag
     provisioner = StoreProvisioner({"stored"})
     async with restarted_queen(path, provisioner) as dispatcher:
         queued = dispatcher.jobs["job-queued"]
-        # Longer than the hives' heartbeats back off while the queen was away.
-        await trio.sleep(MAX_BACKOFF_S)
+        # Past the grace every re-admitted job gets (3 heartbeat intervals), within the hold.
+        await trio.sleep(STALE_INTERVALS * QueenConfig().heartbeat_interval_s + MAX_BACKOFF_S / 2)
         assert (queued.state, provisioner.calls) == ("queued", [])
         dispatcher.heartbeat(heartbeat("hive-a", []))
         await trio.testing.wait_all_tasks_blocked()
@@ -175,7 +176,7 @@ async def test_a_restarted_queen_fails_its_queued_job_naming_the_hive_that_never
         assert queued.error is not None
         assert queued.error.startswith("no worker serves model 'stored'")
         assert queued.error.endswith(
-            "(hive hive-a did not report within 13 s of the queen's restart)"
+            "(hive hive-a did not report within 5 s of the queen's restart)"
         )
 
 

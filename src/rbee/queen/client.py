@@ -65,10 +65,10 @@ T = TypeVar("T")
 LONG_TIMEOUT_S = 300.0
 
 # A job's stream that drops is followed again this many times in a row, the pause between tries
-# doubling up to its cap: about 15 s in all, time for a queen killed outright to be restarted.
-RECONNECTS = 6
+# doubling up to its cap: about 17 s in all, time for a queen killed outright to be restarted.
+RECONNECTS = 10
 RECONNECT_PAUSE_S = 0.5
-RECONNECT_PAUSE_MAX_S = 4.0
+RECONNECT_PAUSE_MAX_S = 2.0
 
 _pull_events = msgspec.json.Decoder(PullEvent)
 _deploy_events = msgspec.json.Decoder(PushProgress | HiveStarted)
