@@ -49,6 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.queen.load import fake_workers, peak_rss, queen_process, stream_all  # noqa: E402
 
+from rbee.queen.keys import SECRET_FILE, hive_token  # noqa: E402
+
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Once upon a time, in a small village by the sea,"
 RBEE = [sys.executable, "-m", "rbee"]
@@ -88,15 +90,15 @@ def register(queen: str, secret: str, hive: str, worker_id: str, url: str, pid: 
 
 def secret_of(db: str) -> str:
     """The cluster secret a queen made beside its database ``db``."""
-    from rbee.queen.keys import SECRET_FILE
-
     return (Path(db).parent / SECRET_FILE).read_text(encoding="ascii").strip()
 
 
-def reference(worker: str, sampling: dict[str, Any], max_tokens: int) -> str:
-    """The uninterrupted text, straight from a worker."""
+def reference(worker: str, sampling: dict[str, Any], max_tokens: int, token: str = "") -> str:
+    """The uninterrupted text, straight from a worker (``token``: its hive's)."""
     body = {"prompt": PROMPT, "max_tokens": max_tokens, **sampling}
     headers = {"Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     text = ""
     with httpx.stream(
         "POST", f"{worker}/v1/inference", json=body, headers=headers, timeout=120
@@ -130,6 +132,8 @@ def cut_stream(
                 text += event["t"]
                 if len(marks) == cut:
                     kill(job_id)
+                    # The gap runs from the kill: finding what to kill is no part of it.
+                    marks[-1] = time.perf_counter()
     return text, marks, end
 
 
@@ -265,8 +269,13 @@ def hive_rounds(args: argparse.Namespace, tmp: Path, store: Path) -> Iterator[Ro
                     pid_b,
                 ),
             ):
-                workers = [spawn(queen, "a"), spawn(queen, "b")]
-                expected = reference(workers[1]["url"], sampling, args.max_tokens)
+                # The reference through the queen (a worker takes only its hive's and the
+                # queen's tokens), before the second worker exists.
+                spawn(queen, "a")
+                expected, _, _ = cut_stream(queen, sampling, args.max_tokens, -1, None)
+                spare = spawn(queen, "b")
+                # Its first answer warms it up, as the spare of the worker rounds is warm.
+                reference(spare["url"], sampling, 4, hive_token(secret_of(db), "b"))
                 kill = functools.partial(kill_hive_of, queen, {"a": pid_a, "b": pid_b})
                 text, marks, end = cut_stream(queen, sampling, args.max_tokens, args.cut, kill)
         yield n, sampling, marks, text, expected, end
