@@ -1,4 +1,5 @@
-"""Load: 500 streaming requests at once through a queen process to fast fake workers.
+"""Load: 500 streaming requests at once through a queen process to fast fake workers, and 64 to
+one real worker (the default model).
 
 Every request ends, answered in full or refused with a 429 and ``Retry-After`` (the queue holds
 ``queen.queue_size`` jobs); none is lost, none runs twice, none hangs; the queen holds nothing
@@ -13,7 +14,9 @@ import httpx
 import pytest
 import trio
 
+from tests.queen.fake_worker import register
 from tests.queen.load import Outcome, fake_workers, peak_rss, queen_process, stream_all
+from tests.queen.real_parts import MODEL, RealWorker
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +27,17 @@ WHOLE = "".join(f"tok{i} " for i in range(TOKENS))
 BODY = {"operation": "infer", "model": "fake-model", "prompt": "hi", "max_tokens": TOKENS}
 
 
-def check(outcomes: list[Outcome]) -> tuple[set[str], int]:
-    """Every outcome a whole answer or a clean 429: the answered job ids, and how many 429s."""
-    assert len(outcomes) == REQUESTS
+def check(
+    outcomes: list[Outcome], count: int = REQUESTS, whole: str = WHOLE
+) -> tuple[set[str], int]:
+    """Every outcome a whole answer (``whole``; "" for any text) or a clean 429: the answered
+    job ids, and how many 429s."""
+    assert len(outcomes) == count
     answered = [o for o in outcomes if o.status == 200]
     refused = [o for o in outcomes if o.status == 429]
     others = [o for o in outcomes if o.status not in (200, 429)]
     assert others == []
-    assert all((o.end, o.text) == ("[DONE]", WHOLE) for o in answered)
+    assert all(o.end == "[DONE]" and o.text == (whole or o.text) != "" for o in answered)
     assert all(o.retry_after is not None and int(o.retry_after) >= 1 for o in refused)
     assert all("queue_full" in o.error for o in refused)
     ids = {o.job_id for o in answered}
@@ -51,13 +57,8 @@ async def test_500_streams_at_once_all_end_none_lost_none_twice(tmp_path: Path) 
                 watch.start_soon(peak_rss, queen, peak)
                 ids, refused = check(await stream_all(queen.url, REQUESTS, BODY))
                 watch.cancel_scope.cancel()
-        async with httpx.AsyncClient(timeout=10) as client:
-            listed = (await client.get(f"{queen.url}/v1/jobs", params={"limit": 2000})).json()
-            status = (await client.get(f"{queen.url}/v1/status")).json()
         # Every answered job is on record, completed; no refused one is; none waits or runs.
-        assert {j["id"] for j in listed["jobs"]} == warm_ids | ids
-        assert {j["state"] for j in listed["jobs"]} == {"completed"}
-        assert (status["queue_depth"], status["running"]) == (0, 0)
+        assert await queen_state(queen.url) == (warm_ids | ids, {"completed"}, (0, 0))
         after = queen.rss()
         print(
             f"{len(ids)} answered, {refused} refused (429); queen RSS idle {idle / 2**20:.1f} MiB, "
@@ -66,3 +67,23 @@ async def test_500_streams_at_once_all_end_none_lost_none_twice(tmp_path: Path) 
         )
         # Memory comes back: the second round keeps nothing more than the first did.
         assert after <= baseline * 1.10
+
+
+async def queen_state(url: str) -> tuple[set[str], set[str], tuple[int, int]]:
+    """The ids and states of the jobs on record, and how many wait and run."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        listed = (await client.get(f"{url}/v1/jobs", params={"limit": 2000})).json()["jobs"]
+        status = (await client.get(f"{url}/v1/status")).json()
+    ids = {j["id"] for j in listed}
+    return ids, {j["state"] for j in listed}, (status["queue_depth"], status["running"])
+
+
+async def test_64_streams_at_once_to_the_real_worker_all_end(
+    tmp_path: Path, shared_worker: RealWorker
+) -> None:
+    body = {"operation": "infer", "model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    with queen_process(tmp_path) as queen:
+        await register(queen.url, "hive-a", shared_worker.status(), token=queen.secret)
+        with trio.fail_after(300):
+            ids, _ = check(await stream_all(queen.url, 64, body), 64, "")
+        assert await queen_state(queen.url) == (ids, {"completed"}, (0, 0))

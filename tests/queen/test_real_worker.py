@@ -7,8 +7,6 @@ test's trio loop and learns of the worker from a heartbeat, as a hive would send
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +15,7 @@ import trio
 
 from tests.queen.conftest import QueenHandle
 from tests.queen.fake_worker import register
-from tests.queen.real_parts import MODEL, RealWorker, real_worker
+from tests.queen.real_parts import MODEL, RealWorker
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +24,9 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def worker(model_store: Path) -> Iterator[RealWorker]:
-    with real_worker(model_store, "real-0") as ready:
-        yield ready
-
-
 @pytest.fixture
-async def routed(queen: QueenHandle, worker: RealWorker) -> QueenHandle:
-    await register(queen.url, "local", worker.status())
+async def routed(queen: QueenHandle, shared_worker: RealWorker) -> QueenHandle:
+    await register(queen.url, "local", shared_worker.status())
     return queen
 
 
