@@ -242,6 +242,8 @@ async def serve(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = header_timeout
+    # hypercorn's default of 100 resets connections from a burst of clients (500 at once, tested).
+    config.backlog = 1024
 
     async def _started(*, task_status: trio.TaskStatus[list[str]]) -> None:
         await hypercorn_serve(app, config, shutdown_trigger=shutdown, task_status=task_status)

@@ -220,3 +220,20 @@ async def register(
             content=wire.encode(heartbeat(hive, statuses, contexts=contexts)),
         )
         assert response.status_code == 204, response.text
+
+
+async def serve_fakes(count: int, tokens: int, slots: int) -> None:
+    """Serve ``count`` fake workers (``tokens`` tokens a job) and print their URLs on one line."""
+    async with trio.open_nursery() as nursery:
+        workers = [
+            await FakeWorker(tokens=tokens, slots=slots).start(nursery) for _ in range(count)
+        ]
+        print("fakes " + " ".join(w.url for w in workers), flush=True)
+
+
+if __name__ == "__main__":
+    # A process of fake workers, for load that must not starve them: COUNT TOKENS SLOTS.
+    import sys
+
+    count, tokens, slots = (int(a) for a in sys.argv[1:4])
+    trio.run(serve_fakes, count, tokens, slots)

@@ -22,7 +22,8 @@ __all__ = ["MAX_BACKOFF_S", "QueenLink"]
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 10.0
+# Short: a heartbeat is one small POST, and a queen that restarts holds its jobs for its hives.
+MAX_BACKOFF_S = 2.0
 _REPORT_ATTEMPTS = 5
 
 

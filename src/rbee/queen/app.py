@@ -67,9 +67,10 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def last_event_id(job: Job, header: str | None) -> int:
     """How many of the job's events a reconnecting client has (its ``Last-Event-ID``); 0 without.
 
-    `UsageError` for an id that is no number, or one the job never sent.
+    `UsageError` for an id that is no number, or one the job never sent. A job interrupted by a
+    queen restart lost its events: any client of it gets the end, with its reason.
     """
-    if header is None or not header.strip():
+    if header is None or not header.strip() or job.stream.restored:
         return 0
     value = header.strip()
     if not value.isdigit() or int(value) > len(job.stream):

@@ -50,6 +50,7 @@ from rbee import __version__, sse, wire
 from rbee.config import QueenConfig
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
 from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError, UsageError
+from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
@@ -58,7 +59,7 @@ from rbee.queen.prompts import PromptCheck
 from rbee.queen.registry import STALE_INTERVALS, Registry
 from rbee.queen.relay import AttemptError, Outcome, StallBounds, cancel_on_worker, run_attempt
 from rbee.queen.scheduler import Watched, make_fallback
-from rbee.queen.store import HiveStore, JobStore
+from rbee.queen.store import HiveStore, JobStore, StoredJob
 from rbee.wire.queen import (
     DecisionRecord,
     HiveHeartbeat,
@@ -137,8 +138,8 @@ class Dispatcher:
         self._idle.set()
         self._heard = trio.Event()
         self._lost: dict[str, str] = {}
-        # Hives started by the queen that have not reported yet: name -> (deadline, bound in s).
-        self._expected: dict[str, tuple[float, float]] = {}
+        # Hives expected to report: name -> (deadline, bound in s, since when, as words).
+        self._expected: dict[str, tuple[float, float, str]] = {}
         self._bounds = StallBounds(
             config.first_event_timeout_s, config.stall_steps, config.stall_floor_s
         )
@@ -166,16 +167,21 @@ class Dispatcher:
                 await pool.aclose()
 
     def _readmit(self) -> None:
+        """Queue again the jobs a queen that stopped left waiting; fail those it left running.
+
+        A running job's events died with the queen that relayed them, so it cannot continue where
+        its client left off: it fails with the reason, and a client that reconnects to its stream
+        gets that reason. While re-admitted jobs wait, so does every job no worker can take, for
+        the hives last seen online to report again (their heartbeats back off while the queen is
+        down, up to `MAX_BACKOFF_S`).
+        """
         now, t = time.time(), trio.current_time()
+        readmitted = False
         for stored in self.records.unfinished():
             if stored.state == "running":
-                self.records.update(
-                    stored.id,
-                    state="failed",
-                    finished_at=now,
-                    error="interrupted: the queen stopped while the job ran",
-                )
+                self._interrupted_by_restart(stored, now)
                 continue
+            readmitted = True
             deadline = None if stored.deadline_at is None else t + (stored.deadline_at - now)
             job = Job(
                 id=stored.id,
@@ -191,6 +197,35 @@ class Dispatcher:
             job.worker_body = wire.encode(stored.request.to_worker())
             self.jobs[job.id] = job
             self.queue.push(job)
+        if readmitted:
+            within = MAX_BACKOFF_S + STALE_INTERVALS * self.config.heartbeat_interval_s
+            for hive in self.hive_records.all():
+                if hive["status"] == "online":
+                    self.expect_hive(hive["name"], within, "of the queen's restart")
+
+    def _interrupted_by_restart(self, stored: StoredJob, now: float) -> None:
+        error = "interrupted: the queen stopped while the job ran"
+        self.records.update(stored.id, state="failed", finished_at=now, error=error)
+        if stored.attempts:
+            self.records.end_attempt(stored.id, stored.attempts, now, error)
+        job = Job(
+            id=stored.id,
+            seq=stored.seq,
+            request=stored.request,
+            created_at=stored.created_at,
+            admitted_at=trio.current_time(),
+            attempts=stored.attempts,
+            tenant=stored.tenant,
+            state="failed",
+            error=error,
+        )
+        # Kept like any finished job, so that a client reconnecting to its stream learns why.
+        job.stream.restored = True
+        job.stream.close(sse.error_marker(error))
+        job.done.set()
+        job.ended_at = trio.current_time()
+        self.jobs[job.id] = job
+        self._finished.append(job.id)
 
     async def close_idle_connections(self) -> None:
         """Close the kept-alive connections to workers that no attempt is using.
@@ -376,7 +411,7 @@ class Dispatcher:
         grace = STALE_INTERVALS * self.config.heartbeat_interval_s
         if job.readmitted and now < self._started_at + grace:
             return True
-        return any(now < deadline for deadline, _ in self._expected.values())
+        return any(now < deadline for deadline, _, _ in self._expected.values())
 
     def _unknown(self, model: str) -> bool:
         """No worker serves ``model``, no online hive has it and the provisioner cannot bring it."""
@@ -390,9 +425,10 @@ class Dispatcher:
     def _overdue(self) -> str:
         """What to add to a rejection about the expected hives that never reported."""
         now = trio.current_time()
-        late = [(n, bound) for n, (deadline, bound) in self._expected.items() if now >= deadline]
         return "".join(
-            f" (hive {name} did not report within {bound:g} s of its start)" for name, bound in late
+            f" (hive {name} did not report within {bound:g} s {since})"
+            for name, (deadline, bound, since) in self._expected.items()
+            if now >= deadline
         )
 
     def _decide(self, job: Job, tenants: tuple[TenantView, ...]) -> Decision:
@@ -734,13 +770,14 @@ class Dispatcher:
 
     # --- hives -----------------------------------------------------------------------------
 
-    def expect_hive(self, name: str, within_s: float) -> None:
+    def expect_hive(self, name: str, within_s: float, since: str = "of its start") -> None:
         """Hold the jobs no worker can take until hive ``name`` reports, for up to ``within_s``.
 
         The queen calls it as it starts a hive, so that a job sent before the hive's first
-        heartbeat waits for it rather than fails for want of a hive.
+        heartbeat waits for it rather than fails for want of a hive; ``since`` says from when,
+        for the rejection of a job that waited in vain.
         """
-        self._expected[name] = (trio.current_time() + within_s, within_s)
+        self._expected[name] = (trio.current_time() + within_s, within_s, since)
 
     async def wait_for_hive(self, name: str, *, after: float | None = None) -> None:
         """Return once hive ``name`` is online (at once if it is) and, with ``after``, has
