@@ -23,6 +23,7 @@ from tests.worker.test_app import Worker, start_worker
 
 ROUTES = [
     ("GET", "/health"),
+    ("GET", "/openapi.json"),
     ("GET", "/v1/info"),
     ("POST", "/v1/inference"),
     ("GET", "/v1/inference/job-1/stream"),

@@ -12,8 +12,9 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from rbee import server, sse, wire
+from rbee import openapi, server, sse, wire
 from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
+from rbee.hive import openapi as routes
 from rbee.hive.pull import GgufFile, Source, import_gguf, open_source, pull
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.telemetry import Gpus, host_telemetry
@@ -99,6 +100,7 @@ def create_hive_app(state: HiveState) -> QuartTrio:
     app = server.create_app("rbee-hive", state.token)
     app.register_blueprint(store_blueprint(state.store))
     supervisor = state.supervisor
+    openapi.add_route(app, routes.ROUTES, "rbee hive")
 
     @app.get("/health")
     async def health() -> Response:

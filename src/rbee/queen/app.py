@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.errors import ForbiddenError, NotFoundError, UsageError
+from rbee.openapi import add_route as add_openapi_route
 from rbee.queen import openai_api, openapi
 from rbee.queen.auth import (
     SESSION_COOKIE,
@@ -108,8 +109,6 @@ def _stream_response(dispatcher: Dispatcher, job: Job, after: int = 0) -> Respon
 def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     """The queen's app around ``dispatcher``, its callers checked by ``gate``."""
     app = create_app("rbee-queen")
-    # Made at the first request, once every route (the cluster's and the SSH hives') is added.
-    described: list[bytes] = []
 
     @app.before_request
     async def _check_caller() -> None:
@@ -225,11 +224,7 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     async def status() -> Response:
         return json_response(dispatcher.status())
 
-    @app.get("/openapi.json")
-    async def openapi_document() -> Response:
-        if not described:
-            described.append(wire.encode(openapi.document(app)))
-        return Response(described[0], mimetype="application/json")
+    add_openapi_route(app, openapi.ROUTES, "rbee queen")
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from rbee import __version__, server, sse, wire
 from rbee.errors import ApiError, UsageError
+from rbee.openapi import add_route as add_openapi_route
 from rbee.wire.worker import (
     Health,
     InferenceAccepted,
@@ -23,6 +24,7 @@ from rbee.wire.worker import (
     WorkerInfo,
     prompt_chars,
 )
+from rbee.worker import openapi as routes
 from rbee.worker.interfaces import TokenizerLike
 from rbee.worker.prompt import prompt_ids
 from rbee.worker.scheduler import Ended, Job, Scheduler
@@ -86,6 +88,7 @@ def _stream_payload(item: object) -> str:
 def create_worker_app(state: WorkerState, token: str = "") -> QuartTrio:
     """The routes of one worker, reading ``state`` on every request."""
     app = server.create_app("rbee-worker", token)
+    add_openapi_route(app, routes.ROUTES, "rbee worker")
 
     @app.get("/health")
     async def health() -> Response:
