@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,10 +61,16 @@ def fake_workers(count: int, tokens: int, slots: int) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def queen_process(root: Path, *options: str) -> Iterator[QueenProcess]:
-    """``rbee queen`` on a free port with no local hive, its database under ``root``."""
+def queen_process(
+    root: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[QueenProcess]:
+    """``rbee queen`` on a free port with no local hive, its database under ``root``; ``env`` is
+    added to its environment (``RBEE_QUEEN_...`` settings)."""
     argv = [*RBEE, "queen", "--port", "0", "--db", str(root / "q.db"), "--no-local-hive"]
-    with subprocess.Popen([*argv, *options], stdout=subprocess.PIPE, text=True) as process:
+    environ = os.environ | (env or {})
+    with subprocess.Popen(
+        [*argv, *options], stdout=subprocess.PIPE, text=True, env=environ
+    ) as process:
         try:
             assert process.stdout is not None
             first = process.stdout.readline()
