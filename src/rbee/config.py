@@ -92,6 +92,8 @@ class QueenConfig:
     policy: str = "first-available"
     policy_fallback: str = "first-available"
     policy_locked: bool = False
+    # A model that fits no GPU's free VRAM starts on a CPU (built-in policies) instead of waiting.
+    cpu_fallback: bool = True
     queue_size: int = 256
     max_attempts: int = 3
     retry_backoff_s: float = 0.1 * SECONDS

@@ -19,6 +19,7 @@ from rbee.hive.supervisor import Supervisor
 from rbee.hive.telemetry import Gpus, host_telemetry
 from rbee.models.http import store_blueprint
 from rbee.models.store import Manifest, ModelStore, validate_name
+from rbee.models.vram import VramNeed
 from rbee.wire.hive import (
     ModelInfo,
     ModelList,
@@ -69,18 +70,24 @@ class HiveState:
         """What the queen should know now: host, workers (with fresh slot counts), models."""
         with trio.move_on_after(_POLL_TIMEOUT_S):
             await self.supervisor.refresh_slots(self.control)
+        models = self.models()
+        # The first estimate of a model reads its graph: off the event loop.
+        needs = await trio.to_thread.run_sync(
+            lambda: {m.name: self.supervisor.vram_need(m.name) for m in models}
+        )
         return HiveHeartbeat(
             hive=self.name,
             url=self.url,
             host=host_telemetry(self.gpus),
             workers=self.supervisor.statuses(),
-            models=[m.name for m in self.models()],
+            models=[m.name for m in models],
+            model_vram_mb={name: round(n.total_mb, 1) for name, n in needs.items() if n},
             labels=self.labels,
             interval_s=self.interval_s,
         )
 
 
-def _model_info(m: Manifest) -> ModelInfo:
+def _model_info(m: Manifest, need: VramNeed | None) -> ModelInfo:
     return ModelInfo(
         name=m.name,
         architecture=m.architecture,
@@ -89,6 +96,7 @@ def _model_info(m: Manifest) -> ModelInfo:
         size_bytes=m.size_bytes,
         files=m.files,
         chat=m.chat_template_source or ("gguf" if m.chat_template else "none"),
+        vram_required_mb=None if need is None else round(need.total_mb, 1),
     )
 
 
@@ -137,7 +145,10 @@ def create_hive_app(state: HiveState) -> QuartTrio:
     @app.get("/v1/models")
     async def list_models() -> Response:
         models = await trio.to_thread.run_sync(state.store.list)
-        return server.json_response(ModelList([_model_info(m) for m in models]))
+        needs = [await trio.to_thread.run_sync(supervisor.vram_need, m.name) for m in models]
+        return server.json_response(
+            ModelList([_model_info(m, n) for m, n in zip(models, needs, strict=True)])
+        )
 
     @app.delete("/v1/models/<name>")
     async def remove_model(name: str) -> Response:

@@ -71,6 +71,7 @@ async def run_hive(
         raise ConfigError(f"invalid hive name {name!r}: letters, digits, '.', '_', '-' (max 63)")
     store = ModelStore(models_dir)
     gpus = Gpus()
+    workers = worker_defaults or WorkerConfig()
     supervisor = Supervisor(
         hive=name,
         store=store,
@@ -80,7 +81,8 @@ async def run_hive(
         command=worker_command,
         worker_host=config.host,
         advertise_host=_advertised_host(config.host),
-        default_slots=(worker_defaults or WorkerConfig()).slots,
+        default_slots=workers.slots,
+        default_precision=workers.precision,
         ready_timeout_s=config.worker_ready_timeout_s,
         stop_grace_s=config.worker_stop_grace_s,
         token=config.token,

@@ -114,7 +114,7 @@ class Dispatcher:
         self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
         self.scheduler = scheduler
-        self.fallback = make_fallback(config.policy_fallback)
+        self.fallback = make_fallback(config.policy_fallback, cpu_fallback=config.cpu_fallback)
         self.provisioner = provisioner
         self.metrics = Metrics()
         self.queue = AdmissionQueue()

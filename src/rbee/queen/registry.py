@@ -312,6 +312,7 @@ class Registry:
                         gpus=tuple(h.heartbeat.host.gpus),
                         ram_free_mb=float(h.heartbeat.host.ram_free_mb),
                         models=tuple(h.heartbeat.models),
+                        model_vram_mb=h.heartbeat.model_vram_mb,
                         workers=counts.get(name, 0),
                     )
                     for name, h in hives.items()

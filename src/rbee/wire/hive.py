@@ -101,6 +101,9 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     files: dict[str, FileEntry]
     chat: str = ""
     """Where the chat template comes from: ``gguf``, ``built-in`` or ``none`` (raw prompts)."""
+    vram_required_mb: float | None = None
+    """The estimated VRAM of a GPU worker with the hive's default slots (`rbee.models.vram`);
+    None when the graph cannot be read."""
 
 
 class ModelList(Struct, frozen=True):
