@@ -15,6 +15,7 @@ from rbee.wire.hive import WorkerList, WorkerRetired
 from rbee.wire.queen import HiveHeartbeat, WorkerStatus
 from tests.helpers import eventually, gone
 from tests.hive.conftest import MODEL, Hive, start_hive
+from tests.hive.fake_nvml import FakeNvml
 from tests.hive.fakes import StandInQueen
 
 
@@ -31,6 +32,12 @@ async def wait_state(hive: Hive, worker_id: str, state: str, within: float = 10.
     await eventually(reached, within, f"worker {worker_id} {state}")
     assert status is not None
     return status
+
+
+@pytest.fixture
+def nvml() -> FakeNvml:
+    """These hives run on a host without the NVIDIA driver, whatever this machine has."""
+    return FakeNvml([], driver=False)
 
 
 async def spawn(hive: Hive, **body: object) -> WorkerStatus:
@@ -161,7 +168,11 @@ async def test_heartbeats_decode_and_carry_host_and_workers(
         ({"model": "unknown-model"}, 404, "not on hive test-hive"),
         ({"model": "../etc"}, 400, "invalid model name"),
         ({"model": "a/b"}, 400, "invalid model name"),
-        ({"model": MODEL, "device": "cuda:0"}, 400, "no NVIDIA GPU"),
+        (
+            {"model": MODEL, "device": "cuda:0"},
+            400,
+            "no device cuda:0 on this host (it has no NVIDIA GPU)",
+        ),
         ({"model": MODEL, "device": "tpu"}, 400, "invalid device"),
         ({"model": MODEL, "slots": 0}, 400, "slots"),
         ({"device": "cpu"}, 400, "model"),
