@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from rbee.config import WorkerConfig
 from rbee.errors import ModelError
 from rbee.models.importer import import_gguf
 from rbee.models.store import Manifest, ModelStore, describe_files
@@ -15,10 +17,13 @@ from rbee.models.vram import (
     ACTIVATION_FRACTION,
     MB,
     RUNTIME_OVERHEAD_MB,
+    ensure_room,
     gpu_precision,
     model_vram_required,
     no_room_message,
 )
+from rbee.worker.daemon import load_model
+from tests.hive.fake_nvml import FakeGpu, FakeNvml
 from tests.models.helpers import Synthetic, write_synthetic_gguf
 
 SPEC = Synthetic(arch="llama", layers=3, kv_heads=2, head_dim=64, context=64)
@@ -124,3 +129,39 @@ def test_the_refusal_names_the_need_its_parts_and_the_free_vram(
     assert "KV cache" in message
     assert "2 slots x 64 tokens" in message
     assert "cuda:1 has 300 MB free" in message
+
+
+@pytest.fixture
+def nearly_full_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
+    """NVML with one 4 GB GPU of which 300 MB are free."""
+    nvml = FakeNvml([FakeGpu("NVIDIA T4", 4096, used_mb=3796)])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    return nvml
+
+
+def test_a_worker_refuses_a_gpu_without_room_before_loading(
+    synthetic: tuple[Path, Manifest], nearly_full_gpu: FakeNvml
+) -> None:
+    directory, _ = synthetic
+    config = WorkerConfig(device="cuda:0", slots=2)
+    with pytest.raises(ModelError) as caught:
+        load_model("syn", config, directory.parent)
+    assert str(caught.value).startswith(
+        "not enough free VRAM on cuda:0 for model syn: it needs about "
+    )
+    assert str(caught.value).endswith(
+        "cuda:0 has 300 MB free; use fewer slots, another GPU or the CPU"
+    )
+    assert not nearly_full_gpu.initialised
+
+
+def test_room_is_checked_only_on_a_gpu_that_nvml_knows(
+    synthetic: tuple[Path, Manifest], nearly_full_gpu: FakeNvml
+) -> None:
+    directory, manifest = synthetic
+    ensure_room(directory, manifest, device="cpu", precision="int4", slots=64)
+    ensure_room(directory, manifest, device="cuda:3", precision="int4", slots=64)
+    nearly_full_gpu.gpus[0].used_mb = 0
+    ensure_room(directory, manifest, device="cuda:0", precision="int4", slots=2)
+    with pytest.raises(ModelError, match="cuda:0 has 4096 MB free"):
+        ensure_room(directory, manifest, device="cuda:0", precision="int4", slots=30_000)

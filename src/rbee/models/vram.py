@@ -28,6 +28,7 @@ __all__ = [
     "ACTIVATION_FRACTION",
     "RUNTIME_OVERHEAD_MB",
     "VramNeed",
+    "ensure_room",
     "gpu_precision",
     "model_vram_required",
     "no_room_message",
@@ -121,6 +122,32 @@ def model_vram_required(
         kv_cache_mb=kv_bytes / MB,
         overhead_mb=RUNTIME_OVERHEAD_MB + ACTIVATION_FRACTION * weights_mb,
     )
+
+
+def ensure_room(
+    directory: Path, manifest: Manifest, *, device: str, precision: str, slots: int
+) -> None:
+    """Refuse (`ModelError`) to load the model on GPU ``device`` when NVML shows too little free.
+
+    A CPU device, or a host where NVML does not know the GPU, passes: the worker's provider check
+    is what catches a GPU that is not there.
+    """
+    if not device.startswith("cuda:"):
+        return
+    from rbee.hive.telemetry import Gpus
+
+    gpus = Gpus()
+    try:
+        index = int(device.partition(":")[2])
+        gpu = next((g for g in gpus.telemetry() if g.index == index), None)
+    finally:
+        gpus.close()
+    if gpu is None:
+        return
+    need = model_vram_required(directory, manifest, precision=precision, slots=slots)
+    free = gpu.vram_total_mb - gpu.vram_used_mb
+    if need.total_mb > free:
+        raise ModelError(no_room_message(need, device, free))
 
 
 def no_room_message(need: VramNeed, device: str, free_mb: float) -> str:
