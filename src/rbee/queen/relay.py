@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 
 import msgspec
@@ -188,24 +189,28 @@ async def run_attempt(
             if job_id is None:
                 raise relay.fail(f"{where} answered a stream without its job id")
             job.worker_job_url = f"/v1/inference/{job_id.decode()}"
-            while True:
-                timeout = relay.timeout(bounds)
-                with trio.move_on_after(timeout) as waiting:
+            # One watchdog whose deadline each read moves on: a cancel scope a read would cost
+            # the queen more than the relaying itself for short jobs.
+            with trio.CancelScope() as watchdog:
+                while True:
+                    timeout = relay.timeout(bounds)
+                    watchdog.deadline = trio.current_time() + timeout
                     chunk = await response.read()
-                if waiting.cancelled_caught:
-                    raise relay.fail(
-                        f"{where} stalled: it sent nothing for {timeout:g} s", stalled=True
-                    )
-                if chunk is None:
-                    break
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    if relay.line(line.rstrip(b"\r")):
-                        assert relay.outcome is not None
-                        # Read the (empty) rest, so that the connection goes back to the pool.
-                        while await response.read() is not None:
-                            pass
-                        return relay.outcome
+                    if chunk is None:
+                        break
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if relay.line(line.rstrip(b"\r")):
+                            assert relay.outcome is not None
+                            # Read the (empty) rest, so that the connection goes back to the pool.
+                            watchdog.deadline = math.inf
+                            while await response.read() is not None:
+                                pass
+                            return relay.outcome
+            if watchdog.cancelled_caught:
+                raise relay.fail(
+                    f"{where} stalled: it sent nothing for {timeout:g} s", stalled=True
+                )
     except (*TransportError, msgspec.DecodeError) as err:
         raise relay.fail(f"the stream from {where} broke: {err!r}") from None
     except UnicodeDecodeError:
