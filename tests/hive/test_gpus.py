@@ -10,10 +10,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from rbee import wire
+from rbee.errors import ApiError
 from rbee.hive.telemetry import Gpus
 from rbee.models.store import Manifest, describe_files, write_manifest
 from rbee.models.vram import model_vram_required
-from rbee.wire.hive import ModelList, WorkerList
+from rbee.wire.hive import ModelList, SpawnRequest, WorkerList
 from rbee.wire.queen import HiveHeartbeat, WorkerStatus
 from tests.hive.conftest import MODEL, Hive
 from tests.hive.fake_nvml import FakeGpu, FakeNvml
@@ -149,3 +150,22 @@ async def test_a_worker_on_the_gpu_with_room_reports_its_vram_from_nvml(
     assert [(w.id, w.vram_mb) for w in listed.workers] == [(worker.id, 612.0)]
     one = wire.decode((await hive.client.get(f"/v1/workers/{worker.id}")).content, WorkerStatus)
     assert one.vram_mb == 612.0
+
+
+async def test_workers_still_loading_on_a_gpu_count_against_its_room(
+    hive: Hive, kv_model: Manifest, nvml: FakeNvml
+) -> None:
+    supervisor = hive.state.supervisor
+    need = supervisor.vram_need(KV_MODEL)
+    assert need is not None
+    # Room for one worker, not two.
+    nvml.gpus[1].used_mb = 81559 - int(need.total_mb * 1.5)
+    first = supervisor.spawn(SpawnRequest(model=KV_MODEL, device="cuda:1"))
+    assert first.state == "loading"
+    with pytest.raises(ApiError) as refused:
+        supervisor.spawn(SpawnRequest(model=KV_MODEL, device="cuda:1"))
+    assert refused.value.status == 409
+    assert str(refused.value).endswith(
+        f"({need.total_mb:.0f} MB of it are promised to workers still loading)"
+    )
+    assert list(supervisor.workers) == [first.id]

@@ -197,9 +197,20 @@ class Supervisor:
         gpu = next((g for g in self.gpus.telemetry() if g.index == index), None)
         if need is None or gpu is None:
             return
-        free = gpu.vram_total_mb - gpu.vram_used_mb
+        # Workers still loading on the GPU have not taken all their memory yet: count them in full.
+        promised = sum(
+            n.total_mb
+            for w in self.workers.values()
+            if w.device == device
+            and w.state == "loading"
+            and (n := self.vram_need(w.model, w.slots_total)) is not None
+        )
+        free = gpu.vram_total_mb - gpu.vram_used_mb - promised
         if need.total_mb > free:
-            raise ApiError(f"hive {self.hive}: {no_room_message(need, device, free)}", 409)
+            message = no_room_message(need, device, free)
+            if promised:
+                message += f" ({promised:.0f} MB of it are promised to workers still loading)"
+            raise ApiError(f"hive {self.hive}: {message}", 409)
 
     def vram_need(self, model: str, slots: int | None = None) -> VramNeed | None:
         """The estimated VRAM of a GPU worker for ``model`` (None: not in the store, unreadable).
