@@ -110,12 +110,22 @@ def test_a_missing_precision_or_a_broken_graph_is_a_model_error(
         model_vram_required(tmp_path, broken, precision="int4", slots=1)
 
 
-def test_a_gpu_worker_loads_the_configured_precision_when_the_model_has_it(
-    synthetic: tuple[Path, Manifest],
+@pytest.mark.parametrize(
+    ("precisions", "configured", "expected"),
+    [
+        (["int4", "fp16"], "int4", "int4"),
+        (["int4", "fp16"], "", "fp16"),
+        (["int4", "fp16"], "fp32", "fp16"),
+        (["int4", "fp32"], "", "int4"),
+    ],
+)
+def test_a_gpu_worker_loads_the_configured_precision_else_fp16_else_the_first(
+    precisions: list[str], configured: str, expected: str
 ) -> None:
-    _, manifest = synthetic
-    assert gpu_precision(manifest, "fp32") == "fp32"
-    assert gpu_precision(manifest, "fp16") == manifest.precisions[0]
+    manifest = Manifest(
+        name="m", architecture="llama", context_length=8, vocab_size=10, precisions=precisions
+    )
+    assert gpu_precision(manifest, configured) == expected
 
 
 def test_the_refusal_names_the_need_its_parts_and_the_free_vram(

@@ -68,10 +68,13 @@ class VramNeed:
 
 
 def gpu_precision(manifest: Manifest, configured: str) -> str:
-    """The precision a GPU worker of this model loads: the configured one, else the first listed."""
-    if configured in manifest.precisions or not manifest.precisions:
-        return configured
-    return manifest.precisions[0]
+    """The precision a GPU worker of this model loads: the configured one when the model has it;
+    else ``fp16`` (ONNX Runtime's CUDA attention takes half precision only) when it has that;
+    else the first it lists. An empty ``configured`` means the worker's default."""
+    for precision in (configured, "fp16"):
+        if precision and precision in manifest.precisions:
+            return precision
+    return manifest.precisions[0] if manifest.precisions else configured
 
 
 def _cache_shape(graph: Path) -> tuple[int, int, int, int]:

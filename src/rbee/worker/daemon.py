@@ -47,15 +47,14 @@ def load_model(
     from rbee.models.importer import ensure_model
     from rbee.models.store import ModelStore
     from rbee.models.tokenizer import ModelTokenizer
-    from rbee.models.vram import ensure_room
+    from rbee.models.vram import ensure_room, gpu_precision
     from rbee.worker.engine import Engine
 
     store = ModelStore(models_dir)
     manifest = ensure_model(store, model)
     directory = store.dir(model)
-    ensure_room(
-        directory, manifest, device=config.device, precision=config.precision, slots=config.slots
-    )
+    precision = gpu_precision(manifest, config.precision)
+    ensure_room(directory, manifest, device=config.device, precision=precision, slots=config.slots)
     engine = Engine(
         directory,
         manifest,
