@@ -15,7 +15,7 @@
 #    prompt, and prints the worker's VRAM from NVML beside rbee's estimate; with a CUDA build,
 #    starts `rbee worker daemon --device cuda:0` from it and checks the provider it announces.
 # 5. The worker tests with TEST_DEVICE=cuda:0, then bench/worker.py --device cuda --precision fp16
-#    beside the CPU's figures.
+#    (prefill ms, tok/s at 1, 8 and 32 streams, VRAM) beside the CPU's figures.
 #
 # Exit status: 0 every check passed on a GPU; 1 a check failed; 2 bad usage; 3 no GPU found
 # (and the CPU part passed); 4 a GPU but no ONNX Runtime with CUDA. PYTHON picks the interpreter
@@ -50,15 +50,17 @@ FAILED=0
 say() { printf '\n== %s\n' "$*"; }
 fail() { echo "cuda_check: FAILED: $*"; FAILED=1; }
 
-# bench/worker.py with the flags it knows (--device and --precision came with the CUDA worker).
+# bench/worker.py with the flags it knows (--device, --precision and --streams came with the
+# CUDA worker): 1, 8 and 32 streams.
 bench() {
-    local device=$1 precision=$2 flags=()
-    local help
-    help=$("$PY" bench/worker.py --help 2>&1)
-    if grep -q -- '--device' <<<"$help"; then flags+=(--device "$device"); fi
-    if grep -q -- '--precision' <<<"$help"; then flags+=(--precision "$precision"); fi
-    if [ "$device" != cpu ] && [ ${#flags[@]} -lt 4 ]; then
-        fail "bench/worker.py has no --device/--precision flags: no GPU figures"
+    local device=$1 precision=$2 usage flags=()
+    usage=$("$PY" bench/worker.py --help 2>&1)
+    if grep -q -- '--streams' <<<"$usage"; then flags+=(--streams 1,8,32); fi
+    if grep -q -- '--precision' <<<"$usage"; then flags+=(--precision "$precision"); fi
+    if grep -q -- '--device' <<<"$usage"; then
+        flags+=(--device "$device")
+    elif [ "$device" != cpu ]; then
+        fail "bench/worker.py has no --device flag: no GPU figures"
         return
     fi
     timeout 240 "$PY" bench/worker.py --models-dir "$MODELS" --tokens "$TOKENS" "${flags[@]}" \
