@@ -33,6 +33,7 @@ __all__ = [
     "default_config_path",
     "is_loopback",
     "load",
+    "require_token",
     "set_value",
 ]
 
@@ -52,6 +53,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def require_token(host: str, token: str, what: str, setting: str) -> None:
+    """Refuse to serve ``what`` beyond this machine without an API token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve the {what} on {host} without an API token: anyone who can reach "
+            f"it could use it. Set --token (or {setting} in the config file), or listen on "
+            "127.0.0.1"
+        )
 
 
 def default_config_path() -> Path:

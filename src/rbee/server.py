@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,8 +22,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from rbee import wire
-from rbee.config import is_loopback
-from rbee.errors import AuthError, ConfigError, RbeeError
+from rbee.config import is_loopback, require_token
+from rbee.errors import AuthError, RbeeError
 
 __all__ = [
     "BAD_TOKEN",
@@ -88,16 +89,6 @@ def bearer_ok(authorization: str, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def require_token(host: str, token: str, what: str, setting: str) -> None:
-    """Refuse to serve ``what`` beyond this machine without an API token."""
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"refusing to serve the {what} on {host} without an API token: anyone who can reach "
-            f"it could use it. Set --token (or {setting} in the config file), or listen on "
-            "127.0.0.1"
-        )
-
-
 def create_app(name: str, token: str = "") -> QuartTrio:
     """A quart-trio app with rbee's error handling and, when ``token`` is set, bearer auth.
 
@@ -144,10 +135,17 @@ async def serve(
     shutdown: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     graceful_timeout: float = 5.0,
+    listener: socket.socket | None = None,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until ``shutdown`` returns; report the bound base URL."""
+    """Serve ``app`` on ``host:port`` until ``shutdown`` returns; report the bound base URL.
+
+    ``listener``: a socket already bound and listening there, served instead (and closed at
+    the end), so that connections made before the app existed wait in its backlog.
+    """
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listener is not None:
+        config.bind = [f"fd://{listener.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout
