@@ -54,11 +54,29 @@ dir=$1 file=$2 hive=$3 port=$4
 shift 4
 echo "os=$(uname -s)"
 echo "arch=$(uname -m)"
+# One run of each Python found, without site (a fraction of a normal start), printing its
+# version; the first one found also tries the hive port. Syntax any Python 3 parses.
+probe='import socket, sys
+version = "%d.%d" % sys.version_info[:2]
+if sys.argv[1] == "-":
+    print(version)
+else:
+    s = socket.socket()
+    try:
+        s.bind(("", int(sys.argv[1])))
+    except OSError:
+        print(version + " port_free=0")
+    else:
+        print(version + " port_free=1")'
 first=
 for py in "$@"; do
     path=$(command -v "$py" 2>/dev/null) || continue
-    version=$("$path" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+    try_port=$port
+    [ -z "$first" ] || try_port=-
+    out=$("$path" -I -S -c "$probe" "$try_port" 2>/dev/null) || continue
+    version=${out%% *}
     printf 'python=%s %s\n' "$version" "$path"
+    [ "$out" = "$version" ] || echo "${out#* }"
     [ -n "$first" ] || first=$path
 done
 if mkdir -p "$dir/bin" 2>/dev/null && [ -w "$dir/bin" ]; then echo writable=1; else echo writable=0; fi
@@ -71,16 +89,6 @@ if command -v nvidia-smi > /dev/null 2>&1; then
 fi
 pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
     echo "running=$pid $(cat "$dir/hives/$hive/file" 2>/dev/null)"
-if [ -n "$first" ]; then
-    "$first" -c 'import socket, sys
-s = socket.socket()
-try:
-    s.bind(("", int(sys.argv[1])))
-except OSError:
-    print("port_free=0")
-else:
-    print("port_free=1")' "$port"
-fi
 """
 
 _INSTALL = r"""
