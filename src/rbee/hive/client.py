@@ -20,6 +20,7 @@ from rbee.wire.hive import (
     ModelList,
     ModelRemoved,
     PullEvent,
+    ShuttingDown,
     SpawnRequest,
     WorkerList,
     WorkerRetired,
@@ -71,6 +72,11 @@ class HiveClient:
     async def retire(self, worker_id: str) -> WorkerRetired:
         body = await self._request("DELETE", f"/v1/workers/{worker_id}", "retire worker")
         return wire.decode(body, WorkerRetired)
+
+    async def shutdown(self) -> ShuttingDown:
+        """Ask the hive to stop: it retires its workers, then exits."""
+        body = await self._request("POST", "/v1/shutdown", "stop hive")
+        return wire.decode(body, ShuttingDown)
 
     async def models(self) -> list[ModelInfo]:
         body = await self._request("GET", "/v1/models", "list models")

@@ -31,10 +31,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from rbee import ssh
 from rbee.errors import ApiError, NotFoundError, RbeeError, SshError
+from rbee.hive.client import HiveClient
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.dispatcher import Dispatcher
@@ -59,7 +61,11 @@ log = logging.getLogger(__name__)
 HIVE_PORT = 7835
 REATTACH_INTERVALS = 5
 START_TIMEOUT_S = 120.0
+# How long a hive asked to stop through its API may take: its workers' grace (10 s by default)
+# and their kill, with room.
+STOP_TIMEOUT_S = 30.0
 _ALIVE_CHECK_S = 0.5
+_GONE_CHECK_S = 0.1
 
 
 def own_file() -> Path | None:
@@ -109,7 +115,8 @@ class HostHives:
     from one, and then no hive can be started). ``accepts`` are the Python versions it runs on
     (default: those its listings name, `file_pythons`). ``queen_host`` / ``queen_port`` are where
     the queen listens; each hive gets ``token_for(name)`` (the queen's daemon gives each its own
-    hive token), else ``token``.
+    hive token), else ``token``. ``http`` calls the hives' APIs (`stop` asks a hive there
+    first); None: only over SSH.
     """
 
     def __init__(
@@ -124,8 +131,10 @@ class HostHives:
         heartbeat_interval_s: float = 1.0,
         accepts: tuple[tuple[int, int], ...] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.http = http
         self.records = HostRecords(conn)
         self.known = known
         self.file = file
@@ -403,7 +412,9 @@ class HostHives:
         if tunnel is not None:
             await self.before_connect(tunnel.address, HIVE_PORT)
         argv = steps.hive_argv(
-            [interpreter, remote],
+            # -S: no site, so that what the host's site-packages hold or run at every start
+            # (.pth files) neither slows the hive down nor reaches it; the file carries all.
+            [interpreter, "-S", remote],
             self._queen_url(name, conn),
             name=name,
             host=tunnel.address if tunnel is not None else conn.peer_address,
@@ -411,7 +422,7 @@ class HostHives:
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
         started_at = trio.current_time()
-        pid = await steps.start(connector, name, argv, self.token_for(name))
+        pid = await steps.start(connector, name, argv, self.token_for(name), file=remote)
         await self._wait_online(connector, name, pid, started_at)
         return pid
 
@@ -442,16 +453,58 @@ class HostHives:
             raise SshError(f"hive {name} {what}; its log ends: {tail or '(empty)'}")
 
     async def stop(self, name: str) -> HiveStopped:
-        """Stop the hive (SIGTERM over SSH: it retires its workers first)."""
-        async with self._host(name) as (_, conn):
-            outcome = await steps.stop(SshConnector(conn), name)
+        """Stop the hive, which retires its workers first: through its API (``POST
+        /v1/shutdown`` with its token), else over SSH (SIGTERM to its pid, then SIGKILL) when the
+        API does not take the request or the hive does not go within `STOP_TIMEOUT_S`.
+        """
+        self.get(name)
+        why = await self._stop_through_api(name)
+        if why is None:
+            was_running, message = True, f"hive {name} stopped"
+        else:
+            async with self._host(name) as (_, conn):
+                outcome = await steps.stop(SshConnector(conn), name)
+            was_running = outcome in ("stopped", "killed")
+            message = (
+                f"hive {name} stopped over SSH ({why})"
+                if was_running
+                else f"hive {name} was not running"
+            )
         self._close_tunnel(name)
         self.records.set_auto_start(name, False)
         self.dispatcher.registry.take_offline(name)
         self.dispatcher.hive_records.offline(name, time.time())
-        was_running = outcome in ("stopped", "killed")
-        message = f"hive {name} stopped" if was_running else f"hive {name} was not running"
         return HiveStopped(name=name, was_running=was_running, message=message)
+
+    async def _stop_through_api(self, name: str) -> str | None:
+        """Ask the hive to stop and wait until its API is gone; else why that did not happen."""
+        online = self.dispatcher.registry.hive(name)
+        if self.http is None or online is None or not online.online:
+            return "it does not report to this queen"
+        url = httpx.URL(online.heartbeat.url)
+        hive = HiveClient(str(url), self.http, self.token_for(name))
+        try:
+            await self.before_connect(url.host, url.port or HIVE_PORT)
+            await hive.shutdown()
+        except RbeeError as err:
+            return f"its API did not take the request: {err}"
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            # The hive is another process, maybe on another host: there is nothing to wait on.
+            while await self._answers(url):  # noqa: ASYNC110
+                await trio.sleep(_GONE_CHECK_S)
+            return None
+        return f"it still answered {STOP_TIMEOUT_S:g} s after it was asked to stop"
+
+    async def _answers(self, url: httpx.URL) -> bool:
+        """Whether a hive's API still takes connections (a slow answer counts as one)."""
+        assert self.http is not None
+        try:
+            await self.http.get(url.join("/health"), timeout=_ALIVE_CHECK_S)
+        except httpx.TimeoutException:
+            return True
+        except httpx.TransportError:
+            return False
+        return True
 
     async def remove(self, name: str) -> HiveStopped:
         """Stop the hive if it runs (and its host answers), then forget it."""

@@ -315,12 +315,16 @@ async def push(
     return final
 
 
-async def start(connector: Connector, hive: str, argv: Sequence[str], token: str) -> int:
+async def start(
+    connector: Connector, hive: str, argv: Sequence[str], token: str, file: str = ""
+) -> int:
     """Start the hive detached from the session (it outlives it); return its pid.
 
-    ``argv[1]`` is the file it runs. ``token`` goes to the host on stdin, into a 0600 file.
+    ``file`` is the file it runs (default ``argv[1]``). ``token`` goes to the host on stdin,
+    into a 0600 file.
     """
-    done = await _script(connector, _START, [hive_dir(hive), argv[1], *argv], stdin=token)
+    args = [hive_dir(hive), file or argv[1], *argv]
+    done = await _script(connector, _START, args, stdin=token)
     pid = done.stdout.strip()
     if done.exit_status != 0 or not pid.isdigit():
         raise SshError(f"starting the hive on {connector.where} failed: {done.stderr.strip()}")
