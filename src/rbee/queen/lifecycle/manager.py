@@ -328,7 +328,8 @@ class HostHives:
         return await self._deploy(name, progress, upgrade=False)
 
     async def upgrade(self, name: str, progress: Progress | None = None) -> HiveStarted:
-        """Run hive ``name`` on the queen's current file: push it, stop the hive (it retires its
+        """Run hive ``name`` on the queen's current file: push it, drain the hive (no new jobs
+        for it; the running ones end, for up to ``queen.drain_grace_s``), stop it (it retires its
         workers), start the new file; if that does not come up, start the previous one again.
         """
         return await self._deploy(name, progress, upgrade=True)
@@ -374,22 +375,27 @@ class HostHives:
             if not facts.have_file:
                 await steps.push(connector, info.path, info.sha256, progress)
             previous = facts.running_file if facts.running_pid and not same else ""
-            if facts.running_pid:
-                # It runs another file (an upgrade), or this one without reporting here.
-                await steps.stop(connector, name)
-                self.dispatcher.registry.take_offline(name)
-            remote = f"{steps.RBEE_DIR}/bin/{wanted}"
             try:
-                pid = await self._launch(connector, name, interpreter, remote)
-            except SshError as err:
-                if not previous:
-                    raise
-                await self._launch(connector, name, interpreter, previous)
-                raise ApiError(
-                    f"hive {name} did not come up on the new file, so it runs the previous one "
-                    f"({previous}) again: {err}",
-                    502,
-                ) from None
+                if facts.running_pid:
+                    # It runs another file (an upgrade), or this one without reporting here.
+                    if previous:
+                        await self._drain(name)
+                    await steps.stop(connector, name)
+                    self.dispatcher.registry.take_offline(name)
+                remote = f"{steps.RBEE_DIR}/bin/{wanted}"
+                try:
+                    pid = await self._launch(connector, name, interpreter, remote)
+                except SshError as err:
+                    if not previous:
+                        raise
+                    await self._launch(connector, name, interpreter, previous)
+                    raise ApiError(
+                        f"hive {name} did not come up on the new file, so it runs the previous "
+                        f"one ({previous}) again: {err}",
+                        502,
+                    ) from None
+            finally:
+                self.dispatcher.registry.drain(name, on=False)
             self.records.set_auto_start(name, True)
             what = f"upgraded from {previous}" if previous else "started"
             return HiveStarted(
@@ -401,6 +407,18 @@ class HostHives:
                 pid=pid,
                 seconds=trio.current_time() - began,
                 message=f"hive {name} {what} on {record.target} (pid {pid})",
+            )
+
+    async def _drain(self, name: str) -> None:
+        """Let the jobs running on hive ``name`` end (up to the queen's drain grace), routing
+        none to it meanwhile; those still running when the hive stops go on elsewhere.
+        """
+        grace = self.dispatcher.config.drain_grace_s
+        left = await self.dispatcher.drain_hive(name, grace)
+        if left:
+            log.warning(
+                "jobs still run on a hive being upgraded; they continue on other workers",
+                extra=kv(hive=name, jobs=left, grace_s=grace),
             )
 
     async def _launch(
