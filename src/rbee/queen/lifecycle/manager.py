@@ -15,7 +15,9 @@ SSH connection the queen keeps open (`_Tunnel`): its heartbeats and model pulls 
 port forwarded from the host's loopback to the queen; the hive and its workers bind a loopback
 address of their own on the host (``127.77.x.y``), which the queen mirrors on its own loopback,
 forwarding each port there (the hive's at start, a worker's as the queen first connects to it).
-The URLs the hive reports are then good on the queen's side as they are.
+The URLs the hive reports are then good on the queen's side as they are. After a queen restart,
+a tunnelled hive that still runs gets its tunnel again on the port and address its command line
+names (it cannot report before), rather than being started again.
 """
 
 from __future__ import annotations
@@ -270,24 +272,68 @@ class HostHives:
         if old is not None and not old.conn.closed:
             return old
         conn = await ssh.connect(record.target, self.known, hive=name)
+        if old is not None:
+            # Again the port and address a running hive already uses, when the tunnel is back.
+            return await self._forward(name, conn, old.queen_port, old.address, running=True)
+        return await self._forward(name, conn, 0, self._new_address(), running=False)
+
+    async def _forward(
+        self, name: str, conn: ssh.Connection, queen_port: int, address: str, *, running: bool
+    ) -> _Tunnel:
+        """Make ``conn`` hive ``name``'s tunnel: the queen's port forwarded from the host's
+        loopback ``queen_port`` (0: any), the hive's ``address`` mirrored here (its API
+        forwarded at once when it ``running``). ``conn`` is closed if that fails.
+        """
         try:
             local = self.queen_host if not self.queen_host.startswith(("0.0.0.0", "::")) else ""
-            # Again the port and address a running hive already uses, when the tunnel is back.
-            want = old.queen_port if old is not None else 0
-            queen_port = await conn.forward_remote(want, local or "127.0.0.1", self.queen_port)
+            port = await conn.forward_remote(queen_port, local or "127.0.0.1", self.queen_port)
         except BaseException:
             await conn.close()
             raise
-        if old is not None:
-            address = old.address
-        else:
-            self._addresses += 1
-            address = f"127.77.{self._addresses // 250}.{self._addresses % 250 + 1}"
-        tunnel = _Tunnel(conn, address, queen_port)
+        tunnel = _Tunnel(conn, address, port)
         self._tunnels[name] = self._tunnel_at[address] = tunnel
-        if old is not None:
+        if running:
             await self.before_connect(address, HIVE_PORT)
         return tunnel
+
+    def _new_address(self) -> str:
+        """A loopback address (``127.77.x.y``) no tunnelled hive of this queen uses."""
+        while True:
+            self._addresses += 1
+            address = f"127.77.{self._addresses // 250}.{self._addresses % 250 + 1}"
+            if address not in self._tunnel_at:
+                return address
+
+    async def _reopen_tunnel(self, name: str) -> None:
+        """After a queen restart, give tunnelled hive ``name``, if it still runs, its tunnel
+        again: the queen's port on the host port it reports to, its address mirrored here, so
+        that its next heartbeat arrives. One that does not run is left to `reattach`.
+        """
+        record = self.records.get(name)
+        if record is None:
+            return
+        try:
+            async with self._locks.setdefault(name, trio.Lock()):
+                conn = await ssh.connect(record.target, self.known, hive=name)
+                try:
+                    facts = await steps.preflight(
+                        SshConnector(conn), hive=name, file="", port=HIVE_PORT
+                    )
+                except BaseException:
+                    await conn.close()
+                    raise
+                queen = httpx.URL(facts.running_option("--queen") or "http://-")
+                address = facts.running_option("--host")
+                if not (facts.running_pid and address and queen.host == "127.0.0.1" and queen.port):
+                    await conn.close()
+                    return
+                await self._forward(name, conn, queen.port, address, running=True)
+        except RbeeError as err:
+            log.warning(
+                "cannot reopen the SSH tunnel of a running hive; it is started again if it "
+                "does not report",
+                extra=kv(hive=name, error=str(err)),
+            )
 
     async def _mend_tunnels(self) -> None:
         """Open again, every few heartbeat intervals, the tunnels whose connection has closed."""
@@ -551,6 +597,9 @@ class HostHives:
                 self.dispatcher.expect_hive(record.name, self._reattach_after_s())
         async with trio.open_nursery() as self._nursery:
             task_status.started()
+            for record in self.records.all():
+                if record.auto_start and record.tunnel:
+                    self._nursery.start_soon(self._reopen_tunnel, record.name)
             self._nursery.start_soon(self.reattach)
             self._nursery.start_soon(self._mend_tunnels)
             await trio.sleep_forever()

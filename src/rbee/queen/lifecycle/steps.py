@@ -87,8 +87,10 @@ echo "free_kb=$(df -Pk "$d" 2>/dev/null | awk 'NR == 2 {print $4}')"
 if command -v nvidia-smi > /dev/null 2>&1; then
     nvidia-smi -L 2>/dev/null | sed 's/^/gpu=/'
 fi
-pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+if pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; then
     echo "running=$pid $(cat "$dir/hives/$hive/file" 2>/dev/null)"
+    tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed 's/^/arg=/'
+fi
 """
 
 _INSTALL = r"""
@@ -183,12 +185,22 @@ class HostFacts:
     port_free: bool | None = None
     running_pid: int = 0
     running_file: str = ""
+    running_argv: tuple[str, ...] = ()
+
+    def running_option(self, option: str) -> str:
+        """The value of ``option`` (``--queen``) on the running hive's command line, or ""."""
+        argv = self.running_argv
+        for i, arg in enumerate(argv[:-1]):
+            if arg == option:
+                return argv[i + 1]
+        return ""
 
 
 def _parse_facts(out: str) -> HostFacts:
     values: dict[str, object] = {}
     pythons: list[tuple[str, tuple[int, int]]] = []
     gpus: list[str] = []
+    argv: list[str] = []
     for line in out.splitlines():
         key, _, value = line.partition("=")
         if key == "python":
@@ -198,6 +210,8 @@ def _parse_facts(out: str) -> HostFacts:
                 pythons.append((path, (int(major), int(minor))))
         elif key == "gpu":
             gpus.append(value)
+        elif key == "arg":
+            argv.append(value)
         elif key == "running":
             pid, _, running = value.partition(" ")
             values["running_pid"] = int(pid) if pid.isdigit() else 0
@@ -208,7 +222,12 @@ def _parse_facts(out: str) -> HostFacts:
             values[key] = value == "1"
         elif key == "free_kb" and value.isdigit():
             values["free_bytes"] = int(value) * 1024
-    return HostFacts(pythons=tuple(pythons), gpus=tuple(gpus), **values)  # type: ignore[arg-type]
+    return HostFacts(
+        pythons=tuple(pythons),
+        gpus=tuple(gpus),
+        running_argv=tuple(argv),
+        **values,  # type: ignore[arg-type]
+    )
 
 
 def _candidates(python: str) -> list[str]:
