@@ -463,7 +463,15 @@ class Connection:
             )
             return int(listener.get_port())
 
-        return await self._call(forward)
+        try:
+            return await self._call(forward)
+        except asyncssh.ChannelListenError:
+            # Not an asyncssh.Error: raised when sshd refuses, mostly for a port in use.
+            port = f"port {remote_port}" if remote_port else "a port"
+            raise SshError(
+                f"{_where(self.target)} refused to listen on {port} of its loopback for the "
+                "queen (in use?)"
+            ) from None
 
     async def forward_local(self, host: str, port: int) -> None:
         """Listen on ``host:port`` here and carry each connection to ``host:port`` as the host

@@ -307,33 +307,43 @@ class HostHives:
     async def _reopen_tunnel(self, name: str) -> None:
         """After a queen restart, give tunnelled hive ``name``, if it still runs, its tunnel
         again: the queen's port on the host port it reports to, its address mirrored here, so
-        that its next heartbeat arrives. One that does not run is left to `reattach`.
+        that its next heartbeat arrives. Tried every heartbeat interval until `reattach` would
+        start the hive again (the host may not have let go of the old queen's port yet).
         """
+        deadline = trio.current_time() + self._reattach_after_s()
+        while True:
+            try:
+                await self._reopen_tunnel_once(name)
+                return
+            except RbeeError as err:
+                if trio.current_time() + self.heartbeat_interval_s > deadline:
+                    log.warning(
+                        "cannot reopen the SSH tunnel of a running hive; it is started again "
+                        "if it does not report",
+                        extra=kv(hive=name, error=str(err)),
+                    )
+                    return
+            await trio.sleep(self.heartbeat_interval_s)
+
+    async def _reopen_tunnel_once(self, name: str) -> None:
         record = self.records.get(name)
         if record is None:
             return
-        try:
-            async with self._locks.setdefault(name, trio.Lock()):
-                conn = await ssh.connect(record.target, self.known, hive=name)
-                try:
-                    facts = await steps.preflight(
-                        SshConnector(conn), hive=name, file="", port=HIVE_PORT
-                    )
-                except BaseException:
-                    await conn.close()
-                    raise
-                queen = httpx.URL(facts.running_option("--queen") or "http://-")
-                address = facts.running_option("--host")
-                if not (facts.running_pid and address and queen.host == "127.0.0.1" and queen.port):
-                    await conn.close()
-                    return
-                await self._forward(name, conn, queen.port, address, running=True)
-        except RbeeError as err:
-            log.warning(
-                "cannot reopen the SSH tunnel of a running hive; it is started again if it "
-                "does not report",
-                extra=kv(hive=name, error=str(err)),
-            )
+        async with self._locks.setdefault(name, trio.Lock()):
+            conn = await ssh.connect(record.target, self.known, hive=name)
+            try:
+                facts = await steps.preflight(
+                    SshConnector(conn), hive=name, file="", port=HIVE_PORT
+                )
+            except BaseException:
+                await conn.close()
+                raise
+            queen = httpx.URL(facts.running_option("--queen") or "http://-")
+            address = facts.running_option("--host")
+            if not (facts.running_pid and address and queen.host == "127.0.0.1" and queen.port):
+                await conn.close()
+                return
+            await self._forward(name, conn, queen.port, address, running=True)
 
     async def _mend_tunnels(self) -> None:
         """Open again, every few heartbeat intervals, the tunnels whose connection has closed."""
@@ -595,14 +605,21 @@ class HostHives:
             if record.auto_start:
                 # Jobs sent right after a restart wait for the hives that ran before it.
                 self.dispatcher.expect_hive(record.name, self._reattach_after_s())
-        async with trio.open_nursery() as self._nursery:
-            task_status.started()
-            for record in self.records.all():
-                if record.auto_start and record.tunnel:
-                    self._nursery.start_soon(self._reopen_tunnel, record.name)
-            self._nursery.start_soon(self.reattach)
-            self._nursery.start_soon(self._mend_tunnels)
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as self._nursery:
+                task_status.started()
+                for record in self.records.all():
+                    if record.auto_start and record.tunnel:
+                        self._nursery.start_soon(self._reopen_tunnel, record.name)
+                self._nursery.start_soon(self.reattach)
+                self._nursery.start_soon(self._mend_tunnels)
+                await trio.sleep_forever()
+        finally:
+            # Their hives keep running; a queen started again gives them their tunnels back.
+            for tunnel in self._tunnels.values():
+                await tunnel.conn.close()
+            self._tunnels.clear()
+            self._tunnel_at.clear()
 
     def deploy_events(
         self, name: str, *, upgrade: bool
