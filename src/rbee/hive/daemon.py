@@ -16,7 +16,6 @@ import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -153,13 +152,17 @@ async def run_hive(
                 interval_s=config.heartbeat_interval_s,
             )
             link = QueenLink(config.queen_url, config.token, control)
-            nursery.start_soon(
-                partial(link.heartbeats, state.heartbeat, config.heartbeat_interval_s)
-            )
+            reporting = trio.CancelScope()
+
+            async def heartbeats() -> None:
+                with reporting:
+                    await link.heartbeats(state.heartbeat, config.heartbeat_interval_s)
+
+            nursery.start_soon(heartbeats)
             nursery.start_soon(link.crash_reports, supervisor.exits)
             with trio.move_on_after(config.heartbeat_interval_s):
                 await link.first_tried.wait()
-            await _serve(state, config, listener, nursery, out, shutdown, task_status)
+            await _serve(state, config, listener, nursery, out, shutdown, task_status, reporting)
     finally:
         listener.close()
         gpus.close()
@@ -173,8 +176,12 @@ async def _serve(
     out: TextIO,
     shutdown: Callable[[], Awaitable[None]] | None,
     task_status: trio.TaskStatus[HiveState],
+    reporting: trio.CancelScope,
 ) -> None:
-    """Serve the hive's API on ``listener`` until told to stop; then retire the workers."""
+    """Serve the hive's API on ``listener`` until told to stop; then end the heartbeats in
+    ``reporting`` (a stopping hive is no hive to send jobs to, and a late heartbeat would put
+    it back online at the queen) and retire the workers.
+    """
     from rbee import server
     from rbee.hive.app import create_hive_app
 
@@ -205,5 +212,6 @@ async def _serve(
 
         waiting.start_soon(until, shutdown or server.until_signal)
         waiting.start_soon(until, state.stop_requested.wait)
+    reporting.cancel()
     await state.supervisor.retire_all()
     stop_serving.set()
