@@ -94,6 +94,10 @@ def test_policy_check_runs_under_each_python(version: str, pyz: Path, unpacked: 
     example = ROOT / "policies" / "least_loaded.rhai"
     checked = run(interpreter(version), pyz, "policy", "check", str(example), root=unpacked)
     assert checked.returncode == 0, checked.stderr
+    rules = ROOT / "policies" / "rules.yaml"
+    compiled = run(interpreter(version), pyz, "policy", "compile", str(rules), root=unpacked)
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout.startswith("// Compiled from rules.yaml by rbee")
     bad = run(interpreter(version), pyz, "policy", "check", str(ROOT / "README.md"), root=unpacked)
     assert bad.returncode == 1
     assert bad.stderr.startswith("rbee: error:"), bad.stderr

@@ -207,13 +207,25 @@ def test_a_worker_that_cannot_start_fails_its_job_at_once_with_the_reason(
     assert cluster.get("/v1/workers")["workers"] == []
 
 
-def test_a_killed_worker_leaves_the_registry_within_a_second(cluster: Cluster) -> None:
+def test_a_killed_worker_is_reported_by_its_hive_and_leaves_the_registry(
+    cluster: Cluster,
+) -> None:
     body = {"hive": "local", "model": DEFAULT_MODEL, "wait": True}
     status = httpx.post(f"{cluster.url}/v1/workers", json=body, timeout=180).json()
     eventually_sync(lambda: len(cluster.get("/v1/workers")["workers"]) == 1, 5, "listed")
     os.kill(status["pid"], signal.SIGKILL)
-    took = eventually_sync(lambda: cluster.get("/v1/workers")["workers"] == [], 5, "gone")
-    assert took < 1.0
+    eventually_sync(lambda: cluster.get("/v1/workers")["workers"] == [], 10, "gone")
+
+    # The hive's crash report (sent as the worker exits, not with the next heartbeat) is what
+    # names the exit; a heartbeat that no longer lists the worker does not.
+    def reported() -> bool:
+        errors = cluster.get("/v1/status")["recent_errors"]
+        return any(
+            e["what"] == f"worker {status['id']}" and "exited with code -9" in e["message"]
+            for e in errors
+        )
+
+    eventually_sync(reported, 10, "crash report")
 
 
 def test_pull_to_a_second_hive_and_its_death(own_cluster: Cluster, model_store: Path) -> None:
@@ -255,15 +267,14 @@ def test_pull_to_a_second_hive_and_its_death(own_cluster: Cluster, model_store: 
         worker = psutil.Process(spawned["pid"])
         hive.send_signal(signal.SIGKILL)
         hive.wait()
-        killed_at = time.monotonic()
 
         def offline() -> bool:
             states = {h["name"]: h["status"] for h in cluster.get("/v1/hives")["hives"]}
             return bool(states["second"] == "offline")
 
-        eventually_sync(offline, 5, "second hive offline")
-        # 3 missed intervals, plus the one that may have just begun and a housekeeping tick.
-        assert time.monotonic() - killed_at < 4 * SECOND_INTERVAL_S + 0.3
+        # When, to the interval, is test_registry's (on a mock clock): a bound on the wall clock
+        # here would measure how busy the machine is.
+        eventually_sync(offline, 20 * SECOND_INTERVAL_S, "second hive offline")
         workers = cluster.get("/v1/workers")["workers"]
         assert all(w["hive"] != "second" for w in workers)
         shown = cluster.rbee("hive", "list")

@@ -229,11 +229,11 @@ async def test_a_pinned_worker_says_so_in_every_report(hive: Hive, queen: StandI
 async def test_post_shutdown_with_the_token_retires_the_workers_and_stops_the_hive(
     nursery: trio.Nursery, tmp_path: Path, queen: StandInQueen
 ) -> None:
-    hive = await start_hive(nursery, tmp_path, queen.url, token="hive-secret")
+    hive = await start_hive(nursery, tmp_path, queen.url, token="hive-secret-long-enough")
     async with hive.client:
         refused = await hive.client.post("/v1/shutdown")
         assert refused.status_code == 401
-        auth = {"Authorization": "Bearer hive-secret"}
+        auth = {"Authorization": "Bearer hive-secret-long-enough"}
         pids = [(await spawn(hive, auth, wait=True)).pid for _ in range(2)]
         answer = await hive.client.post("/v1/shutdown", headers=auth)
         assert answer.status_code == 202, answer.text

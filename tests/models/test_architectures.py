@@ -24,6 +24,7 @@ SPECS = {
     "qwen3": Synthetic("qwen3", heads=2, kv_heads=1, head_dim=96),
     # Six layers: five in a sliding window of 5 tokens, the last one global.
     "gemma3": Synthetic("gemma3", layers=6, heads=2, kv_heads=1, head_dim=96, sliding_window=5),
+    "phi3": Synthetic("phi3", kv_heads=4, sliding_window=5, tied=False),
 }
 IDS = [int(t) for t in np.random.default_rng(9).integers(0, 256, 20)]
 

@@ -19,7 +19,7 @@ from rbee.models.importer import (
     name_from_path,
 )
 from rbee.models.store import ModelStore
-from tests.models.helpers import write_tiny_gguf
+from tests.models.helpers import Synthetic, write_synthetic_gguf, write_tiny_gguf
 
 
 def assert_nothing_left(root: Path) -> None:
@@ -106,8 +106,16 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "mamba.gguf", arch="mamba")
     with pytest.raises(
         ModelError,
-        match=r"unsupported architecture 'mamba' \(supported: llama, qwen2, qwen3, gemma3\)",
+        match=r"unsupported architecture 'mamba' \(supported: llama, qwen2, qwen3, gemma3, phi3\)",
     ):
+        import_gguf(ModelStore(tmp_path / "store"), path)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_phi3_with_long_rope_factors_is_refused_naming_them(tmp_path: Path) -> None:
+    spec = Synthetic("phi3", layers=1, rope_factors=True)
+    path = write_synthetic_gguf(tmp_path / "phi3.gguf", spec)
+    with pytest.raises(ModelError, match=r"rope_factors_long\.weight is not supported in phi3"):
         import_gguf(ModelStore(tmp_path / "store"), path)
     assert_nothing_left(tmp_path / "store")
 

@@ -40,7 +40,7 @@ def model() -> None:
 def import_(
     ctx: Context, file: Path, name: str | None, precision: str, models_dir: Path | None
 ) -> None:
-    """Convert a GGUF FILE (llama, qwen2, qwen3 or gemma3) into this machine's model store."""
+    """Convert a GGUF FILE (llama, qwen2, qwen3, gemma3 or phi3) into this machine's model store."""
     from rbee.models.importer import PRECISIONS, import_gguf, name_from_path
     from rbee.models.store import ModelStore
 

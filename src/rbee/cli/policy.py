@@ -1,6 +1,7 @@
-"""``rbee policy check|test|explain|replay``: work with scheduling policy files.
+"""``rbee policy check|compile|test|explain|replay``: work with scheduling policy files.
 
-``check`` and ``test`` run locally on a file. ``explain`` and ``replay`` read the queen's decision
+A policy file is policy source, or YAML rules (``*.yaml``, ``*.yml``) that compile to it; every
+command that takes a file takes either. ``check``, ``compile`` and ``test`` run locally on a file. ``explain`` and ``replay`` read the queen's decision
 log (``GET /v1/decisions``): why one job went where it went, and what a new policy would have
 decided for the last N jobs on the very cluster snapshots the queen saw.
 """
@@ -14,9 +15,10 @@ import click
 from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
 from rbee.cli.output import emit_json
 from rbee.decisions import kind_target
-from rbee.errors import NotFoundError, PolicyError
+from rbee.errors import NotFoundError, PolicyError, UsageError
 from rbee.policy import load_file
 from rbee.policy.cases import describe, load_cases, run_case, summary
+from rbee.policy.rules import compile_rules, is_rules_file
 from rbee.wire.queen import DecisionRecord
 
 __all__ = ["policy"]
@@ -26,11 +28,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.group(cls=Group)
 def policy() -> None:
-    """Check, test, explain and replay scheduling policies.
+    """Check, compile, test, explain and replay scheduling policies.
 
     A policy is a small file (see docs/policies.md and the examples in policies/) with
     fn schedule_job(job, workers[, hives]) that returns a worker, reject(reason),
-    spawn(hive, model) or queue().
+    spawn(hive, model) or queue(); or YAML rules (rules.yaml: conditions and actions, first
+    match wins), which compile to one.
     """
 
 
@@ -41,6 +44,20 @@ def check_cmd(file: Path) -> None:
     compiled = load_file(file)
     lines = compiled.source.count("\n") + 1
     click.echo(f"{file}: ok ({lines} lines)")
+
+
+@policy.command("compile")
+@click.argument("file", type=_FILE)
+def compile_cmd(file: Path) -> None:
+    """Print the policy that the YAML rules in FILE (.yaml or .yml) compile to.
+
+    The rules are checked the way the queen loads them first: an error names the YAML line and
+    column.
+    """
+    if not is_rules_file(file):
+        raise UsageError(f"{file} is not a YAML rules file (.yaml or .yml): nothing to compile")
+    compiled = load_file(file)
+    click.echo(compile_rules(compiled.source, str(file)), nl=False)
 
 
 @policy.command("test")

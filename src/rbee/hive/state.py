@@ -52,12 +52,14 @@ class HiveState:
         """What the queen should know now: host, workers (with fresh slot counts), models."""
         with trio.move_on_after(_POLL_TIMEOUT_S):
             await self.supervisor.refresh_slots(self.control)
+        models = self.models()
         return HiveHeartbeat(
             hive=self.name,
             url=self.url,
             host=host_telemetry(self.gpus),
             workers=self.supervisor.statuses(),
-            models=[m.name for m in self.models()],
+            models=[m.name for m in models],
+            contexts={m.name: m.context_length for m in models},
             labels=self.labels,
             interval_s=self.interval_s,
         )

@@ -345,19 +345,13 @@ class _Builder:
     def attention_inputs(self, normed: str, b: str) -> list[str]:
         """GroupQueryAttention's query, key and value inputs: fused QKV where the block allows."""
         h, arch = self.h, self.model.arch
+        heads = {"attn_q": h.heads, "attn_k": h.kv_heads}
         qkv = self.linear(
-            normed,
-            b + "attn_qkv",
-            [
-                (b + "attn_q.weight", h.heads),
-                (b + "attn_k.weight", h.kv_heads),
-                (b + "attn_v.weight", None),
-            ],
+            normed, b + "attn_qkv", [(b + f"{name}.weight", heads.get(name)) for name in arch.qkv]
         )
-        if self.model.has(b + "attn_q.bias"):
-            bias = np.concatenate(
-                [self.model.floats(b + f"attn_{part}.bias") for part in ("q", "k", "v")]
-            )
+        biases = [b + f"{name}.bias" for name in arch.qkv]
+        if self.model.has(biases[0]):
+            bias = np.concatenate([self.model.floats(name) for name in biases])
             qkv = self.node("Add", [qkv, self.w.add(b + "attn_qkv.bias", bias)])[0]
         if not arch.qk_norm:
             return [qkv, "", ""]
@@ -463,9 +457,7 @@ class _Builder:
                 epsilon=h.rms_eps,
             )
             gate_up = self.linear(
-                normed,
-                b + "ffn_gate_up",
-                [(b + "ffn_gate.weight", None), (b + "ffn_up.weight", None)],
+                normed, b + "ffn_gate_up", [(b + f"{name}.weight", None) for name in arch.gate_up]
             )
             gate, up = self.node("Split", [gate_up, self.const([h.ffn, h.ffn])], 2, axis=-1)
             pending = self.linear(

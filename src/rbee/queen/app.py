@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 
 from rbee import sse, wire
 from rbee.errors import NotFoundError, UsageError
-from rbee.queen import openai_api
+from rbee.queen import openai_api, openapi
 from rbee.queen.auth import Gate, bearer, caller, route_class
 from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
@@ -99,6 +99,8 @@ def _stream_response(dispatcher: Dispatcher, job: Job, after: int = 0) -> Respon
 def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     """The queen's app around ``dispatcher``, its callers checked by ``gate``."""
     app = create_app("rbee-queen")
+    # Made at the first request, once every route (the cluster's and the SSH hives') is added.
+    described: list[bytes] = []
 
     @app.before_request
     async def _check_caller() -> None:
@@ -137,7 +139,9 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
 
     @app.post("/v1/jobs")
     async def submit() -> Response:
-        job = gate.submit(dispatcher, caller(), wire.decode(await request.get_data(), JobRequest))
+        job_request = wire.decode(await request.get_data(), JobRequest)
+        await dispatcher.prompts.check(job_request)
+        job = gate.submit(dispatcher, caller(), job_request)
         await dispatcher.accepted(job)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(dispatcher, job)
@@ -199,6 +203,12 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     async def status() -> Response:
         return json_response(dispatcher.status())
 
+    @app.get("/openapi.json")
+    async def openapi_document() -> Response:
+        if not described:
+            described.append(wire.encode(openapi.document(app)))
+        return Response(described[0], mimetype="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         text = dispatcher.metrics.render(dispatcher.gauges)
@@ -222,4 +232,4 @@ def _key_routes(app: QuartTrio, keys: KeyStore) -> None:
 
     @app.delete("/v1/keys/<name>")
     async def revoke_key(name: str) -> Response:
-        return json_response(keys.revoke(name).info())
+        return json_response(keys.revoke(wire.check_name(name, "name")).info())

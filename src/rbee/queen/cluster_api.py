@@ -50,14 +50,18 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
 
     @app.get("/v1/hives/<name>/models")
     async def hive_models(name: str) -> Response:
+        wire.check_name(name, "name")
         return json_response(ModelList(await hives.client(name).models()))
 
     @app.delete("/v1/hives/<name>/models/<model>")
     async def remove_model(name: str, model: str) -> Response:
+        wire.check_name(name, "name")
+        wire.check_name(model, "model")
         return json_response(await hives.client(name).remove_model(model))
 
     @app.post("/v1/hives/<name>/models/pull")
     async def pull_model(name: str) -> Response:
+        wire.check_name(name, "name")
         req = wire.decode(await request.get_data(), ModelPullRequest)
         hives.check_pull(name, req.model)
         return Response(_pull_stream(hives, name, req.model), headers=sse.SSE_HEADERS)

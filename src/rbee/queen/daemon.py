@@ -33,6 +33,7 @@ from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
 from rbee.queen.lifecycle import routes as lifecycle_routes
 from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
+from rbee.queen.prompts import PromptCheck
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
@@ -141,6 +142,7 @@ async def run_queen(
         app = build_app(dispatcher, gate)
         fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
+        dispatcher.prompts = PromptCheck(dispatcher.registry, hives.store)
         if provision and provisioner is None:
             dispatcher.provisioner = hives
         hives.token_for = gate.credentials.hive

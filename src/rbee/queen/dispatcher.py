@@ -49,11 +49,12 @@ import trio
 from rbee import __version__, sse, wire
 from rbee.config import QueenConfig
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
-from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError
+from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError, UsageError
 from rbee.log import kv
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
 from rbee.queen.metrics import Labels, Metrics
+from rbee.queen.prompts import PromptCheck
 from rbee.queen.registry import STALE_INTERVALS, Registry
 from rbee.queen.relay import AttemptError, Outcome, StallBounds, cancel_on_worker, run_attempt
 from rbee.queen.scheduler import Watched, make_fallback
@@ -113,6 +114,9 @@ class Dispatcher:
         # Awaited before the queen opens a connection to a worker (see `rbee.queen.http11`).
         self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
+        # A prompt too long for its model is refused before it is submitted; the daemon gives
+        # it the queen's store, whose tokenizers count the prompts that may not fit.
+        self.prompts = PromptCheck(self.registry, None)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback)
         self.provisioner = provisioner
@@ -255,6 +259,20 @@ class Dispatcher:
 
     # --- admission -------------------------------------------------------------------------
 
+    def _check_fits(self, request: JobRequest) -> None:
+        """Refuse (400) a request the model's context cannot hold: as OpenAI does, ``max_tokens``
+        is never cut down to what is left. The prompt's own length is checked by the worker,
+        or, when it may be too long, before the job is submitted (`PromptCheck.check`)."""
+        context = self.prompts.context(request.model)
+        if context is not None and request.max_tokens >= context:
+            raise UsageError(
+                f"max_tokens is too large: {request.max_tokens}. Model {request.model!r} has a "
+                f"context of {context} tokens, which leaves at most {context - 1} for the "
+                "completion after a prompt of one token",
+                param="max_tokens",
+                code="invalid_value",
+            )
+
     def submit(self, request: JobRequest, tenant: str = "") -> Job:
         """Admit a job of ``tenant``; raise `ModelNotFoundError`, `NoWorkerError`,
         `QueueFullError`, or a 503 while draining."""
@@ -262,6 +280,7 @@ class Dispatcher:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
             )
+        self._check_fits(request)
         if request.seed is None:
             # A seed of its own makes the job resumable on another worker (and reproducible).
             request = msgspec.structs.replace(request, seed=secrets.randbits(63))
@@ -552,6 +571,8 @@ class Dispatcher:
                 await self._retry_later(job)
             else:
                 self._not_running(job)
+                if failure.refusal is not None:
+                    job.failure = failure.refusal
                 if failure.retryable and job.attempts > 1:
                     message = f"gave up after {job.attempts} attempts; last: {message}"
                 self._finish(job, "failed", error=message)

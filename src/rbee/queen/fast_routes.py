@@ -11,7 +11,8 @@ job, a body that is too large, not
 sized by ``Content-Length`` or does not decode, a job that is not held any more) goes to the
 quart app with its body, which answers it as it answers every request. Only a refusal by
 `Gate.submit` (a model the key may not use, its quota used up, queue full, unknown model, no
-worker, shutting down) is answered here, with `rbee.server.error_parts` like every other error.
+worker, shutting down, ``max_tokens`` beyond the context) or by
+`rbee.queen.prompts.PromptCheck` (a prompt the model's context cannot hold) is answered here, with `rbee.server.error_parts` like every other error.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class FastRoutes:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
+            if self.dispatcher.prompts.might_not_fit(request):
+                await self.dispatcher.prompts.check(request)
             job = self.gate.submit(self.dispatcher, who, request)
         except RbeeError as err:
             await _answer_error(send, err)
@@ -145,7 +148,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 def _decode(body: bytes) -> JobRequest | None:
     try:
         return _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

@@ -302,6 +302,14 @@ class Registry:
                 names.update(hive.heartbeat.models)
         return sorted(names)
 
+    def context_length(self, model: str) -> int | None:
+        """The model's context in tokens as its online hives report it (the least); None when
+        none does."""
+        found = [
+            n for h in self._hives.values() if h.online and (n := h.heartbeat.contexts.get(model))
+        ]
+        return min(found) if found else None
+
     def hives(self) -> list[HiveRecord]:
         return list(self._hives.values())
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 
 import msgspec
 import trio
 
 from rbee import sse, wire
+from rbee.errors import ApiError, RbeeError
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import Job
 from rbee.wire import worker as wire_worker
@@ -37,13 +39,22 @@ _ERROR = sse.ERROR_PREFIX.encode()
 class AttemptError(Exception):
     """The attempt failed; ``retryable`` when the job may run (or continue) elsewhere.
 
-    ``stalled``: the worker went silent, rather than failing or going away.
+    ``stalled``: the worker went silent, rather than failing or going away. ``refusal``: the
+    worker refused the request itself (a 4xx), as the error its client should get.
     """
 
-    def __init__(self, message: str, *, retryable: bool, stalled: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        stalled: bool = False,
+        refusal: RbeeError | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.stalled = stalled
+        self.refusal = refusal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +77,14 @@ class Outcome:
     tokens_out: int
 
 
-def _error_message(status: int, body: bytes) -> str:
+_error_body = msgspec.json.Decoder(wire.ErrorBody)
+
+
+def _error_detail(status: int, body: bytes) -> wire.ErrorDetail:
     try:
-        return str(msgspec.json.decode(body)["error"]["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return f"HTTP {status}"
+        return _error_body.decode(body).error
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return wire.ErrorDetail(message=f"HTTP {status}")
 
 
 class _Relay:
@@ -188,24 +202,28 @@ async def run_attempt(
             if job_id is None:
                 raise relay.fail(f"{where} answered a stream without its job id")
             job.worker_job_url = f"/v1/inference/{job_id.decode()}"
-            while True:
-                timeout = relay.timeout(bounds)
-                with trio.move_on_after(timeout) as waiting:
+            # One watchdog whose deadline each read moves on: a cancel scope a read would cost
+            # the queen more than the relaying itself for short jobs.
+            with trio.CancelScope() as watchdog:
+                while True:
+                    timeout = relay.timeout(bounds)
+                    watchdog.deadline = trio.current_time() + timeout
                     chunk = await response.read()
-                if waiting.cancelled_caught:
-                    raise relay.fail(
-                        f"{where} stalled: it sent nothing for {timeout:g} s", stalled=True
-                    )
-                if chunk is None:
-                    break
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    if relay.line(line.rstrip(b"\r")):
-                        assert relay.outcome is not None
-                        # Read the (empty) rest, so that the connection goes back to the pool.
-                        while await response.read() is not None:
-                            pass
-                        return relay.outcome
+                    if chunk is None:
+                        break
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if relay.line(line.rstrip(b"\r")):
+                            assert relay.outcome is not None
+                            # Read the (empty) rest, so that the connection goes back to the pool.
+                            watchdog.deadline = math.inf
+                            while await response.read() is not None:
+                                pass
+                            return relay.outcome
+            if watchdog.cancelled_caught:
+                raise relay.fail(
+                    f"{where} stalled: it sent nothing for {timeout:g} s", stalled=True
+                )
     except (*TransportError, msgspec.DecodeError) as err:
         raise relay.fail(f"the stream from {where} broke: {err!r}") from None
     except UnicodeDecodeError:
@@ -214,10 +232,14 @@ async def run_attempt(
 
 
 def _refused(where: str, status: int, body: bytes) -> AttemptError:
-    message = _error_message(status, body)
+    detail = _error_detail(status, body)
     if status == 429 or status >= 500:
-        return AttemptError(f"{where} answered {status}: {message}", retryable=True)
-    return AttemptError(f"{where} refused the job: {message}", retryable=False)
+        return AttemptError(f"{where} answered {status}: {detail.message}", retryable=True)
+    refusal = ApiError(detail.message, status, error_type=detail.type, code=detail.code)
+    refusal.param = detail.param
+    return AttemptError(
+        f"{where} refused the job: {detail.message}", retryable=False, refusal=refusal
+    )
 
 
 async def cancel_on_worker(pool: Pool, url: str, worker_job_path: str) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from rbee.wire import NAME_PATTERN
 from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, sampling_fields
 
 __all__ = [
@@ -64,7 +65,7 @@ WorkerState = Literal["loading", "ready", "busy", "stopping"]
 # What a scheduling decision was (see `rbee.decisions`).
 DecisionKind = Literal["route", "spawn", "queue", "reject"]
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
 
 
 class GpuTelemetry(Struct, frozen=True, kw_only=True):
@@ -121,13 +122,18 @@ class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
 
 
 class HiveHeartbeat(Struct, frozen=True, kw_only=True):
-    """Everything the queen knows about a host, resent every interval."""
+    """Everything the queen knows about a host, resent every interval.
+
+    ``contexts``: the context length in tokens of each model in ``models`` (the queen refuses a
+    request that cannot fit before a worker sees it).
+    """
 
     hive: Name
     url: str
     host: HostTelemetry
     workers: list[WorkerStatus] = []
     models: list[str] = []
+    contexts: dict[str, int] = {}
     labels: dict[str, str] = {}
     interval_s: float = 1.0
 
