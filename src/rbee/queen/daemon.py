@@ -175,6 +175,7 @@ async def run_queen(
             token=config.token,
             queen_host=config.host,
             heartbeat_interval_s=config.heartbeat_interval_s,
+            http=control,
         )
         hosts.token_for = functools.partial(hive_token, gate.secret)
         lifecycle_routes.add_routes(app, hosts)

@@ -37,6 +37,7 @@ __all__ = [
     "PullProgress",
     "PullRequest",
     "Pulled",
+    "ShuttingDown",
     "SpawnRequest",
     "WorkerList",
     "WorkerLog",
@@ -74,6 +75,14 @@ class WorkerRetired(Struct, frozen=True, kw_only=True):
     id: str
     exit_code: int | None
     killed: bool = False
+
+
+class ShuttingDown(Struct, frozen=True, kw_only=True):
+    """The answer to ``POST /v1/shutdown``: hive ``hive`` retires its ``workers``, then exits."""
+
+    hive: str
+    pid: int
+    workers: int
 
 
 class WorkerLog(Struct, frozen=True):
