@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint typecheck pytest build build-full demo clean
+.PHONY: test lint typecheck pytest build build-full demo screenshots clean
 
 PROMPT ?=
 
@@ -48,6 +48,10 @@ rbee-full.pyz: $(VENV)/.installed $(shell find src -name '*.py' -o -name '*.lark
 build: rbee.pyz
 
 build-full: rbee-full.pyz
+
+# One PNG per page of the queen's web page (README.md shows them), taken by its browser tests.
+screenshots: $(VENV)/.installed
+	RBEE_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/ui -q
 
 demo: rbee.pyz
 	scripts/demo.sh $(if $(PROMPT),"$(PROMPT)")

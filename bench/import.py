@@ -19,11 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.models.helpers import LlamaShape, write_llama_shaped_gguf  # noqa: E402
 
 _CHILD = """
 import resource
@@ -52,72 +51,7 @@ print(manifest.size_bytes, peak)
 """
 
 # Llama 3.2 3B's shape: 3.2B parameters.
-_3B = {"layers": 28, "hidden": 3072, "ffn": 8192, "heads": 24, "kv_heads": 8, "vocab": 128256}
-
-
-def write_synthetic_3b(path: Path) -> Path:
-    """A llama GGUF of ``_3B``'s shape, random Q8_0 blocks, written one tensor at a time."""
-    from tests.models.helpers import byte_level_tokens
-
-    s = _3B
-    q8 = GGMLQuantizationType.Q8_0
-    rng = np.random.default_rng(0)
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(s["layers"])
-    writer.add_context_length(4096)
-    writer.add_embedding_length(s["hidden"])
-    writer.add_feed_forward_length(s["ffn"])
-    writer.add_head_count(s["heads"])
-    writer.add_head_count_kv(s["kv_heads"])
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(500000.0)
-    tokens = byte_level_tokens() + [f"<|reserved_{i}|>" for i in range(s["vocab"] - 256)]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("llama-bpe")
-    writer.add_token_list(tokens)
-    writer.add_token_types([1] * 256 + [3] * (s["vocab"] - 256))
-    writer.add_token_merges([])
-    writer.add_eos_token_id(256)
-    h, kv = s["hidden"], s["kv_heads"] * s["hidden"] // s["heads"]
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (s["vocab"], h),
-        "output_norm.weight": (h,),
-    }
-    for i in range(s["layers"]):
-        b = f"blk.{i}."
-        shapes |= {
-            b + "attn_norm.weight": (h,),
-            b + "ffn_norm.weight": (h,),
-            b + "attn_q.weight": (h, h),
-            b + "attn_k.weight": (kv, h),
-            b + "attn_v.weight": (kv, h),
-            b + "attn_output.weight": (h, h),
-            b + "ffn_gate.weight": (s["ffn"], h),
-            b + "ffn_up.weight": (s["ffn"], h),
-            b + "ffn_down.weight": (h, s["ffn"]),
-        }
-    _, size = GGML_QUANT_SIZES[q8]
-    for name, shape in shapes.items():
-        if len(shape) == 1:
-            writer.add_tensor_info(name, shape, np.dtype(np.float32), shape[0] * 4)
-        else:
-            byte_shape = (shape[0], shape[1] // 32 * size)
-            nbytes = byte_shape[0] * byte_shape[1]
-            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=q8)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for shape in shapes.values():
-        if len(shape) == 1:
-            writer.write_tensor_data(np.ones(shape, np.float32))
-            continue
-        rows, blocks = shape[0], shape[1] // 32
-        raw = rng.integers(-127, 128, (rows, blocks, size), dtype=np.int8).view(np.uint8)
-        d = (rng.standard_normal((rows, blocks, 1)) * 0.02 / 64).astype(np.float16)
-        raw[..., 0:2] = d.view(np.uint8)
-        writer.write_tensor_data(raw.reshape(rows, -1))
-    writer.close()
-    return path
+_3B = LlamaShape(layers=28, hidden=3072, ffn=8192, heads=24, kv_heads=8, vocab=128256)
 
 
 def measure(gguf: Path, precisions: str, answer: bool) -> None:
@@ -152,7 +86,7 @@ def main() -> None:
     sets = args.precisions or ["int4", "fp32", "int4,fp32"]
     with tempfile.TemporaryDirectory() as scratch:
         if args.synthetic_3b:
-            gguf = write_synthetic_3b(Path(scratch) / "synthetic-llama-3b.Q8_0.gguf")
+            gguf = write_llama_shaped_gguf(Path(scratch) / "synthetic-llama-3b.Q8_0.gguf", _3B)
         elif args.gguf is not None:
             gguf = args.gguf
         else:

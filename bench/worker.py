@@ -1,7 +1,9 @@
-"""Worker throughput: prefill, decode tokens/s at 1, 2, 4 and 8 streams and peak RSS, fp32 and int4.
+"""Worker throughput: prefill, decode tokens/s at 1, 2, 4 and 8 streams and peak RSS per precision.
 
-Usage: ``python bench/worker.py [--model NAME] [--threads 2] [--models-dir DIR] [--tokens 64]``
-(``--model``: any imported model, default the default one).
+Usage: ``python bench/worker.py [--model NAME] [--threads 2] [--models-dir DIR] [--tokens 64]
+[--precision fp32,int4] [--device cpu] [--streams 1,2,4,8]`` (``--model``: any imported model,
+default the default one; ``--precision``: the graphs to measure, default fp32 and int4 on the CPU,
+fp16 on a GPU; ``--device cuda`` or ``cuda:N`` runs on a GPU and adds the worker's VRAM from NVML).
 
 Runs in-process: the real ONNX Runtime engine driven by the worker's own batching core
 (`rbee.worker.batch.Batch`, greedy sampling, detokenization, stop handling), without HTTP. Each
@@ -20,6 +22,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,7 +40,7 @@ PARAGRAPH = (
     "of the early nineteenth century to the light carbon frames of today. Each step changed who "
     "could ride, how far they could go, and what cities built for them. "
 )
-STREAMS = (1, 2, 4, 8)
+STREAMS = "1,2,4,8"
 TOPICS = ["rivers", "bread", "stars", "chess", "bees", "glass", "trains", "tea"]
 
 
@@ -52,17 +55,20 @@ def long_prompt(encode: Any) -> list[int]:
     return ids[:PROMPT_TOKENS]
 
 
-def measure_rbee(
-    model: str, precision: str, threads: int, tokens: int, models_dir: Path | None
-) -> dict[str, float]:
+def measure_rbee(args: argparse.Namespace, precision: str) -> dict[str, float]:
     """The figures for one precision, in this process."""
     from rbee.config import WorkerConfig, default_models_dir
     from rbee.wire.worker import SamplingParams
     from rbee.worker.batch import Admit, Batch
     from rbee.worker.daemon import load_model
 
-    config = WorkerConfig(precision=precision, threads=threads, slots=8)
-    engine, tokenizer, _ = load_model(model, config, models_dir or default_models_dir())
+    streams_list = parse_streams(args.streams)
+    config = WorkerConfig(
+        precision=precision, device=args.device, threads=args.threads, slots=max(streams_list)
+    )
+    # A GPU run that got another provider than CUDA is refused by the engine itself.
+    engine, tokenizer, _ = load_model(args.model, config, args.models_dir or default_models_dir())
+    tokens = args.tokens
 
     class NoStops:
         stop_token_ids: Sequence[int] = ()
@@ -81,10 +87,10 @@ def measure_rbee(
     figures = {"prefill_ms": 1000 * statistics.median(samples)}
 
     params = SamplingParams(temperature=0.0, max_tokens=tokens)
-    for streams in STREAMS:
+    for streams in streams_list:
         batch = Batch(engine, NoStops())
         admits = [
-            Admit(str(i), i, tokenizer.encode(f"Tell me about {TOPICS[i]}."), params, 0.0)
+            Admit(str(i), i, tokenizer.encode(f"Tell me about {TOPICS[i % 8]}."), params, 0.0)
             for i in range(streams)
         ]
         batch.step(admits)
@@ -94,7 +100,18 @@ def measure_rbee(
         elapsed = time.perf_counter() - start
         figures[f"decode_tok_s_{streams}"] = streams * (tokens - 1) / elapsed
     figures["peak_rss_mb"] = peak_rss_mb()
+    if args.device != "cpu":
+        from rbee.hive.telemetry import Gpus
+
+        gpus = Gpus()
+        figures["vram_mb"] = gpus.per_process().get(os.getpid(), (0.0, 0.0))[1]
+        gpus.close()
     return figures
+
+
+def parse_streams(text: str) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]``."""
+    return [int(n) for n in text.split(",")]
 
 
 def gguf_path(model: str, models_dir: Path | None) -> Path:
@@ -114,7 +131,9 @@ def gguf_path(model: str, models_dir: Path | None) -> Path:
     return source
 
 
-def measure_llama_cpp(gguf: Path, threads: int, tokens: int) -> dict[str, float]:
+def measure_llama_cpp(
+    gguf: Path, threads: int, tokens: int, streams_list: Sequence[int]
+) -> dict[str, float]:
     """The same figures for llama.cpp on the same GGUF, in this process.
 
     Prefill goes through the high-level `Llama.eval`; decoding uses llama.cpp's own batch API
@@ -133,9 +152,9 @@ def measure_llama_cpp(gguf: Path, threads: int, tokens: int) -> dict[str, float]
         llm.eval(prompt)
         samples.append(time.perf_counter() - start)
     figures = {"prefill_ms": 1000 * statistics.median(samples[1:])}
-    for streams in STREAMS:
+    for streams in streams_list:
         prompts = [
-            llm.tokenize(f"Tell me about {TOPICS[i]}.".encode(), add_bos=False)
+            llm.tokenize(f"Tell me about {TOPICS[i % 8]}.".encode(), add_bos=False)
             for i in range(streams)
         ]
         figures[f"decode_tok_s_{streams}"] = _llama_cpp_streams(llama_cpp, llm, prompts, tokens)
@@ -204,6 +223,10 @@ def run_child(args: argparse.Namespace, which: str) -> dict[str, float]:
         str(args.tokens),
         "--model",
         args.model,
+        "--device",
+        args.device,
+        "--streams",
+        args.streams,
     ]
     if args.gguf:
         command += ["--gguf", str(args.gguf)]
@@ -227,37 +250,45 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--model", default=MODEL, help=f"an imported model (default {MODEL})")
     parser.add_argument("--gguf", type=Path, help="the GGUF for llama.cpp (default: the source)")
+    parser.add_argument("--precision", help="graphs to measure, comma-separated")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--streams", default=STREAMS, help="concurrent streams, comma-separated")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        args.device = "cuda:0"
+    streams_list = parse_streams(args.streams)
     if args.child:
         if args.child == "llama.cpp":
             gguf = args.gguf or gguf_path(args.model, args.models_dir)
-            figures = measure_llama_cpp(gguf, args.threads, args.tokens)
+            figures = measure_llama_cpp(gguf, args.threads, args.tokens, streams_list)
         else:
-            figures = measure_rbee(
-                args.model, args.child, args.threads, args.tokens, args.models_dir
-            )
+            figures = measure_rbee(args, args.child)
         print(json.dumps(figures))
         return
 
-    runs = {f"rbee {p}": run_child(args, p) for p in ("fp32", "int4")}
-    if importlib.util.find_spec("llama_cpp") is not None:
+    default = "fp32,int4" if args.device == "cpu" else "fp16"
+    precisions = (args.precision or default).split(",")
+    runs = {f"rbee {p}": run_child(args, p) for p in precisions}
+    if importlib.util.find_spec("llama_cpp") is not None and args.device == "cpu":
         runs["llama.cpp"] = run_child(args, "llama.cpp")
     print(
-        f"model {args.model}, {args.threads} threads, prompt {PROMPT_TOKENS} tokens, "
-        f"{args.tokens} tokens per stream, in-process engine + batching core (no HTTP)"
+        f"model {args.model} on {args.device}, {args.threads} threads, prompt {PROMPT_TOKENS} "
+        f"tokens, {args.tokens} tokens per stream, in-process engine + batching core (no HTTP)"
     )
-    columns = "".join(f" {f'tok/s x{n}':>9}" for n in STREAMS)
-    print(f"{'engine':<16} {'prefill ms':>10}{columns} {'peak RSS MB':>12}")
+    columns = "".join(f" {f'tok/s x{n}':>9}" for n in streams_list)
+    vram = f" {'VRAM MB':>8}" if args.device != "cpu" else ""
+    print(f"{'engine':<16} {'prefill ms':>10}{columns} {'peak RSS MB':>12}{vram}")
     for name, f in runs.items():
-        rates = "".join(f" {show(f.get(f'decode_tok_s_{n}'), '9.1f')}" for n in STREAMS)
+        rates = "".join(f" {show(f.get(f'decode_tok_s_{n}'), '9.1f')}" for n in streams_list)
+        used = f" {show(f.get('vram_mb'), '8.0f')}" if vram else ""
         print(
             f"{name:<16} {show(f.get('prefill_ms'), '10.1f')}{rates} "
-            f"{show(f.get('peak_rss_mb'), '12.0f')}"
+            f"{show(f.get('peak_rss_mb'), '12.0f')}{used}"
         )
     if "llama.cpp" in runs:
         base = runs["llama.cpp"]
-        for name in ("rbee fp32", "rbee int4"):
+        for name in [n for n in runs if n != "llama.cpp"]:
             f = runs[name]
             print(
                 f"{name} / llama.cpp: prefill time x{f['prefill_ms'] / base['prefill_ms']:.2f}, "
@@ -265,10 +296,10 @@ def main() -> None:
                 + ", ".join(
                     f"x{f[f'decode_tok_s_{n}'] / base[f'decode_tok_s_{n}']:.2f} "
                     f"({n} stream{'s' if n > 1 else ''})"
-                    for n in STREAMS
+                    for n in streams_list
                 )
             )
-    else:
+    elif args.device == "cpu":
         print("llama.cpp: llama_cpp (llama-cpp-python) is not installed; no comparison")
 
 

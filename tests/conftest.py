@@ -41,10 +41,10 @@ def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store root holding the default model, imported once with both precisions.
+    """A model store root holding the default model, imported once in every precision.
 
     The model is ``rbee.models.importer.DEFAULT_MODEL`` (``smollm2-135m-instruct``), with the
-    ``int4`` and ``fp32`` graphs; tests must not change the store.
+    ``int4``, ``fp16`` and ``fp32`` graphs; tests must not change the store.
     """
     from rbee.models.importer import DEFAULT_MODEL, PRECISIONS, default_model_path, import_gguf
     from rbee.models.store import ModelStore

@@ -1,4 +1,5 @@
-"""Helpers for any test package: waiting for an effect that has no event to wait on, processes."""
+"""Helpers for any test package: waiting for an effect that has no event to wait on, processes,
+raw HTTP for what a well-behaved client cannot send."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+import httpx
+import msgspec
 import psutil
 import trio
+
+from rbee.server import MAX_BODY_BYTES
 
 POLL_S = 0.02
 
@@ -71,3 +76,34 @@ def listed_commands(help_text: str) -> list[str]:
     """The command names in the "Commands:" section of a group's ``--help``."""
     section = help_text.split("Commands:\n", 1)[1]
     return [line.split()[0] for line in section.splitlines() if line[:3].strip()]
+
+
+async def raw_http(url: str, head: bytes) -> tuple[bytes, bytes]:
+    """Send ``head`` (a request line and headers; any body is announced, never sent) to the
+    server at ``url`` and read the JSON error it answers: (status line, headers and body)."""
+    parsed = httpx.URL(url)
+    stream = await trio.open_tcp_stream(parsed.host, parsed.port or 80)
+    async with stream:
+        await stream.send_all(head)
+        data = b""
+        while not data.endswith(b"}}") and (chunk := await stream.receive_some(65536)):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return status_line, rest
+
+
+async def assert_body_limit(url: str, method: str, path: str, token: str = "") -> None:
+    """A request to ``path`` that announces a body over the limit is a 413 at once, unread."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {httpx.URL(url).netloc.decode()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n{auth}\r\n"
+    ).encode()
+    with trio.fail_after(10):
+        status_line, rest = await raw_http(url, head)
+    assert status_line == b"HTTP/1.1 413 ", rest
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    error = msgspec.json.decode(body)["error"]
+    assert error["code"] == "body_too_large"
+    assert str(MAX_BODY_BYTES) in error["message"]

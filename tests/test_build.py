@@ -94,6 +94,10 @@ def test_policy_check_runs_under_each_python(version: str, pyz: Path, unpacked: 
     example = ROOT / "policies" / "least_loaded.rhai"
     checked = run(interpreter(version), pyz, "policy", "check", str(example), root=unpacked)
     assert checked.returncode == 0, checked.stderr
+    rules = ROOT / "policies" / "rules.yaml"
+    compiled = run(interpreter(version), pyz, "policy", "compile", str(rules), root=unpacked)
+    assert compiled.returncode == 0, compiled.stderr
+    assert compiled.stdout.startswith("// Compiled from rules.yaml by rbee")
     bad = run(interpreter(version), pyz, "policy", "check", str(ROOT / "README.md"), root=unpacked)
     assert bad.returncode == 1
     assert bad.stderr.startswith("rbee: error:"), bad.stderr
@@ -162,6 +166,14 @@ def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
     for abi, listing in listings.items():
         assert f"onnxruntime/capi/onnxruntime_pybind11_state.{tag(abi, 'x86_64')}.so" in listing
     assert sum(map(len, listings.values())) > 2 * len(stored)
+
+
+def test_pyz_carries_the_web_page(pyz: Path) -> None:
+    """Every file of the queen's page ships in the archive, byte for byte."""
+    web = ROOT / "src" / "rbee" / "queen" / "web"
+    with zipfile.ZipFile(pyz) as zf:
+        for path in web.iterdir():
+            assert zf.read(f"site-packages/rbee/queen/web/{path.name}") == path.read_bytes()
 
 
 def tag(abi: str, arch: str) -> str:

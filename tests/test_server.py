@@ -3,8 +3,12 @@ from error class to status."""
 
 from __future__ import annotations
 
+import functools
+
+import httpx
 import msgspec
 import pytest
+import trio
 
 from rbee.errors import (
     ApiError,
@@ -20,7 +24,7 @@ from rbee.errors import (
     SshError,
     UsageError,
 )
-from rbee.server import create_app, error_parts, is_loopback, require_token
+from rbee.server import bearer_ok, create_app, error_parts, is_loopback, require_token, serve
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -33,7 +37,21 @@ def test_loopback_hosts_need_no_token(host: str) -> None:
 def test_other_hosts_need_a_token(host: str) -> None:
     with pytest.raises(ConfigError, match=r"refusing to serve the hive on .* hive\.token"):
         require_token(host, "", "hive", "hive.token")
-    require_token(host, "t", "hive", "hive.token")
+    require_token(host, "t" * 16, "hive", "hive.token")
+
+
+@pytest.mark.parametrize(
+    "token", ["short", "x" * 15, " " * 20, "sixteen chars or more, with spaces"]
+)
+def test_a_guessable_token_is_refused_at_start(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"at least 16 characters, without spaces"):
+        require_token("127.0.0.1", token, "queen", "queen.token")
+
+
+def test_an_empty_bearer_never_matches() -> None:
+    assert not bearer_ok("Bearer ", "")
+    assert not bearer_ok("", "")
+    assert bearer_ok("Bearer " + "k" * 16, "k" * 16)
 
 
 async def test_a_token_guards_every_route_but_health() -> None:
@@ -105,3 +123,26 @@ async def test_quart_routes_answer_errors_through_the_one_mapping() -> None:
     bad = await client.post("/v1/thing")
     assert bad.status_code == 400
     assert (await bad.get_json())["error"]["param"] == "temperature"
+
+
+async def test_a_client_that_sends_its_headers_slowly_is_cut_off(nursery: trio.Nursery) -> None:
+    app = create_app("test")
+
+    @app.get("/v1/thing")
+    async def thing() -> dict[str, bool]:
+        return {"ok": True}
+
+    url: str = await nursery.start(
+        functools.partial(
+            serve, app, "127.0.0.1", 0, shutdown=trio.sleep_forever, header_timeout=0.5
+        )
+    )
+    port = int(url.rsplit(":", 1)[1])
+    slow = await trio.open_tcp_stream("127.0.0.1", port)
+    async with slow, httpx.AsyncClient() as client:
+        await slow.send_all(b"GET /v1/thing HTTP/1.1\r\nHost: x\r\n")
+        # Others are served while the slow client holds its connection.
+        assert (await client.get(f"{url}/v1/thing")).json() == {"ok": True}
+        # The headers never end: the server closes the connection (with nothing to say).
+        with trio.fail_after(10):
+            assert await slow.receive_some(100) == b""

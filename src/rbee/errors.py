@@ -34,7 +34,9 @@ OpenAI-style ``type`` and ``code`` drawn beside it (the class attributes `RbeeEr
     │                                                 or run (the operator's file, not the request)
     └── SshError              502 server_error        an SSH connection, command or transfer failed
 
-``invalid_request`` stands for ``invalid_request_error``. A `ModelError` is a 422: the request
+``invalid_request`` stands for ``invalid_request_error``. A body that is not UTF-8 JSON of the
+route's wire type is a `UsageError` (`rbee.wire.decode`); one over the size limit is answered 413
+``body_too_large`` before any route runs (`rbee.server.BodyLimit`). A `ModelError` is a 422: the request
 was well formed, the model cannot serve it. A hive's or worker's missing or wrong token is
 answered by `rbee.server.create_app` before any route runs, the queen's callers by
 `rbee.queen.auth`; both answer as `AuthError` does. Every error's message says what went wrong and, where it can, what to do
@@ -81,15 +83,18 @@ class RbeeError(Exception):
 
 
 class UsageError(RbeeError):
-    """A command line or request body was malformed; ``param`` names the field, when known."""
+    """A command line or request body was malformed; ``param`` names the field, when known,
+    and ``code`` says what was wrong when OpenAI has a name for it (``context_length_exceeded``).
+    """
 
     exit_code = 2
     status = 400
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class ConfigError(RbeeError):

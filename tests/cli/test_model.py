@@ -53,11 +53,11 @@ def test_models_dir_defaults_to_the_worker_setting(tmp_path: Path) -> None:
         "import",
         str(default_model_path()),
         "--precision",
-        "int4",
+        "fp16",
         env={**os.environ, "RBEE_WORKER_MODELS_DIR": str(store)},
     )
     assert result.returncode == 0, result.stderr
-    assert ModelStore(store).get("smollm2-135m-instruct.q4_1").precisions == ["int4"]
+    assert ModelStore(store).get("smollm2-135m-instruct.q4_1").precisions == ["fp16"]
 
 
 def test_bad_precision_is_a_usage_error(tmp_path: Path) -> None:

@@ -16,19 +16,21 @@ from tests.helpers import eventually, run_rbee
 from tests.queen.conftest import QueenHandle, start_queen
 from tests.queen.fake_worker import FakeWorker, heartbeat
 
+TOKEN = "s3cret-token-0123456789"
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 async def queen(nursery: trio.Nursery, tmp_path: Path) -> QueenHandle:
-    config = QueenConfig(port=0, db=str(tmp_path / "queen.db"), token="s3cret")
+    config = QueenConfig(port=0, db=str(tmp_path / "queen.db"), token=TOKEN)
     return await start_queen(nursery, config)
 
 
 @pytest.fixture
 async def worker(nursery: trio.Nursery, queen: QueenHandle) -> FakeWorker:
     fake = await FakeWorker(tokens=3).start(nursery)
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as client:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         body = wire.encode(heartbeat("hive-a", [fake.status()]))
         assert (await client.post(f"{queen.url}/v1/heartbeat", content=body)).status_code == 204
     return fake
@@ -61,7 +63,7 @@ async def test_infer_prints_the_tokens(
         queen.url,
         "infer",
         "--token",
-        "s3cret",
+        TOKEN,
         "-m",
         "fake-model",
         "-p",
@@ -86,7 +88,7 @@ async def test_infer_prints_the_tokens(
         queen.url,
         "infer",
         "--token",
-        "s3cret",
+        TOKEN,
         "-m",
         "fake-model",
         "-p",
@@ -101,7 +103,7 @@ async def test_infer_prints_the_tokens(
         queen.url,
         "infer",
         "--token",
-        "s3cret",
+        TOKEN,
         "-m",
         "fake-model",
         "-p",
@@ -111,7 +113,7 @@ async def test_infer_prints_the_tokens(
     [summary] = [line for line in err.splitlines() if line.startswith("job-")]
     assert ": 3 tokens, finish=stop" in summary
     job = summary.split(":")[0]
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}) as http:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         record = (await http.get(f"{queen.url}/v1/jobs/{job}")).json()
     assert (record["state"], record["tokens_out"]) == ("completed", 3)
 
@@ -125,7 +127,7 @@ async def test_token_comes_from_the_config(
     code, _, err = await rbee(capsys, "--queen", queen.url, "status")
     assert code == 1
     assert err.startswith("rbee: error: asking the queen's status: missing API key or token")
-    monkeypatch.setenv("RBEE_KEEPER_TOKEN", "s3cret")
+    monkeypatch.setenv("RBEE_KEEPER_TOKEN", TOKEN)
     code, out, _ = await rbee(capsys, "--queen", queen.url, "status")
     assert code == 0
     assert worker.id in out
@@ -135,7 +137,7 @@ async def test_infer_for_an_unknown_model_is_one_line(
     queen: QueenHandle, worker: FakeWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = await rbee(
-        capsys, "--queen", queen.url, "infer", "--token", "s3cret", "-m", "nope", "-p", "x"
+        capsys, "--queen", queen.url, "infer", "--token", TOKEN, "-m", "nope", "-p", "x"
     )
     assert code == 1
     assert out == ""
@@ -146,14 +148,14 @@ async def test_infer_for_an_unknown_model_is_one_line(
 async def test_status_table_and_json(
     queen: QueenHandle, worker: FakeWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = await rbee(capsys, "status", "--queen", queen.url, "--token", "s3cret")
+    code, out, _ = await rbee(capsys, "status", "--queen", queen.url, "--token", TOKEN)
     assert code == 0
     header, row = out.splitlines()[:2]
     assert header.split()[:6] == ["WORKER", "HIVE", "MODEL", "DEVICE", "STATE", "SLOTS"]
     assert row.split()[:6] == [worker.id, "hive-a", "fake-model", "cpu", "ready", "4/4"]
     assert "queue: 0 waiting, 0 running; policy first-available" in out
     assert "policy file" not in out
-    code, out, _ = await rbee(capsys, "--queen", queen.url, "status", "--json", "--token", "s3cret")
+    code, out, _ = await rbee(capsys, "--queen", queen.url, "status", "--json", "--token", TOKEN)
     report = json.loads(out)
     assert report["workers"][0]["worker"]["id"] == worker.id
     assert report["queue_depth"] == 0
@@ -164,7 +166,7 @@ async def test_jobs_list_show_cancel(
     queen: QueenHandle, worker: FakeWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = ("--queen", queen.url)
-    tok = ("--token", "s3cret")
+    tok = ("--token", TOKEN)
     await rbee(capsys, *base, "infer", *tok, "-m", "fake-model", "-p", "hi")
     code, out, _ = await rbee(capsys, *base, "job", "list", "--json", *tok)
     assert code == 0
@@ -194,7 +196,7 @@ async def test_queen_and_token_after_the_subcommand_reach_that_queen(
 ) -> None:
     # The configured queen is wrong: only the --queen given after the subcommand can reach it.
     monkeypatch.setenv("RBEE_KEEPER_QUEEN_URL", "http://127.0.0.1:9")
-    after = ("--queen", queen.url, "--token", "s3cret")
+    after = ("--queen", queen.url, "--token", TOKEN)
     code, out, err = await rbee(capsys, "infer", *after, "-m", "fake-model", "-p", "hi")
     assert (code, out, err) == (0, "tok0 tok1 tok2 \n", "")
     code, out, _ = await rbee(capsys, "job", "list", "--json", *after)
@@ -203,7 +205,7 @@ async def test_queen_and_token_after_the_subcommand_reach_that_queen(
     code, out, _ = await rbee(capsys, "worker", "list", *after)
     assert code == 0
     assert out.splitlines()[1].split()[0] == worker.id
-    code, _, err = await rbee(capsys, "status", "--token", "s3cret")
+    code, _, err = await rbee(capsys, "status", "--token", TOKEN)
     assert code == 1
     assert "cannot reach the queen at http://127.0.0.1:9" in err
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ STANDIN_WORKER = Path(__file__).with_name("standin_worker.py")
 STANDIN_COMMAND = [sys.executable, str(STANDIN_WORKER)]
 
 
-def make_model(directory: Path, name: str, sizes: dict[str, int]) -> Manifest:
+def make_model(
+    directory: Path, name: str, sizes: dict[str, int], precisions: Sequence[str] = ("int4",)
+) -> Manifest:
     """A model directory with random files of ``sizes`` bytes and a correct manifest."""
     directory.mkdir(parents=True)
     for filename, size in sizes.items():
@@ -35,7 +37,7 @@ def make_model(directory: Path, name: str, sizes: dict[str, int]) -> Manifest:
         architecture="llama",
         context_length=2048,
         vocab_size=100,
-        precisions=["int4"],
+        precisions=list(precisions),
         files=describe_files(directory),
     )
     write_manifest(directory, manifest)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -30,11 +31,13 @@ async def peer(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[PeerStore
     peer.stop.set()
 
 
-async def pull(hive: Hive, name: str, source: str) -> tuple[list[PullEvent], str]:
-    """POST /v1/models/pull; the events and the terminal marker."""
+async def pull(
+    hive: Hive, name: str, source: str, precisions: Sequence[str] = (), read_s: float = 10.0
+) -> tuple[list[PullEvent], str]:
+    """POST /v1/models/pull; the events and the terminal marker (``read_s``: the longest wait for data)."""
     events: list[PullEvent] = []
-    body = {"name": name, "source": source}
-    response = await hive.client.post("/v1/models/pull", json=body)
+    body = {"name": name, "source": source, "precisions": list(precisions)}
+    response = await hive.client.post("/v1/models/pull", json=body, timeout=read_s)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "text/event-stream"
     for line in response.text.splitlines():
@@ -81,6 +84,37 @@ async def test_pull_from_a_peer_store(hive: Hive, peer: PeerStore) -> None:
     assert info.files == peer.store.get("m1").files
     assert info.size_bytes == sum(SIZES.values())
     assert info.precisions == ["int4"]
+
+
+async def test_a_pull_of_some_precisions_fetches_only_their_graphs(
+    hive: Hive, peer: PeerStore
+) -> None:
+    both = {**SIZES, "model.fp16.onnx": 1000, "model.fp16.onnx.data": 5000}
+    make_model(peer.store.dir("m2"), "m2", both, precisions=["int4", "fp16"])
+    events, end = await pull(hive, "m2", peer.url, ["fp16"])
+    assert end == sse.DONE
+    assert {e.file for e in events if isinstance(e, PullProgress)} == {
+        "model.fp16.onnx",
+        "model.fp16.onnx.data",
+        "tokenizer.json",
+    }
+    store = ModelStore(hive.store_root)
+    store.verify("m2")
+    assert store.get("m2").precisions == ["fp16"]
+    assert sorted(p.name for p in store.dir("m2").iterdir()) == [
+        "model.fp16.onnx",
+        "model.fp16.onnx.data",
+        "rbee-model.toml",
+        "tokenizer.json",
+    ]
+    body: dict[str, Any] = {"name": "m1", "source": peer.url, "precisions": ["fp32"]}
+    response = await hive.client.post("/v1/models/pull", json=body)
+    assert response.status_code == 422
+    assert "has no fp32 graph (has: int4)" in response.json()["error"]["message"]
+    body["precisions"] = ["int8"]
+    response = await hive.client.post("/v1/models/pull", json=body)
+    assert response.status_code == 400
+    assert "precisions" in response.json()["error"]["message"]
 
 
 async def test_the_queen_source_is_the_store_of_the_queen_the_hive_reports_to(
@@ -246,11 +280,14 @@ async def test_delete_refuses_bad_names(hive: Hive, path: str) -> None:
 async def test_pull_from_a_gguf_file_imports_it(hive: Hive) -> None:
     from rbee.models.importer import default_model_path
 
-    events, end = await pull(hive, "smol-imported", str(default_model_path()))
+    # Reading the GGUF's metadata and vocabulary comes before the first step (5-10 s when
+    # the machine is busy).
+    events, end = await pull(hive, "smol-imported", str(default_model_path()), ["fp16"], 60.0)
     assert end == sse.DONE, end
     steps = [e for e in events if isinstance(e, Importing)]
     assert steps
     assert steps[-1].step == steps[-1].steps
     assert isinstance(events[-1], Pulled)
     ModelStore(hive.store_root).verify("smol-imported")
+    assert ModelStore(hive.store_root).get("smol-imported").precisions == ["fp16"]
     assert "smol-imported" in await installed(hive)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from rbee import wire
-from rbee.wire.hive import WorkerList, WorkerRetired
+from rbee.wire.hive import ShuttingDown, WorkerList, WorkerRetired
 from rbee.wire.queen import HiveHeartbeat, WorkerStatus
 from tests.helpers import eventually, gone
 from tests.hive.conftest import MODEL, Hive, start_hive
@@ -40,8 +40,10 @@ def nvml() -> FakeNvml:
     return FakeNvml([], driver=False)
 
 
-async def spawn(hive: Hive, **body: object) -> WorkerStatus:
-    response = await hive.client.post("/v1/workers", json={"model": MODEL, **body})
+async def spawn(hive: Hive, headers: dict[str, str] | None = None, **body: object) -> WorkerStatus:
+    response = await hive.client.post(
+        "/v1/workers", json={"model": MODEL, **body}, headers=headers or {}
+    )
     assert response.status_code in (201, 202), response.text
     return wire.decode(response.content, WorkerStatus)
 
@@ -157,6 +159,7 @@ async def test_heartbeats_decode_and_carry_host_and_workers(
     assert len(beat.host.gpus) == hive.state.supervisor.gpus.count
     [worker] = beat.workers
     assert (worker.pid, worker.state, worker.device) == (status.pid, "ready", "cpu")
+    assert worker.provider == "StandIn"  # from its ready line
     assert worker.rss_mb > 1
     snapshot = wire.decode((await hive.client.get("/v1/status")).content, HiveHeartbeat)
     assert snapshot.workers[0].id == status.id
@@ -233,3 +236,21 @@ async def test_a_pinned_worker_says_so_in_every_report(hive: Hive, queen: StandI
     reported = [w for beat in queen.heartbeats for w in beat.workers if w.id == status.id]
     assert len(reported) >= 2
     assert all(w.pinned for w in reported)
+
+
+async def test_post_shutdown_with_the_token_retires_the_workers_and_stops_the_hive(
+    nursery: trio.Nursery, tmp_path: Path, queen: StandInQueen
+) -> None:
+    hive = await start_hive(nursery, tmp_path, queen.url, token="hive-secret-long-enough")
+    async with hive.client:
+        refused = await hive.client.post("/v1/shutdown")
+        assert refused.status_code == 401
+        auth = {"Authorization": "Bearer hive-secret-long-enough"}
+        pids = [(await spawn(hive, auth, wait=True)).pid for _ in range(2)]
+        answer = await hive.client.post("/v1/shutdown", headers=auth)
+        assert answer.status_code == 202, answer.text
+        body = wire.decode(answer.content, ShuttingDown)
+        assert (body.hive, body.pid, body.workers) == ("test-hive", os.getpid(), 2)
+        with trio.fail_after(10):
+            await hive.stopped.wait()
+    assert all(gone(pid) for pid in pids)

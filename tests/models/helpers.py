@@ -118,6 +118,8 @@ class Synthetic:
     """Matrices in a mix of every block type (K-quants where a row is whole super-blocks)."""
     name: str = ""
     chat_template: str = ""
+    rope_factors: bool = False
+    """LongRoPE's ``rope_factors_long``/``_short`` tensors (phi3 files with a long context)."""
 
     @property
     def vocab(self) -> int:
@@ -131,6 +133,7 @@ _MERGES = ["Ġ t", "h e", "i n", "Ġ a"]
 _MATRIX_TYPES = {
     "token_embd": Q.Q6_K,
     "output": Q.Q2_K,
+    "attn_qkv": Q.Q4_K,
     "attn_q": Q.Q5_0,
     "attn_k": Q.Q8_0,
     "attn_v": Q.Q4_K,
@@ -180,18 +183,30 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
     }
     if not spec.tied:
         tensors["output.weight"] = (spec.vocab, spec.hidden)
+    if spec.rope_factors:
+        tensors |= {
+            f"rope_factors_{kind}.weight": (spec.head_dim // 2,) for kind in ("long", "short")
+        }
     for i in range(spec.layers):
         b = f"blk.{i}."
         tensors |= {b + f"{n}.weight": (spec.hidden,) for n in norms}
-        tensors |= {
-            b + "attn_q.weight": (q_rows, spec.hidden),
-            b + "attn_k.weight": (kv_rows, spec.hidden),
-            b + "attn_v.weight": (kv_rows, spec.hidden),
-            b + "attn_output.weight": (spec.hidden, q_rows),
-            b + "ffn_gate.weight": (spec.ffn, spec.hidden),
-            b + "ffn_up.weight": (spec.ffn, spec.hidden),
-            b + "ffn_down.weight": (spec.hidden, spec.ffn),
-        }
+        if spec.arch == "phi3":
+            matrices = {
+                "attn_qkv": (q_rows + 2 * kv_rows, spec.hidden),
+                "attn_output": (spec.hidden, q_rows),
+                "ffn_up": (2 * spec.ffn, spec.hidden),
+            }
+        else:
+            matrices = {
+                "attn_q": (q_rows, spec.hidden),
+                "attn_k": (kv_rows, spec.hidden),
+                "attn_v": (kv_rows, spec.hidden),
+                "attn_output": (spec.hidden, q_rows),
+                "ffn_gate": (spec.ffn, spec.hidden),
+                "ffn_up": (spec.ffn, spec.hidden),
+            }
+        matrices["ffn_down"] = (spec.hidden, spec.ffn)
+        tensors |= {b + f"{name}.weight": shape for name, shape in matrices.items()}
         if spec.arch == "qwen2":
             tensors |= {
                 b + "attn_q.bias": (q_rows,),
@@ -264,6 +279,16 @@ def _gelu_tanh(x: npt.NDArray[F32]) -> npt.NDArray[F32]:
     return result
 
 
+def _qkv_weights(model: GgufModel, b: str) -> dict[str, npt.NDArray[F32]]:
+    """Block ``b``'s Q, K and V matrices, split out of phi3's stacked ``attn_qkv``."""
+    if not model.has(b + "attn_qkv.weight"):
+        return {part: model.floats(b + f"attn_{part}.weight") for part in "qkv"}
+    h = model.hyper
+    q_rows, kv_rows = h.heads * h.head_dim, h.kv_heads * h.head_dim
+    q, k, v = np.split(model.floats(b + "attn_qkv.weight"), [q_rows, q_rows + kv_rows])
+    return {"q": q, "k": k, "v": v}
+
+
 def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
     """Logits ``[len(ids), vocab]`` of a textbook forward pass over dequantized weights.
 
@@ -286,8 +311,9 @@ def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
         mask = np.where(local & (distance >= h.sliding_window), -np.inf, causal).astype(F32)
         y = _rms(x, w(b + "attn_norm.weight"), h.rms_eps)
         projections = []
+        weights = _qkv_weights(model, b)
         for part, heads in (("q", h.heads), ("k", h.kv_heads), ("v", h.kv_heads)):
-            weight = w(b + f"attn_{part}.weight")
+            weight = weights[part]
             if arch.permuted_qk and part != "v":
                 weight = weight[unpermute_rows(heads * h.head_dim, heads)]
             p = y @ weight.T
@@ -315,8 +341,10 @@ def numpy_forward(model: GgufModel, ids: list[int]) -> npt.NDArray[F32]:
             out = _rms(out, w(b + "post_attention_norm.weight"), h.rms_eps)
         x = x + out
         y = _rms(x, w(b + "ffn_norm.weight"), h.rms_eps)
-        gate = y @ w(b + "ffn_gate.weight").T
-        up = y @ w(b + "ffn_up.weight").T
+        if model.has(b + "ffn_gate.weight"):
+            gate, up = y @ w(b + "ffn_gate.weight").T, y @ w(b + "ffn_up.weight").T
+        else:  # phi3: gate and up rows stacked in ffn_up, gate first
+            gate, up = np.split(y @ w(b + "ffn_up.weight").T, 2, axis=-1)
         act = _gelu_tanh(gate) if arch.activation == "gelu_tanh" else gate / (1 + np.exp(-gate))
         out = (act * up) @ w(b + "ffn_down.weight").T
         if arch.post_norms:
@@ -349,3 +377,84 @@ def first_divergence(
         if top != token:
             return i, float(row[top] - row[token])
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaShape:
+    """The shape of a big llama-architecture file (`write_llama_shaped_gguf`)."""
+
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+
+def write_llama_shaped_gguf(
+    path: Path, shape: LlamaShape, kind: Q = Q.Q8_0, embedding: Q = Q.Q8_0
+) -> Path:
+    """A llama GGUF of ``shape`` with random Q8_0 or Q4_0 blocks (``embedding`` for the token
+    table, ``kind`` for the rest), written one tensor at a time (memory stays one matrix,
+    whatever the size); a byte-level vocabulary padded with reserved tokens."""
+    s = shape
+    rng = np.random.default_rng(0)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(s.layers)
+    writer.add_context_length(4096)
+    writer.add_embedding_length(s.hidden)
+    writer.add_feed_forward_length(s.ffn)
+    writer.add_head_count(s.heads)
+    writer.add_head_count_kv(s.kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(500000.0)
+    tokens = byte_level_tokens() + [f"<|reserved_{i}|>" for i in range(s.vocab - 256)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * 256 + [3] * (s.vocab - 256))
+    writer.add_token_merges([])
+    writer.add_eos_token_id(256)
+    h, kv = s.hidden, s.kv_heads * s.hidden // s.heads
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (s.vocab, h),
+        "output_norm.weight": (h,),
+    }
+    for i in range(s.layers):
+        b = f"blk.{i}."
+        shapes |= {
+            b + "attn_norm.weight": (h,),
+            b + "ffn_norm.weight": (h,),
+            b + "attn_q.weight": (h, h),
+            b + "attn_k.weight": (kv, h),
+            b + "attn_v.weight": (kv, h),
+            b + "attn_output.weight": (h, h),
+            b + "ffn_gate.weight": (s.ffn, h),
+            b + "ffn_up.weight": (s.ffn, h),
+            b + "ffn_down.weight": (h, s.ffn),
+        }
+    kinds = {name: embedding if name == "token_embd.weight" else kind for name in shapes}
+    for name, dims in shapes.items():
+        if len(dims) == 1:
+            writer.add_tensor_info(name, dims, np.dtype(np.float32), dims[0] * 4)
+        else:
+            byte_shape = (dims[0], dims[1] // 32 * GGML_QUANT_SIZES[kinds[name]][1])
+            nbytes = byte_shape[0] * byte_shape[1]
+            writer.add_tensor_info(
+                name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=kinds[name]
+            )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, dims in shapes.items():
+        if len(dims) == 1:
+            writer.write_tensor_data(np.ones(dims, np.float32))
+            continue
+        rows, blocks, size = dims[0], dims[1] // 32, GGML_QUANT_SIZES[kinds[name]][1]
+        raw = rng.integers(0, 256, (rows, blocks, size), dtype=np.uint8)
+        # Scales small enough that activations stay finite through every layer.
+        d = (rng.standard_normal((rows, blocks, 1)) * 0.02 / 64).astype(np.float16)
+        raw[..., 0:2] = d.view(np.uint8)
+        writer.write_tensor_data(raw.reshape(rows, -1))
+    writer.close()
+    return path

@@ -24,6 +24,7 @@ SYNTHETIC = {
     "qwen3": Synthetic("qwen3", heads=2, kv_heads=1, head_dim=96),
     "llama-k-quants": Synthetic("llama", quantized=True, tied=False),
     "gemma3": Synthetic("gemma3", layers=6, heads=2, kv_heads=1, head_dim=96, sliding_window=5),
+    "phi3": Synthetic("phi3", kv_heads=4, sliding_window=5, tied=False),
 }
 SYNTHETIC_IDS = [(7 * i + 3) % 256 for i in range(24)]
 DEFAULT = "smollm2-135m-instruct"

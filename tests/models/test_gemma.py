@@ -69,7 +69,7 @@ def test_manifest(gemma: tuple[Path, Manifest], tokenizer: ModelTokenizer) -> No
     assert tokenizer.encode("The capital of France is") == [2, 818, 5279, 529, 7001, 563]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int4", "fp16"])
 @pytest.mark.parametrize("prompt", list(LLAMA_CPP))
 def test_greedy_raw_completions_match_llama_cpp(
     gemma: tuple[Path, Manifest], tokenizer: ModelTokenizer, precision: str, prompt: str
@@ -160,16 +160,19 @@ def test_a_chat_request_to_a_base_model_is_refused(worker: str) -> None:
     assert "no chat template" in r.json()["error"]["message"]
 
 
-def test_teacher_forced_int4_agrees_with_fp32(
+def test_teacher_forced_packed_graphs_agree_with_fp32(
     gemma: tuple[Path, Manifest], tokenizer: ModelTokenizer
 ) -> None:
-    """Over English text the two graphs pick the same next token almost everywhere."""
+    """Over English text the graphs pick the same next token almost everywhere: int4 and fp16
+    at 98.3% of the positions here (fp16 keeps the 8-bit matmuls exact, int4 gives them int8
+    activations)."""
     root, manifest = gemma
     ids = tokenizer.encode(Path(__file__).with_name("english.txt").read_text(encoding="utf-8"))
-    tops = [
-        Engine(ModelStore(root).dir(NAME), manifest, precision=p, threads=2, slots=1)
+    tops = {
+        p: Engine(ModelStore(root).dir(NAME), manifest, precision=p, threads=2, slots=1)
         .score(0, ids)
         .argmax(-1)
-        for p in ("int4", "fp32")
-    ]
-    assert float(np.mean(tops[0] == tops[1])) >= 0.97
+        for p in ("int4", "fp16", "fp32")
+    }
+    assert float(np.mean(tops["int4"] == tops["fp32"])) >= 0.97
+    assert float(np.mean(tops["fp16"] == tops["fp32"])) >= 0.98

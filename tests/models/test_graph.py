@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ def engines(model_store: Path) -> dict[str, Engine]:
     manifest = store.get(DEFAULT_MODEL)
     directory = store.dir(DEFAULT_MODEL)
     return {
-        p: Engine(directory, manifest, precision=p, threads=2, slots=1) for p in ("int4", "fp32")
+        p: Engine(directory, manifest, precision=p, threads=2, slots=1)
+        for p in ("int4", "fp16", "fp32")
     }
 
 
@@ -58,7 +60,7 @@ def greedy_chat(engine: Engine, tokenizer: ModelTokenizer, question: str, limit:
     return tokenizer.decode(answer)
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
+@pytest.mark.parametrize("precision", ["int4", "fp16", "fp32"])
 @pytest.mark.parametrize(
     ("question", "expected"),
     [
@@ -76,12 +78,20 @@ def test_greedy_chat_answers(
     assert expected in greedy_chat(engines[precision], tokenizer, question)
 
 
-def test_int4_agrees_with_fp32_on_english_text(
-    engines: dict[str, Engine], tokenizer: ModelTokenizer
-) -> None:
-    """Teacher-forced over ~290 tokens: the same top token at >= 98% of positions (98.3% here)."""
+@pytest.fixture(scope="module")
+def english_tops(engines: dict[str, Engine], tokenizer: ModelTokenizer) -> dict[str, Any]:
+    """Each graph's top token at every position of the English text, teacher-forced."""
     ids = tokenizer.encode(ENGLISH.read_text(encoding="utf-8"))
     assert len(ids) > 200
-    top_int4 = engines["int4"].score(0, ids).argmax(-1)
-    top_fp32 = engines["fp32"].score(0, ids).argmax(-1)
-    assert float((top_int4 == top_fp32).mean()) >= 0.98
+    return {p: engine.score(0, ids).argmax(-1) for p, engine in engines.items()}
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp16"])
+def test_packed_graphs_agree_with_fp32_on_english_text(
+    english_tops: dict[str, Any], precision: str
+) -> None:
+    """Teacher-forced over ~290 tokens: the same top token at >= 98% of positions (98.3% for
+    both here; fp16 and int4 share their weights and disagree at one position in 290)."""
+    same = english_tops[precision] == english_tops["fp32"]
+    assert float(same.mean()) >= 0.98
+    assert float((english_tops["fp16"] == english_tops["int4"]).mean()) >= 0.99

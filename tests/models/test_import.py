@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,15 @@ from rbee.errors import ModelError, UsageError
 from rbee.models import importer
 from rbee.models.importer import (
     DEFAULT_MODEL,
+    PRECISIONS,
     default_model_path,
     ensure_model,
     import_gguf,
     name_from_path,
 )
-from rbee.models.store import ModelStore
-from tests.models.helpers import write_tiny_gguf
+from rbee.models.store import Manifest, ModelStore
+from rbee.wire.hive import FileEntry, Precision
+from tests.models.helpers import Synthetic, write_synthetic_gguf, write_tiny_gguf
 
 
 def assert_nothing_left(root: Path) -> None:
@@ -33,7 +36,7 @@ def test_default_model_in_store_is_complete_and_verified(model_store: Path) -> N
     assert manifest.architecture == "llama"
     assert manifest.context_length == 8192
     assert manifest.vocab_size == 49152
-    assert manifest.precisions == ["int4", "fp32"]
+    assert manifest.precisions == ["int4", "fp32", "fp16"]
     assert manifest.stop_token_ids == [0, 2]
     assert "<|im_start|>" in manifest.chat_template
     assert set(manifest.files) == {
@@ -42,6 +45,8 @@ def test_default_model_in_store_is_complete_and_verified(model_store: Path) -> N
         "model.int4.onnx.data",
         "model.fp32.onnx",
         "model.fp32.onnx.data",
+        "model.fp16.onnx",
+        "model.fp16.onnx.data",
     }
     store.verify(DEFAULT_MODEL)
     assert not [p for p in model_store.iterdir() if p.name.startswith(".staging")]
@@ -106,8 +111,16 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "mamba.gguf", arch="mamba")
     with pytest.raises(
         ModelError,
-        match=r"unsupported architecture 'mamba' \(supported: llama, qwen2, qwen3, gemma3\)",
+        match=r"unsupported architecture 'mamba' \(supported: llama, qwen2, qwen3, gemma3, phi3\)",
     ):
+        import_gguf(ModelStore(tmp_path / "store"), path)
+    assert_nothing_left(tmp_path / "store")
+
+
+def test_phi3_with_long_rope_factors_is_refused_naming_them(tmp_path: Path) -> None:
+    spec = Synthetic("phi3", layers=1, rope_factors=True)
+    path = write_synthetic_gguf(tmp_path / "phi3.gguf", spec)
+    with pytest.raises(ModelError, match=r"rope_factors_long\.weight is not supported in phi3"):
         import_gguf(ModelStore(tmp_path / "store"), path)
     assert_nothing_left(tmp_path / "store")
 
@@ -147,3 +160,26 @@ def test_failed_import_keeps_the_previous_version(
     assert (old / "rbee-model.toml").read_text() == "kept"
     shutil.rmtree(old)
     assert_nothing_left(store.root)
+
+
+def test_the_wire_names_every_precision_the_importer_builds() -> None:
+    assert set(typing.get_args(Precision)) == set(PRECISIONS)
+
+
+def test_a_manifest_reduced_to_some_precisions_keeps_only_their_graphs() -> None:
+    graphs = {f"model.{p}.onnx{end}" for p in ("int4", "fp16") for end in ("", ".data")}
+    files = {n: FileEntry(size=1, sha256="0" * 64) for n in (*graphs, "tokenizer.json")}
+    manifest = Manifest(
+        name="m",
+        architecture="llama",
+        context_length=8,
+        vocab_size=8,
+        precisions=["int4", "fp16"],
+        files=files,
+    )
+    reduced = manifest.with_precisions(["fp16"])
+    assert reduced.precisions == ["fp16"]
+    assert set(reduced.files) == {"model.fp16.onnx", "model.fp16.onnx.data", "tokenizer.json"}
+    assert manifest.with_precisions([]) == manifest
+    with pytest.raises(ModelError, match=r"has no fp32 graph \(has: int4, fp16\)"):
+        manifest.with_precisions(["fp16", "fp32"])

@@ -15,13 +15,14 @@ from .cluster import job, worker
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).parent / "cases"
 SEEDS = Path(__file__).parent / "seed_scripts"
-SHIPPED = sorted(p.stem for p in (ROOT / "policies").glob("*.rhai"))
+SHIPPED = sorted(p.stem for p in (ROOT / "policies").iterdir() if p.suffix in (".rhai", ".yaml"))
 
 
 def _policy_for(stem: str) -> Path:
-    return (
-        SEEDS / f"{stem}.rhai" if stem.startswith("seed_") else ROOT / "policies" / f"{stem}.rhai"
-    )
+    if stem.startswith("seed_"):
+        return SEEDS / f"{stem}.rhai"
+    rhai = ROOT / "policies" / f"{stem}.rhai"
+    return rhai if rhai.exists() else ROOT / "policies" / f"{stem}.yaml"
 
 
 def test_every_shipped_policy_has_a_case_file() -> None:
@@ -32,6 +33,7 @@ def test_every_shipped_policy_has_a_case_file() -> None:
         "eu_only",
         "cheapest",
         "spawn_on_least_loaded_hive",
+        "rules",
     }
     assert all((CASES / f"{stem}.toml").exists() for stem in SHIPPED)
 

@@ -102,3 +102,50 @@ async def test_watch_reloads_on_change(tmp_path: Path, autojump_clock: trio.abc.
         await trio.sleep(1.5)
         assert host.reloads == 1
         nursery.cancel_scope.cancel()
+
+
+RULES_FIRST = "rules: []\ndefault:\n  route: {pick: first}\n"
+RULES_LAST = "rules: []\ndefault:\n  select: workers.with_model(job.model).last()\n"
+
+
+def test_a_rules_file_reloads_like_a_policy_file(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, RULES_FIRST)
+    host = PolicyHost(path)
+    assert host.schedule(job(), SNAP).worker_id == "a"  # type: ignore[union-attr]
+
+    _write(path, "rules: []\ndefault:\n  route: {pick: last}\n")
+    err = host.reload_if_changed()
+    assert isinstance(err, PolicyError)
+    assert str(err).startswith(f"{path}:3:17: value error: 'pick' of 'route' must be one of")
+    assert host.status().reload_error == str(err).splitlines()[0]
+    assert host.schedule(job(), SNAP).worker_id == "a"  # type: ignore[union-attr]
+
+    _write(path, RULES_LAST)
+    assert host.reload_if_changed() is None
+    assert host.schedule(job(), SNAP).worker_id == "b"  # type: ignore[union-attr]
+    assert host.status().reloads == 1
+    assert host.status().reload_error is None
+    assert host.name == "rules.yaml"
+
+
+def test_a_broken_rules_file_does_not_start(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yml"
+    _write(path, "rules:\n  - condition: {modle: smol}\n    action: queue\n")
+    with pytest.raises(PolicyError, match=r"rules.yml:2:17: name error: unknown key 'modle'"):
+        PolicyHost(path)
+
+
+async def test_watch_reloads_a_rules_file(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    path = tmp_path / "rules.yaml"
+    _write(path, RULES_FIRST)
+    host = PolicyHost(path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(host.watch, 1.0)
+        await trio.sleep(2.5)
+        assert host.reloads == 0
+        _write(path, RULES_LAST)
+        await trio.sleep(1.5)
+        assert host.reloads == 1
+        assert host.schedule(job(), SNAP).worker_id == "b"  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ from rbee.queen.daemon import run_queen
 from rbee.queen.dispatcher import Provisioner
 from rbee.queen.keys import secret_path
 from tests.queen.fake_worker import QUEEN_SECRETS
+from tests.queen.real_parts import RealWorker, real_worker
 
 
 @dataclasses.dataclass
@@ -101,3 +102,10 @@ async def read_stream(
                 if first_token is not None and '"type":"token"' in line:
                     first_token.set()
     return payloads
+
+
+@pytest.fixture(scope="session")
+def shared_worker(model_store: Path) -> Iterator[RealWorker]:
+    """A real worker on the default model for the tests that only use it (never kill it)."""
+    with real_worker(model_store, "real-0") as worker:
+        yield worker

@@ -1,7 +1,8 @@
 """A fake worker for the queen's fast tests: a real HTTP server that speaks the worker API.
 
 It generates ``tokens`` tokens ``tok0 tok1 ...``, one every ``delay`` seconds, and can misbehave on
-demand (``mode``), or ``hold`` every generation until an event is set: ``refuse`` answers 500 to every POST, ``busy`` 429, ``drop`` closes the stream
+demand (``mode``), or ``hold`` every generation until an event is set; with a ``context``, a
+prompt of that many words or more is refused with the real worker's 400: ``refuse`` answers 500 to every POST, ``busy`` 429, ``drop`` closes the stream
 after ``started`` without a token, ``error`` sends ``[ERROR]`` before the first token, ``die``
 fails after the first token (once ``die_when`` is set, if given), ``stall`` goes silent after it (``/health`` silent too), ``garbage``
 sends a malformed event after it. Token ``i`` has id ``i`` (``named_ids`` off: no ids, as a worker
@@ -22,6 +23,7 @@ import trio
 from quart import Response, request
 
 from rbee import sse, wire
+from rbee.errors import UsageError
 from rbee.server import create_app, json_response, serve
 from rbee.wire import worker as ww
 from rbee.wire.queen import HiveHeartbeat, HostTelemetry, WorkerStatus
@@ -43,6 +45,7 @@ class FakeWorker:
     named_ids: bool = True
     die_when: trio.Event | None = None
     step_ms: float = 0.0
+    context: int = 0
     id: str = dataclasses.field(default_factory=lambda: f"fake-{next(_ids)}")
     url: str = ""
     posts: list[ww.InferenceRequest] = dataclasses.field(default_factory=list)
@@ -127,6 +130,14 @@ class FakeWorker:
                 return json_response({"error": {"message": "engine exploded"}}, status=500)
             if self.mode == "busy":
                 return json_response({"error": {"message": "all slots busy"}}, status=429)
+            words = len((req.prompt or "").split())
+            if self.context and words >= self.context:
+                raise UsageError(
+                    f"invalid request body: the prompt is {words} tokens, longer than the "
+                    f"model's context of {self.context} tokens allows",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
             gen_id = f"gen-{self.id}-{len(self.posts)}"
             self._requests[gen_id] = req
             self._cancel[gen_id] = trio.Event()
@@ -160,15 +171,23 @@ class FakeWorker:
 
 
 def heartbeat(
-    hive: str, workers: list[WorkerStatus], *, interval_s: float = 3600.0
+    hive: str,
+    workers: list[WorkerStatus],
+    *,
+    interval_s: float = 3600.0,
+    contexts: dict[str, int] | None = None,
 ) -> HiveHeartbeat:
-    """One hive's report; a long interval keeps it fresh for a whole test."""
+    """One hive's report; a long interval keeps it fresh for a whole test.
+
+    ``contexts``: the context length of each model the hive reports (none by default).
+    """
     return HiveHeartbeat(
         hive=hive,
         url="http://127.0.0.1:1",
         host=HostTelemetry(cpu_count=2, load_1m=0.0, ram_total_mb=4096, ram_free_mb=2048),
         workers=workers,
         models=sorted({w.model for w in workers}),
+        contexts=contexts or {},
         interval_s=interval_s,
     )
 
@@ -184,14 +203,37 @@ def hive_auth(queen_url: str) -> dict[str, str]:
 
 
 async def register(
-    queen_url: str, hive: str, *workers: FakeWorker | WorkerStatus, token: str = ""
+    queen_url: str,
+    hive: str,
+    *workers: FakeWorker | WorkerStatus,
+    token: str = "",
+    contexts: dict[str, int] | None = None,
 ) -> None:
-    """Announce ``workers`` (all on ``hive``) to the queen, with ``token`` or its cluster secret."""
+    """Announce ``workers`` (all on ``hive``) to the queen, with ``token`` or its cluster secret
+    (``contexts`` as for `heartbeat`)."""
     statuses = [w.status() if isinstance(w, FakeWorker) else w for w in workers]
     token = token or QUEEN_SECRETS.get(queen_url, "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(headers=headers) as client:
         response = await client.post(
-            f"{queen_url}/v1/heartbeat", content=wire.encode(heartbeat(hive, statuses))
+            f"{queen_url}/v1/heartbeat",
+            content=wire.encode(heartbeat(hive, statuses, contexts=contexts)),
         )
         assert response.status_code == 204, response.text
+
+
+async def serve_fakes(count: int, tokens: int, slots: int) -> None:
+    """Serve ``count`` fake workers (``tokens`` tokens a job) and print their URLs on one line."""
+    async with trio.open_nursery() as nursery:
+        workers = [
+            await FakeWorker(tokens=tokens, slots=slots).start(nursery) for _ in range(count)
+        ]
+        print("fakes " + " ".join(w.url for w in workers), flush=True)
+
+
+if __name__ == "__main__":
+    # A process of fake workers, for load that must not starve them: COUNT TOKENS SLOTS.
+    import sys
+
+    count, tokens, slots = (int(a) for a in sys.argv[1:4])
+    trio.run(serve_fakes, count, tokens, slots)

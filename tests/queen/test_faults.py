@@ -9,81 +9,25 @@ on-demand case runs ``rbee queen`` with its local hive (see ``tests/test_main_jo
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import os
-import queue
 import signal
-import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from rbee.config import QueenConfig
-from rbee.wire.queen import WorkerStatus
-from tests.helpers import RBEE, eventually_sync
+from tests.helpers import eventually_sync
 from tests.queen.conftest import QueenHandle
 from tests.queen.fake_worker import register
+from tests.queen.real_parts import Cut, RealWorker, real_worker, stream_job
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
-PROMPT = "Once upon a time, in a small village by the sea,"
-CUT_AFTER = 4
 SAMPLINGS: list[dict[str, Any]] = [{"temperature": 0}, {"temperature": 0.9, "seed": 5}]
-
-
-@dataclasses.dataclass
-class RealWorker:
-    id: str
-    url: str
-    process: subprocess.Popen[str]
-
-    def status(self) -> WorkerStatus:
-        return WorkerStatus(
-            id=self.id,
-            pid=self.process.pid,
-            model=MODEL,
-            device="cpu",
-            url=self.url,
-            state="ready",
-            slots_total=2,
-            slots_free=2,
-        )
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-
-
-@contextlib.contextmanager
-def real_worker(model_store: Path, name: str) -> Iterator[RealWorker]:
-    """A ready worker process serving the default model; killed at the end, whatever its state."""
-    command = [*RBEE, "worker", "daemon", "--model", MODEL, "--models-dir", str(model_store)]
-    command += ["--port", "0", "--slots", "2", "--threads", "1"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        assert process.stdout is not None
-        lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
-        reader.start()
-        try:
-            listening = lines.get(timeout=60)
-            assert listening.startswith("rbee worker listening on http://")
-            assert lines.get(timeout=180).startswith("rbee worker ready")
-            yield RealWorker(name, listening.rsplit(" ", 1)[1], process)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-            process.wait(timeout=30)
-            reader.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -112,36 +56,6 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def stream_job(
-    http: httpx.AsyncClient, queen: str, sampling: dict[str, Any], cut: Any = None
-) -> tuple[str, str, dict[str, Any]]:
-    """Run one job through the queen: its text, its terminal marker and its record.
-
-    ``cut`` (a function) is called once, after `CUT_AFTER` tokens arrived.
-    """
-    body = {"operation": "infer", "model": MODEL, "prompt": PROMPT, "max_tokens": 40, **sampling}
-    text, tokens, end = "", 0, ""
-    headers = {"Accept": "text/event-stream"}
-    async with http.stream("POST", f"{queen}/v1/jobs", json=body, headers=headers) as response:
-        assert response.status_code == 200, await response.aread()
-        job_id = response.headers["rbee-job-id"]
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data.startswith("["):
-                end = data
-                continue
-            event = json.loads(data)
-            if event["type"] == "token":
-                text += event["t"]
-                tokens += 1
-                if tokens == CUT_AFTER and cut is not None:
-                    cut()
-    record: dict[str, Any] = (await http.get(f"{queen}/v1/jobs/{job_id}")).json()
-    return text, end, record
-
-
 async def uninterrupted(
     http: httpx.AsyncClient, queen: QueenHandle, victim: RealWorker, sampling: dict[str, Any]
 ) -> str:
@@ -163,7 +77,7 @@ async def test_kill_9_mid_stream_continues_on_the_second_worker_byte_for_byte(
 ) -> None:
     reference = await uninterrupted(http, queen, victim, sampling)
     await register(queen.url, "hive-b", spare.status())
-    text, end, record = await stream_job(http, queen.url, sampling, victim.process.kill)
+    text, end, record = await stream_job(http, queen.url, sampling, lambda _: victim.process.kill())
     assert end == "[DONE]"
     assert text == reference
     assert (record["state"], record["worker"], record["attempts"]) == ("completed", spare.id, 2)
@@ -181,7 +95,7 @@ async def test_sigstop_mid_stream_is_detected_and_the_stream_continues(
 ) -> None:
     reference = await uninterrupted(http, queen, victim, sampling)
     await register(queen.url, "hive-b", spare.status())
-    stop = lambda: victim.process.send_signal(signal.SIGSTOP)  # noqa: E731
+    stop = lambda _: victim.process.send_signal(signal.SIGSTOP)  # noqa: E731
     text, end, record = await stream_job(http, queen.url, sampling, stop)
     assert (end, text) == ("[DONE]", reference)
     assert (record["state"], record["worker"], record["attempts"]) == ("completed", spare.id, 2)
@@ -197,7 +111,9 @@ async def test_kill_9_with_no_worker_to_continue_on_ends_the_stream_with_the_rea
     queen: QueenHandle, victim: RealWorker, http: httpx.AsyncClient
 ) -> None:
     reference = await uninterrupted(http, queen, victim, SAMPLINGS[0])
-    text, end, record = await stream_job(http, queen.url, SAMPLINGS[0], victim.process.kill)
+    text, end, record = await stream_job(
+        http, queen.url, SAMPLINGS[0], lambda _: victim.process.kill()
+    )
     assert reference.startswith(text)
     assert len(text) < len(reference)
     assert end.startswith("[ERROR] no worker serves model")
@@ -212,7 +128,7 @@ def test_kill_9_with_no_second_worker_starts_one_and_the_stream_continues(
     with running_cluster(tmp_path, model_store) as cluster:
         sampling = SAMPLINGS[1]
 
-        def run(cut: Any = None) -> tuple[str, str, dict[str, Any]]:
+        def run(cut: Cut | None = None) -> tuple[str, str, dict[str, Any]]:
             async def go() -> tuple[str, str, dict[str, Any]]:
                 async with httpx.AsyncClient(timeout=180) as client:
                     return await stream_job(client, cluster.url, sampling, cut)
@@ -223,7 +139,7 @@ def test_kill_9_with_no_second_worker_starts_one_and_the_stream_continues(
         assert end == "[DONE]"
         [entry] = cluster.get("/v1/workers")["workers"]
         pid = entry["worker"]["pid"]
-        text, end, record = run(lambda: os.kill(pid, signal.SIGKILL))
+        text, end, record = run(lambda _: os.kill(pid, signal.SIGKILL))
         assert (end, text) == ("[DONE]", reference)
         assert record["state"] == "completed"
         assert record["worker"] != first["worker"]

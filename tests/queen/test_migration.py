@@ -45,6 +45,16 @@ async def run_job(
     return [json.loads(p) for p in payloads[:-1]], payloads[-1], record
 
 
+async def with_spare(
+    nursery: trio.Nursery, queen: QueenHandle, mode: Mode
+) -> tuple[FakeWorker, FakeWorker]:
+    """A worker that misbehaves as ``mode`` says and a sound one, both on hive-a, in that order."""
+    bad = await FakeWorker(mode=mode).start(nursery)
+    spare = await FakeWorker().start(nursery)
+    await register(queen.url, "hive-a", bad, spare)
+    return bad, spare
+
+
 def text(events: list[dict[str, Any]]) -> str:
     return "".join(e["t"] for e in events if e["type"] == "token")
 
@@ -56,9 +66,7 @@ def text(events: list[dict[str, Any]]) -> str:
 async def test_a_stream_cut_off_mid_way_continues_on_another_worker(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient, mode: Mode, error: str
 ) -> None:
-    bad = await FakeWorker(mode=mode).start(nursery)
-    spare = await FakeWorker().start(nursery)
-    await register(queen.url, "hive-a", bad, spare)
+    bad, spare = await with_spare(nursery, queen, mode)
     events, end, record = await run_job(http, queen)
     assert end == "[DONE]"
     assert text(events) == WHOLE
@@ -76,9 +84,7 @@ async def test_a_stream_cut_off_mid_way_continues_on_another_worker(
 async def test_a_stalled_worker_is_taken_out_of_rotation(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:
-    stalled = await FakeWorker(mode="stall").start(nursery)
-    spare = await FakeWorker().start(nursery)
-    await register(queen.url, "hive-a", stalled, spare)
+    stalled, spare = await with_spare(nursery, queen, "stall")
     assert (await run_job(http, queen))[1] == "[DONE]"
     # Its hive still reports it ready: that does not bring it back while it does not answer.
     await register(queen.url, "hive-a", stalled, spare)
@@ -93,9 +99,7 @@ async def test_a_stalled_worker_is_taken_out_of_rotation(
 async def test_a_stalled_worker_that_answers_again_is_back_in_rotation(
     nursery: trio.Nursery, queen: QueenHandle, http: httpx.AsyncClient
 ) -> None:
-    worker = await FakeWorker(mode="stall").start(nursery)
-    spare = await FakeWorker().start(nursery)
-    await register(queen.url, "hive-a", worker, spare)
+    worker, _ = await with_spare(nursery, queen, "stall")
     assert (await run_job(http, queen))[1] == "[DONE]"
     worker.mode = "ok"
 

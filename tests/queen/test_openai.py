@@ -232,7 +232,7 @@ async def test_bad_parameters_are_400_naming_the_param(
 async def test_a_wrong_api_key_is_an_authentication_error(
     nursery: trio.Nursery, queen_config: QueenConfig
 ) -> None:
-    config = dataclasses.replace(queen_config, token="s3cret")
+    config = dataclasses.replace(queen_config, token="s3cret-token-0123456789")
     queen = await start_queen(nursery, config)
 
     def call(key: str) -> list[str]:
@@ -243,7 +243,7 @@ async def test_a_wrong_api_key_is_an_authentication_error(
         await trio.to_thread.run_sync(call, "guess")
     assert denied.value.code == "invalid_api_key"
     assert denied.value.type == "authentication_error"
-    assert await trio.to_thread.run_sync(call, "s3cret") == []
+    assert await trio.to_thread.run_sync(call, "s3cret-token-0123456789") == []
 
 
 async def test_a_full_queue_is_a_rate_limit_error_with_retry_after(

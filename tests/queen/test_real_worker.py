@@ -7,73 +7,26 @@ test's trio loop and learns of the worker from a heartbeat, as a hive would send
 from __future__ import annotations
 
 import asyncio
-import queue
-import subprocess
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO
 
 import httpx
 import openai
 import pytest
 import trio
 
-from rbee import wire
-from rbee.wire.queen import WorkerStatus
-from tests.helpers import RBEE
 from tests.queen.conftest import QueenHandle
-from tests.queen.fake_worker import heartbeat, hive_auth
+from tests.queen.fake_worker import register
+from tests.queen.real_parts import MODEL, RealWorker
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m-instruct"
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the capital of France?"}
 ]
 
 
-def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-
-
-@pytest.fixture(scope="module")
-def real_worker(model_store: Path) -> Iterator[str]:
-    """The URL of a ready worker process serving the default model."""
-    command = [*RBEE, "worker", "daemon", "--model", MODEL]
-    command += ["--models-dir", str(model_store), "--port", "0", "--slots", "2"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        assert process.stdout is not None
-        lines: queue.Queue[str] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
-        reader.start()
-        try:
-            listening = lines.get(timeout=60)
-            assert listening.startswith("rbee worker listening on http://")
-            assert lines.get(timeout=180).startswith("rbee worker ready")
-            yield listening.rsplit(" ", 1)[1]
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            reader.join(timeout=5)
-
-
 @pytest.fixture
-async def routed(queen: QueenHandle, real_worker: str) -> QueenHandle:
-    status = WorkerStatus(
-        id="real-0",
-        pid=0,
-        model=MODEL,
-        device="cpu",
-        url=real_worker,
-        state="ready",
-        slots_total=2,
-        slots_free=2,
-    )
-    async with httpx.AsyncClient(headers=hive_auth(queen.url)) as client:
-        body = wire.encode(heartbeat("local", [status]))
-        assert (await client.post(f"{queen.url}/v1/heartbeat", content=body)).status_code == 204
+async def routed(queen: QueenHandle, shared_worker: RealWorker) -> QueenHandle:
+    await register(queen.url, "local", shared_worker.status())
     return queen
 
 

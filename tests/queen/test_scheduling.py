@@ -287,13 +287,35 @@ async def test_a_policy_file_is_reloaded_while_the_queen_runs(
     assert explained[0]["policy"] == "pick.rhai"
 
 
+async def test_a_rules_file_is_reloaded_while_the_queen_runs(
+    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "pick.yaml"
+    path.write_text("rules: []\ndefault:\n  route: {pick: first}\n")
+    host = make_scheduler(str(path))
+    assert isinstance(host, PolicyHost)
+    queen = await start_queen(nursery, queen_config, scheduler=host)
+    workers = sorted([await FakeWorker().start(nursery) for _ in range(2)], key=lambda w: w.id)
+    await register(queen.url, "hive-a", *workers)
+    first = await run(http, queen.url)
+    path.write_text("rules: []\ndefault:\n  select: workers.with_model(job.model).last()\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+    await eventually(lambda: host.reloads == 1, what="the queen's reload of pick.yaml")
+    second = await run(http, queen.url)
+    assert first["worker"] != second["worker"]
+    params: dict[str, str | int] = {"job_id": str(second["id"]), "last": 5}
+    explained = (await http.get(f"{queen.url}/v1/decisions", params=params)).json()["decisions"]
+    assert explained[0]["policy"] == "pick.yaml"
+    assert explained[0]["reasons"][-1] == f"pick.yaml chose worker {second['worker']} (line 3)"
+
+
 async def test_the_queen_sends_its_token_to_workers(
     nursery: trio.Nursery, queen_config: QueenConfig
 ) -> None:
-    config = dataclasses.replace(queen_config, token="s3cret")
+    config = dataclasses.replace(queen_config, token="s3cret-token-0123456789")
     queen = await start_queen(nursery, config)
-    worker = await FakeWorker(token="s3cret").start(nursery)
-    headers = {"Authorization": "Bearer s3cret"}
+    worker = await FakeWorker(token="s3cret-token-0123456789").start(nursery)
+    headers = {"Authorization": "Bearer s3cret-token-0123456789"}
     async with httpx.AsyncClient(headers=headers) as http:
         beat = heartbeat("hive-a", [worker.status()])
         # The hive reports with the queen's token: the queen calls its workers with it.

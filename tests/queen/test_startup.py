@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -19,10 +21,14 @@ import trio.testing
 
 from rbee.config import QueenConfig
 from rbee.errors import ModelNotFoundError
+from rbee.hive.queen_link import MAX_BACKOFF_S
+from rbee.queen.app import last_event_id
 from rbee.queen.db import open_db
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.local_hive import LOCAL_HIVE
+from rbee.queen.registry import STALE_INTERVALS
 from rbee.queen.scheduler import builtin
+from rbee.queen.store import HiveStore, JobStore
 from rbee.wire.queen import InferOperation
 from tests.queen.conftest import read_stream, start_queen
 from tests.queen.fake_worker import FakeWorker, heartbeat, register
@@ -114,3 +120,81 @@ async def test_a_queen_holds_a_job_until_its_local_hive_reports(
     assert (await http.get(f"{queen.url}/v1/jobs/{job_id}")).json()["state"] == "queued"
     await register(queen.url, LOCAL_HIVE, await FakeWorker().start(nursery))
     assert (await read_stream(http, f"{queen.url}/v1/jobs/{job_id}/stream"))[-1] == "[DONE]"
+
+
+def left_by_a_killed_queen(path: str) -> None:
+    """The records a queen killed outright leaves: hive-a online, a job queued, one running."""
+    conn = open_db(path)
+    try:
+        HiveStore(conn).seen("hive-a", "http://127.0.0.1:1", {}, time.time())
+        records = JobStore(conn)
+        for seq, job_id in enumerate(("job-queued", "job-running"), start=1):
+            records.insert(job_id, seq, infer("stored"), time.time(), None, "")
+        records.update("job-running", state="running", worker="w-1", attempts=1)
+        records.start_attempt("job-running", 1, "w-1", time.time())
+    finally:
+        conn.close()
+
+
+@contextlib.asynccontextmanager
+async def restarted_queen(path: str, provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
+    conn = open_db(path)
+    dispatcher = Dispatcher(QueenConfig(), conn, builtin("first-available"), provisioner)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)
+            yield dispatcher
+            nursery.cancel_scope.cancel()
+    finally:
+        conn.close()
+
+
+async def test_a_restarted_queen_holds_its_queued_jobs_until_its_hives_report_again(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "queen.db")
+    left_by_a_killed_queen(path)
+    provisioner = StoreProvisioner({"stored"})
+    async with restarted_queen(path, provisioner) as dispatcher:
+        queued = dispatcher.jobs["job-queued"]
+        # Past the grace every re-admitted job gets (3 heartbeat intervals), within the hold.
+        await trio.sleep(STALE_INTERVALS * QueenConfig().heartbeat_interval_s + MAX_BACKOFF_S / 2)
+        assert (queued.state, provisioner.calls) == ("queued", [])
+        dispatcher.heartbeat(heartbeat("hive-a", []))
+        await trio.testing.wait_all_tasks_blocked()
+        assert provisioner.calls == [("hive-a", "stored", "cpu")]
+
+
+async def test_a_restarted_queen_fails_its_queued_job_naming_the_hive_that_never_came_back(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "queen.db")
+    left_by_a_killed_queen(path)
+    async with restarted_queen(path, StoreProvisioner(set())) as dispatcher:
+        queued = dispatcher.jobs["job-queued"]
+        await queued.done.wait()
+        assert queued.error is not None
+        assert queued.error.startswith("no worker serves model 'stored'")
+        assert queued.error.endswith(
+            "(hive hive-a did not report within 5 s of the queen's restart)"
+        )
+
+
+async def test_a_job_running_when_the_queen_died_ends_failed_and_its_stream_says_why(
+    autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "queen.db")
+    left_by_a_killed_queen(path)
+    async with restarted_queen(path, StoreProvisioner({"stored"})) as dispatcher:
+        reason = "interrupted: the queen stopped while the job ran"
+        record = dispatcher.records.get("job-running")
+        assert record is not None
+        assert (record.state, record.error) == ("failed", reason)
+        assert [(a.n, a.error) for a in record.attempt_log] == [(1, reason)]
+        job = dispatcher.jobs["job-running"]
+        assert job.done.is_set()
+        # Whatever a reconnecting client saw before, it gets the end and its reason.
+        assert last_event_id(job, "17") == 0
+        assert [frame async for frame in job.stream.follow()] == [
+            f"id: 1\ndata: [ERROR] {reason}\n\n".encode()
+        ]

@@ -1,10 +1,12 @@
 """The real worker process on the real model (SmolLM2-135M-Instruct, int4, CPU), over HTTP.
 
-One worker process serves the whole module; each test leaves every slot free again.
+One worker process serves the whole module; each test leaves every slot free again. One more
+runs the fp16 graph (a GPU's default) on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -37,8 +39,9 @@ def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(line.rstrip("\n"))
 
 
-@pytest.fixture(scope="module")
-def worker(model_store: Path) -> Iterator[WorkerProcess]:
+@contextlib.contextmanager
+def start_worker(model_store: Path, *options: str) -> Iterator[WorkerProcess]:
+    """A worker process serving the default model with ``options``, until the block ends."""
     process = subprocess.Popen(
         [
             *RBEE,
@@ -54,6 +57,7 @@ def worker(model_store: Path) -> Iterator[WorkerProcess]:
             str(SLOTS),
             "--threads",
             "2",
+            *options,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -74,6 +78,12 @@ def worker(model_store: Path) -> Iterator[WorkerProcess]:
         reader.join(timeout=5)
         assert process.stdout is not None
         process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def worker(model_store: Path) -> Iterator[WorkerProcess]:
+    with start_worker(model_store) as process:
+        yield process
 
 
 async def generate(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -220,3 +230,25 @@ async def test_a_resume_with_a_token_outside_the_vocabulary_is_400(worker: Worke
         r = await client.post("/v1/inference", json=body)
     assert r.status_code == 400
     assert "token id 10000000 is not in the model's vocabulary" in r.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def fp16_worker(model_store: Path) -> Iterator[WorkerProcess]:
+    with start_worker(model_store, "--precision", "fp16") as process:
+        yield process
+
+
+async def test_a_worker_on_the_fp16_graph_answers_the_smoke_questions(
+    fp16_worker: WorkerProcess,
+) -> None:
+    assert fp16_worker.ready_line.endswith("provider=CPUExecutionProvider")
+    async with httpx.AsyncClient(base_url=fp16_worker.url, timeout=60) as client:
+        info = (await client.get("/v1/info")).json()
+        assert (info["precision"], info["device"]) == ("fp16", "cpu")
+        text, finished = await generate(client, chat(PROMPTS[0], temperature=0, max_tokens=16))
+        assert "Paris" in text
+        assert finished["finish_reason"] == "stop"
+        # It goes on about heat after the answer, as the int4 graph does.
+        body = chat("What is the opposite of hot?", temperature=0, max_tokens=16)
+        text, _ = await generate(client, body)
+        assert text.startswith("The opposite of hot is cold.")

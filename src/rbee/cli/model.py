@@ -26,10 +26,12 @@ def model() -> None:
 @click.option("--name", help="Name in the store (default: from the file name).")
 @click.option(
     "--precision",
-    type=click.Choice(["int4", "fp32", "all"]),
+    type=click.Choice(["int4", "fp16", "fp32", "all"]),
     default="all",
     show_default=True,
-    help="Graphs to build: int4 keeps the GGUF's 4-bit weights, fp32 is the exact reference.",
+    help="Graphs to build: int4 keeps the GGUF's quantized weights (the CPU's default), fp16 "
+    "keeps them too with half-precision activations (the GPU's default), fp32 is the exact "
+    "reference.",
 )
 @click.option(
     "--models-dir",
@@ -40,7 +42,7 @@ def model() -> None:
 def import_(
     ctx: Context, file: Path, name: str | None, precision: str, models_dir: Path | None
 ) -> None:
-    """Convert a GGUF FILE (llama, qwen2, qwen3 or gemma3) into this machine's model store."""
+    """Convert a GGUF FILE (llama, qwen2, qwen3, gemma3 or phi3) into this machine's model store."""
     from rbee.models.importer import PRECISIONS, import_gguf, name_from_path
     from rbee.models.store import ModelStore
 

@@ -1,6 +1,7 @@
-"""``rbee policy check|test|explain|replay``: work with scheduling policy files.
+"""``rbee policy check|compile|test|explain|replay``: work with scheduling policy files.
 
-``check`` and ``test`` run locally on a file. ``explain`` and ``replay`` read the queen's decision
+A policy file is policy source, or YAML rules (``*.yaml``, ``*.yml``) that compile to it; every
+command that takes a file takes either. ``check``, ``compile`` and ``test`` run locally on a file. ``explain`` and ``replay`` read the queen's decision
 log (``GET /v1/decisions``): why one job went where it went, and what a new policy would have
 decided for the last N jobs on the very cluster snapshots the queen saw.
 """
@@ -13,10 +14,11 @@ import click
 
 from rbee.cli.common import Context, Group, json_option, pass_context, queen_options
 from rbee.cli.output import emit_json
-from rbee.decisions import kind_target
-from rbee.errors import NotFoundError, PolicyError
+from rbee.errors import NotFoundError, PolicyError, UsageError
 from rbee.policy import load_file
-from rbee.policy.cases import describe, load_cases, run_case, summary
+from rbee.policy.cases import load_cases, run_case, summary
+from rbee.policy.rules import compile_rules, is_rules_file
+from rbee.queen.drafts import recorded, replay
 from rbee.wire.queen import DecisionRecord
 
 __all__ = ["policy"]
@@ -26,11 +28,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.group(cls=Group)
 def policy() -> None:
-    """Check, test, explain and replay scheduling policies.
+    """Check, compile, test, explain and replay scheduling policies.
 
     A policy is a small file (see docs/policies.md and the examples in policies/) with
     fn schedule_job(job, workers[, hives]) that returns a worker, reject(reason),
-    spawn(hive, model) or queue().
+    spawn(hive, model) or queue(); or YAML rules (rules.yaml: conditions and actions, first
+    match wins), which compile to one.
     """
 
 
@@ -41,6 +44,20 @@ def check_cmd(file: Path) -> None:
     compiled = load_file(file)
     lines = compiled.source.count("\n") + 1
     click.echo(f"{file}: ok ({lines} lines)")
+
+
+@policy.command("compile")
+@click.argument("file", type=_FILE)
+def compile_cmd(file: Path) -> None:
+    """Print the policy that the YAML rules in FILE (.yaml or .yml) compile to.
+
+    The rules are checked the way the queen loads them first: an error names the YAML line and
+    column.
+    """
+    if not is_rules_file(file):
+        raise UsageError(f"{file} is not a YAML rules file (.yaml or .yml): nothing to compile")
+    compiled = load_file(file)
+    click.echo(compile_rules(compiled.source, str(file)), nl=False)
 
 
 @policy.command("test")
@@ -76,10 +93,6 @@ def _decisions(ctx: Context, last: int, job_id: str | None = None) -> list[Decis
         return queen.decisions(last, job_id)
 
 
-def _target(record: DecisionRecord) -> str:
-    return f"{record.kind} {record.target}" if record.target else record.kind
-
-
 @policy.command("explain")
 @click.argument("job_id")
 @json_option
@@ -99,7 +112,7 @@ def explain_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
         f"job      {record.job_id}  model={job.model} priority={job.priority} tenant={job.tenant or '-'}"
     )
     click.echo(f"policy   {record.policy}")
-    click.echo(f"decision {_target(record)}")
+    click.echo(f"decision {recorded(record)}")
     if record.error:
         click.echo(f"error    {record.error}")
     click.echo(
@@ -125,26 +138,18 @@ def explain_cmd(ctx: Context, job_id: str, as_json: bool) -> None:
 @pass_context
 def replay_cmd(ctx: Context, file: Path, last: int, as_json: bool) -> None:
     """Re-run the queen's last decisions with FILE and show where it would choose differently."""
-    compiled = load_file(file)
-    records = _decisions(ctx, last)
-    rows = []
-    for record in records:
-        try:
-            decision = compiled.schedule(record.job, record.snapshot)
-            kind, target = kind_target(decision)
-            now, error = (f"{kind} {target}" if target else kind), None
-        except PolicyError as err:
-            now, error = "error", str(err).splitlines()[0]
-        rows.append(
-            {
-                "job_id": record.job_id,
-                "was": _target(record),
-                "now": now,
-                "changed": now != _target(record),
-                "error": error,
-                "detail": describe(decision) if error is None else error,
-            }
-        )
+    replayed = replay(load_file(file), _decisions(ctx, last))
+    rows = [
+        {
+            "job_id": r.job_id,
+            "was": r.was,
+            "now": f"{r.now.kind} {r.now.target}" if r.now.target else r.now.kind,
+            "changed": r.changed,
+            "error": r.now.reasons[0] if r.now.kind == "error" else None,
+            "detail": r.now.reasons[0] if r.now.kind == "error" else r.now.text,
+        }
+        for r in replayed.rows
+    ]
     changed = [r for r in rows if r["changed"]]
     errors = sum(1 for r in rows if r["error"])
     if as_json:

@@ -41,7 +41,11 @@ def worker() -> None:
 @click.option(
     "--threads", type=click.IntRange(0, 1024), help="CPU threads (0: ONNX Runtime's choice)."
 )
-@click.option("--precision", type=click.Choice(["int4", "fp32"]), help="Which graph to run.")
+@click.option(
+    "--precision",
+    type=click.Choice(["int4", "fp16", "fp32"]),
+    help="Which graph to run (default from config, else fp16 on cuda, int4 on cpu).",
+)
 @click.option(
     "--queue-size", type=click.IntRange(0, 100_000), help="Requests that may wait for a slot."
 )

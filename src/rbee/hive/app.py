@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Sequence
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -15,76 +14,23 @@ from quart_trio import QuartTrio
 from rbee import server, sse, wire
 from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
 from rbee.hive.pull import GgufFile, Source, import_gguf, open_source, pull
-from rbee.hive.supervisor import Supervisor
-from rbee.hive.telemetry import Gpus, host_telemetry
+from rbee.hive.state import HiveState
 from rbee.models.http import store_blueprint
-from rbee.models.store import Manifest, ModelStore, validate_name
+from rbee.models.store import Manifest, validate_name
 from rbee.models.vram import VramNeed
 from rbee.wire.hive import (
     ModelInfo,
     ModelList,
     ModelRemoved,
     PullRequest,
+    ShuttingDown,
     SpawnRequest,
     WorkerList,
     WorkerLog,
 )
-from rbee.wire.queen import HiveHeartbeat
 from rbee.wire.worker import Health
 
 __all__ = ["HiveState", "create_hive_app"]
-
-_POLL_TIMEOUT_S = 0.5
-
-
-@dataclass
-class HiveState:
-    """Everything the routes and the heartbeat share."""
-
-    name: str
-    url: str
-    store: ModelStore
-    supervisor: Supervisor
-    gpus: Gpus
-    control: httpx.AsyncClient
-    transfer: httpx.AsyncClient
-    tasks: trio.Nursery
-    token: str = ""
-    queen_url: str = ""
-    interval_s: float = 1.0
-    labels: dict[str, str] = field(default_factory=dict)
-    pulling: set[str] = field(default_factory=set)
-    _models: tuple[int, list[Manifest]] | None = None
-
-    def models(self) -> list[Manifest]:
-        """The complete models, re-read only when the store's directory changed."""
-        try:
-            stamp = self.store.root.stat().st_mtime_ns
-        except FileNotFoundError:
-            return []
-        if self._models is None or self._models[0] != stamp:
-            self._models = (stamp, self.store.list())
-        return self._models[1]
-
-    async def heartbeat(self) -> HiveHeartbeat:
-        """What the queen should know now: host, workers (with fresh slot counts), models."""
-        with trio.move_on_after(_POLL_TIMEOUT_S):
-            await self.supervisor.refresh_slots(self.control)
-        models = self.models()
-        # The first estimate of a model reads its graph: off the event loop.
-        needs = await trio.to_thread.run_sync(
-            lambda: {m.name: self.supervisor.vram_need(m.name) for m in models}
-        )
-        return HiveHeartbeat(
-            hive=self.name,
-            url=self.url,
-            host=host_telemetry(self.gpus),
-            workers=self.supervisor.statuses(),
-            models=[m.name for m in models],
-            model_vram_mb={name: round(n.total_mb, 1) for name, n in needs.items() if n},
-            labels=self.labels,
-            interval_s=self.interval_s,
-        )
 
 
 def _model_info(m: Manifest, need: VramNeed | None) -> ModelInfo:
@@ -109,6 +55,13 @@ def create_hive_app(state: HiveState) -> QuartTrio:
     @app.get("/health")
     async def health() -> Response:
         return server.json_response(Health("ready"))
+
+    @app.post("/v1/shutdown")
+    async def shutdown() -> Response:
+        # As SIGTERM: the workers are retired while the API still answers.
+        state.stop_requested.set()
+        body = ShuttingDown(hive=state.name, pid=os.getpid(), workers=len(supervisor.statuses()))
+        return server.json_response(body, status=202)
 
     @app.get("/v1/status")
     async def status() -> Response:
@@ -179,15 +132,17 @@ def create_hive_app(state: HiveState) -> QuartTrio:
             raise ApiError(f"model {name} is already being pulled", 409)
         source = open_source(req.source, name, state.transfer, state.token, state.queen_url)
         if not isinstance(source, GgufFile):
-            # Fetched before the stream starts so that a wrong name or source is a plain 4xx.
-            await source.manifest()
-        return Response(_pull_events(state, name, source), headers=sse.SSE_HEADERS)
+            # Fetched before the stream starts so that a wrong name, source or precision is a
+            # plain 4xx.
+            (await source.manifest()).with_precisions(req.precisions)
+        events = _pull_events(state, name, source, req.precisions)
+        return Response(events, headers=sse.SSE_HEADERS)
 
     return app
 
 
 async def _pull_events(
-    state: HiveState, name: str, source: Source | GgufFile
+    state: HiveState, name: str, source: Source | GgufFile, precisions: Sequence[str]
 ) -> AsyncGenerator[bytes, None]:
     if name in state.pulling:
         yield sse.event(sse.error_marker(f"model {name} is already being pulled"))
@@ -195,9 +150,9 @@ async def _pull_events(
     state.pulling.add(name)
     try:
         events = (
-            import_gguf(state.store, name, source, state.tasks)
+            import_gguf(state.store, name, source, state.tasks, precisions)
             if isinstance(source, GgufFile)
-            else pull(state.store, name, source)
+            else pull(state.store, name, source, precisions)
         )
         async with contextlib.aclosing(events):
             async for event in events:

@@ -20,8 +20,10 @@ from rbee.wire.hive import (
     ModelList,
     ModelRemoved,
     PullEvent,
+    ShuttingDown,
     SpawnRequest,
     WorkerList,
+    WorkerLog,
     WorkerRetired,
 )
 from rbee.wire.queen import HiveHeartbeat, WorkerStatus
@@ -71,6 +73,16 @@ class HiveClient:
     async def retire(self, worker_id: str) -> WorkerRetired:
         body = await self._request("DELETE", f"/v1/workers/{worker_id}", "retire worker")
         return wire.decode(body, WorkerRetired)
+
+    async def worker_log(self, worker_id: str) -> WorkerLog:
+        """The last lines the worker wrote to its log."""
+        body = await self._request("GET", f"/v1/workers/{worker_id}/log", "read worker log")
+        return wire.decode(body, WorkerLog)
+
+    async def shutdown(self) -> ShuttingDown:
+        """Ask the hive to stop: it retires its workers, then exits."""
+        body = await self._request("POST", "/v1/shutdown", "stop hive")
+        return wire.decode(body, ShuttingDown)
 
     async def models(self) -> list[ModelInfo]:
         body = await self._request("GET", "/v1/models", "list models")

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -269,14 +269,17 @@ async def _write_chunks(
             await f.aclose()
 
 
-async def pull(store: ModelStore, name: str, source: Source) -> AsyncGenerator[PullEvent, None]:
-    """Install ``name`` from ``source``; yields progress, then `Pulled` once installed.
+async def pull(
+    store: ModelStore, name: str, source: Source, precisions: Sequence[str] = ()
+) -> AsyncGenerator[PullEvent, None]:
+    """Install ``name`` from ``source`` with the graphs ``precisions`` (empty: every graph the
+    source has); yields progress, then `Pulled` once installed.
 
     Errors: `ModelError` (a file is corrupted, the source misbehaved) or `ConnectError` (the
     source went away); the partial download stays for the next attempt unless it was corrupted.
     """
     validate_name(name)
-    manifest = await source.manifest()
+    manifest = (await source.manifest()).with_precisions(precisions)
     _check_manifest(manifest, source.description)
     partial = _partial_dir(store, name)
     partial.mkdir(parents=True, exist_ok=True)
@@ -334,14 +337,20 @@ async def pull(store: ModelStore, name: str, source: Source) -> AsyncGenerator[P
 
 
 async def import_gguf(
-    store: ModelStore, name: str, source: GgufFile, nursery: trio.Nursery
+    store: ModelStore,
+    name: str,
+    source: GgufFile,
+    nursery: trio.Nursery,
+    precisions: Sequence[str] = (),
 ) -> AsyncGenerator[PullEvent, None]:
-    """Convert a local GGUF into model ``name``; yields each step, then `Pulled`.
+    """Convert a local GGUF into model ``name`` with the graphs ``precisions`` (empty: all);
+    yields each step, then `Pulled`.
 
     The conversion runs in a thread owned by ``nursery`` (the hive's), not by this generator: a
     generator must not hold a nursery open across ``yield``, and an import whose client went away
     is still worth finishing.
     """
+    from rbee.models.importer import PRECISIONS
     from rbee.models.importer import import_gguf as convert
 
     validate_name(name)
@@ -357,7 +366,14 @@ async def import_gguf(
         result: Manifest | RbeeError
         try:
             result = await trio.to_thread.run_sync(
-                functools.partial(convert, store, source.path, name=name, progress=progress),
+                functools.partial(
+                    convert,
+                    store,
+                    source.path,
+                    name=name,
+                    precisions=precisions or PRECISIONS,
+                    progress=progress,
+                ),
                 abandon_on_cancel=True,
             )
         except RbeeError as err:

@@ -46,7 +46,7 @@ TAIL_LINES = 200
 REPORT_LINES = 40
 _MAX_LINE = 2000
 _LISTENING = re.compile(r"^rbee worker listening on (\S+)")
-_READY = "rbee worker ready"
+_READY = re.compile(r"^rbee worker ready\b.*?(?:\bprovider=(\S+))?$")
 _DEVICE = re.compile(r"^(cpu|cuda:(\d+))$")
 
 
@@ -77,6 +77,7 @@ class Worker:
     exit_code: int | None = None
     retiring: bool = False
     pinned: bool = False
+    provider: str = ""
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
     )
@@ -113,6 +114,7 @@ class Worker:
             gpu_util_pct=gpu_util,
             vram_mb=round(vram, 1),
             uptime_s=round(sample.uptime_s, 3),
+            provider=self.provider,
             pinned=self.pinned,
         )
 
@@ -351,8 +353,9 @@ class Supervisor:
         worker.tail.append(line[:_MAX_LINE])
         if not worker.url and (match := _LISTENING.match(line)):
             worker.url = self._advertised(match.group(1))
-        elif line.startswith(_READY) and worker.state == "loading":
+        elif (match := _READY.match(line)) and worker.state == "loading":
             worker.state = "ready"
+            worker.provider = match.group(1) or ""
             worker.settled.set()
             log.info("worker ready", extra=kv(worker=worker.id, url=worker.url))
 

@@ -227,23 +227,18 @@ def _expected_tensors(model: GgufModel) -> dict[str, tuple[tuple[Q, ...], tuple[
     if model.has("output.weight"):
         expected["output.weight"] = (MATRIX_TYPES, (h.vocab_size, h.hidden))
     q_rows, kv_rows = h.heads * h.head_dim, h.kv_heads * h.head_dim
+    matrices = arch.block_matrices(q_rows, kv_rows, h.hidden, h.ffn)
     for i in range(h.layers):
         b = f"blk.{i}."
         expected |= {
             b + f"{norm}.weight": (FLOAT_TYPES, (h.hidden,)) for norm in arch.block_norms()
         }
         expected |= {
-            b + "attn_q.weight": (MATRIX_TYPES, (q_rows, h.hidden)),
-            b + "attn_k.weight": (MATRIX_TYPES, (kv_rows, h.hidden)),
-            b + "attn_v.weight": (MATRIX_TYPES, (kv_rows, h.hidden)),
-            b + "attn_output.weight": (MATRIX_TYPES, (h.hidden, q_rows)),
-            b + "ffn_gate.weight": (MATRIX_TYPES, (h.ffn, h.hidden)),
-            b + "ffn_up.weight": (MATRIX_TYPES, (h.ffn, h.hidden)),
-            b + "ffn_down.weight": (MATRIX_TYPES, (h.hidden, h.ffn)),
+            b + f"{name}.weight": (MATRIX_TYPES, shape) for name, shape in matrices.items()
         }
-        for part, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
-            if arch.qkv_bias or model.has(b + f"attn_{part}.bias"):
-                expected[b + f"attn_{part}.bias"] = (FLOAT_TYPES, (rows,))
+        for name in arch.qkv:
+            if arch.qkv_bias or model.has(b + f"{name}.bias"):
+                expected[b + f"{name}.bias"] = (FLOAT_TYPES, matrices[name][:1])
         if arch.qk_norm:
             expected[b + "attn_q_norm.weight"] = (FLOAT_TYPES, (h.head_dim,))
             expected[b + "attn_k_norm.weight"] = (FLOAT_TYPES, (h.head_dim,))
@@ -251,6 +246,12 @@ def _expected_tensors(model: GgufModel) -> dict[str, tuple[tuple[Q, ...], tuple[
 
 
 def _check_tensors(path: Path, model: GgufModel) -> None:
+    for name in model.arch.refused_tensors:
+        if model.has(name):
+            raise ModelError(
+                f"{path}: tensor {name} is not supported in {model.arch.name} models "
+                "(rbee builds them without rotary scaling factors)"
+            )
     for name, (types, shape) in _expected_tensors(model).items():
         if not model.has(name):
             raise ModelError(f"{path}: tensor {name} is missing")

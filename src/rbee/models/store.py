@@ -13,7 +13,7 @@ import hashlib
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +65,22 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
                 f"import it with 'rbee model import FILE.gguf --precision {precision}'"
             )
         return f"model.{precision}.onnx"
+
+    def with_precisions(self, precisions: Sequence[str]) -> Manifest:
+        """This manifest reduced to the graphs ``precisions`` (all when empty) and the files
+        they need; `ModelError` naming the missing ones if it lacks any."""
+        if not precisions:
+            return self
+        missing = [p for p in precisions if p not in self.precisions]
+        if missing:
+            raise ModelError(
+                f"model {self.name} has no {', '.join(missing)} graph "
+                f"(has: {', '.join(self.precisions)})"
+            )
+        dropped = tuple(f"model.{p}.onnx" for p in self.precisions if p not in precisions)
+        files = {n: f for n, f in self.files.items() if not n.startswith(dropped)}
+        kept = [p for p in self.precisions if p in precisions]
+        return msgspec.structs.replace(self, precisions=kept, files=files)
 
 
 def validate_name(name: str) -> str:

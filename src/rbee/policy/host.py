@@ -4,7 +4,8 @@ The queen schedules through the host like through any `Scheduler`; a run-time `P
 propagates, and the queen's dispatcher answers it with its fallback (a built-in policy or a reject),
 counts it in ``/metrics`` and shows it in ``rbee status`` — the same for every scheduler.
 ``reload_if_changed`` re-reads the file when its mtime, size or content changed and swaps the
-policy only if the new text compiles; a locked host (platform mode) never reloads.
+policy only if the new text compiles; a locked host (platform mode) never reloads. A file named
+``*.yaml`` or ``*.yml`` holds YAML rules (`rbee.policy.rules`) and is reloaded the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rbee.log import kv
 from rbee.policy.compile import CompiledPolicy, compile_program
 from rbee.policy.limits import Limits
 from rbee.policy.parse import parse
+from rbee.policy.rules import is_rules_file, load_rules
 from rbee.wire.queen import JobView, PolicyStatus, Snapshot
 
 __all__ = ["PolicyHost", "PolicyStatus", "load_file", "load_source"]
@@ -32,7 +34,14 @@ log = logging.getLogger("rbee.policy")
 def load_source(
     source: str, filename: str = "<policy>", limits: Limits | None = None
 ) -> CompiledPolicy:
-    """Parse and compile policy text; any problem is a `PolicyError` with position and caret."""
+    """Parse and compile policy text; any problem is a `PolicyError` with position and caret.
+
+    A ``filename`` ending in ``.yaml`` or ``.yml`` marks the text as YAML rules
+    (`rbee.policy.rules`), which are compiled to the policy language first; their errors point at
+    the YAML.
+    """
+    if is_rules_file(filename):
+        return load_rules(source, filename, limits)
     return compile_program(parse(source, filename, limits), limits)
 
 

@@ -22,7 +22,7 @@ from rbee.errors import PolicyError
 from rbee.policy import nodes as n
 from rbee.policy.limits import INT_MAX, Limits
 
-__all__ = ["parse", "parser"]
+__all__ = ["check_text", "parse", "parser"]
 
 # Characters that make source read differently from how it runs ("Trojan Source") or that no
 # policy needs: bidirectional controls, zero-width marks, C0 controls other than tab and newlines.
@@ -249,9 +249,11 @@ def _syntax_error(err: lark.exceptions.UnexpectedInput, source: str) -> tuple[st
     return f"syntax error: {err}", (getattr(err, "line", 1) or 1, getattr(err, "column", 1) or 1)
 
 
-def parse(source: str, filename: str = "<policy>", limits: Limits | None = None) -> n.Program:
-    """Parse ``source`` into a `Program`; every problem is a `PolicyError` naming the position."""
-    limits = limits or Limits()
+def check_text(source: str, filename: str, limits: Limits) -> None:
+    """Refuse text over `Limits.max_source_bytes` or with a forbidden character (`PolicyError`).
+
+    The first check on any policy text, DSL or YAML rules, before a parser sees it.
+    """
     size = len(source.encode("utf-8", "surrogatepass"))
     if size > limits.max_source_bytes:
         raise PolicyError(
@@ -269,6 +271,12 @@ def parse(source: str, filename: str = "<policy>", limits: Limits | None = None)
             "(control and bidirectional characters can make code read differently from how it runs)",
             (line, column),
         )
+
+
+def parse(source: str, filename: str = "<policy>", limits: Limits | None = None) -> n.Program:
+    """Parse ``source`` into a `Program`; every problem is a `PolicyError` naming the position."""
+    limits = limits or Limits()
+    check_text(source, filename, limits)
     token = _nesting_limit.set(limits.max_nesting)
     try:
         fns: tuple[n.FnDef, ...] = parser().parse(source)  # type: ignore[assignment]

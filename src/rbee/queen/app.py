@@ -16,9 +16,17 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
-from rbee.errors import NotFoundError, UsageError
-from rbee.queen import openai_api
-from rbee.queen.auth import Gate, bearer, caller, route_class
+from rbee.errors import ForbiddenError, NotFoundError, UsageError
+from rbee.queen import openai_api, openapi
+from rbee.queen.auth import (
+    SESSION_COOKIE,
+    Gate,
+    bearer,
+    caller,
+    credential,
+    cross_site,
+    route_class,
+)
 from rbee.queen.dispatcher import CANCEL_TIMEOUT_S, Dispatcher
 from rbee.queen.jobs import Job
 from rbee.queen.keys import KeyStore
@@ -59,9 +67,10 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def last_event_id(job: Job, header: str | None) -> int:
     """How many of the job's events a reconnecting client has (its ``Last-Event-ID``); 0 without.
 
-    `UsageError` for an id that is no number, or one the job never sent.
+    `UsageError` for an id that is no number, or one the job never sent. A job interrupted by a
+    queen restart lost its events: any client of it gets the end, with its reason.
     """
-    if header is None or not header.strip():
+    if header is None or not header.strip() or job.stream.restored:
         return 0
     value = header.strip()
     if not value.isdigit() or int(value) > len(job.stream):
@@ -99,13 +108,28 @@ def _stream_response(dispatcher: Dispatcher, job: Job, after: int = 0) -> Respon
 def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     """The queen's app around ``dispatcher``, its callers checked by ``gate``."""
     app = create_app("rbee-queen")
+    # Made at the first request, once every route (the cluster's and the SSH hives') is added.
+    described: list[bytes] = []
 
     @app.before_request
     async def _check_caller() -> None:
+        authorization = request.headers.get("Authorization", "")
+        headers = request.headers
+        if cross_site(
+            request.method,
+            authorization,
+            headers.get("Sec-Fetch-Site"),
+            headers.get("Origin"),
+            headers.get("Host"),
+        ):
+            raise ForbiddenError(
+                "cross-site request refused: send it from the queen's page", "cross_site"
+            )
         route = route_class(request.method, request.path)
         if route == "open":
             return
-        who = gate.identify(request.headers.get("Authorization", ""), request.remote_addr)
+        authorization = credential(authorization, request.cookies.get(SESSION_COOKIE))
+        who = gate.identify(authorization, request.remote_addr)
         gate.allow(who, route)
         g.caller = who
 
@@ -137,7 +161,9 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
 
     @app.post("/v1/jobs")
     async def submit() -> Response:
-        job = gate.submit(dispatcher, caller(), wire.decode(await request.get_data(), JobRequest))
+        job_request = wire.decode(await request.get_data(), JobRequest)
+        await dispatcher.prompts.check(job_request)
+        job = gate.submit(dispatcher, caller(), job_request)
         await dispatcher.accepted(job)
         if sse.wants_stream(request.headers.get("Accept")):
             return _stream_response(dispatcher, job)
@@ -199,6 +225,12 @@ def build_app(dispatcher: Dispatcher, gate: Gate) -> QuartTrio:
     async def status() -> Response:
         return json_response(dispatcher.status())
 
+    @app.get("/openapi.json")
+    async def openapi_document() -> Response:
+        if not described:
+            described.append(wire.encode(openapi.document(app)))
+        return Response(described[0], mimetype="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         text = dispatcher.metrics.render(dispatcher.gauges)
@@ -222,4 +254,4 @@ def _key_routes(app: QuartTrio, keys: KeyStore) -> None:
 
     @app.delete("/v1/keys/<name>")
     async def revoke_key(name: str) -> Response:
-        return json_response(keys.revoke(name).info())
+        return json_response(keys.revoke(wire.check_name(name, "name")).info())

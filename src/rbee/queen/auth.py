@@ -19,6 +19,13 @@ registers a hive or a worker. An unknown, revoked or expired ``rbee_`` key is a 
 caller needs a credential, loopback too. So key management needs the admin token, or a
 loopback caller of a home-mode queen without a token.
 
+The web page (``/ui``) sends the same credentials from a cookie (`SESSION_COOKIE`, HttpOnly and
+SameSite=Strict, set by ``POST /ui/login``); `credential` reads the header first, then the cookie.
+A state-changing request that carries no ``Authorization`` header is refused when a browser marks
+it as sent from another site (`cross_site`): that is the one way a page elsewhere could act with
+this queen's cookie, or as a keyless loopback caller (a browser cannot add the header to a
+cross-site request without a CORS preflight, which the queen never grants).
+
 The check is a dict lookup by the key's SHA-256 and a constant-time comparison of the digests;
 the fast routes (`rbee.queen.fast_routes`) and the quart app go through the same `Gate`.
 """
@@ -46,17 +53,23 @@ from rbee.wire.worker import prompt_chars
 __all__ = [
     "ADMIN",
     "LOCAL",
+    "SESSION_COOKIE",
     "Caller",
     "Credentials",
     "Gate",
     "RouteClass",
     "bearer",
     "caller",
+    "credential",
+    "cross_site",
     "route_class",
 ]
 
 CallerKind = Literal["admin", "local", "hive", "key"]
 RouteClass = Literal["open", "hive", "client", "admin"]
+
+SESSION_COOKIE = "rbee_session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _NO_KEY = "missing API key or token: send 'Authorization: Bearer <key>' (see 'rbee key create')"
 
@@ -84,6 +97,30 @@ def bearer(authorization: str) -> str:
     return authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
 
 
+def credential(authorization: str, cookie: str | None) -> str:
+    """The ``Authorization`` header to identify a caller by: the header, else the page's cookie."""
+    if authorization or not cookie:
+        return authorization
+    return f"Bearer {cookie}"
+
+
+def cross_site(
+    method: str, authorization: str, fetch_site: str | None, origin: str | None, host: str | None
+) -> bool:
+    """Whether a state-changing request without ``Authorization`` comes from another site.
+
+    ``fetch_site`` is the browser's ``Sec-Fetch-Site``; older browsers send only ``Origin``,
+    compared with the request's ``Host``. A client that is no browser sends neither.
+    """
+    if method in _SAFE_METHODS or authorization:
+        return False
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    if origin is None:
+        return False
+    return urllib.parse.urlsplit(origin).netloc != (host or "")
+
+
 def caller() -> Caller:
     """Who sent the request a quart route is answering (the queen's app sets it first)."""
     found: Caller = g.caller
@@ -92,7 +129,7 @@ def caller() -> Caller:
 
 def route_class(method: str, path: str) -> RouteClass:
     """Which callers a route is for (see the module docstring)."""
-    if path == "/health":
+    if path in ("/health", "/openapi.json", "/ui") or path.startswith("/ui/"):
         return "open"
     if path in ("/v1/heartbeat", "/v1/store") or path.startswith("/v1/store/"):
         return "hive"

@@ -64,9 +64,11 @@ T = TypeVar("T")
 # A spawn that waits for a model to load, a retire that waits out a worker's grace period.
 LONG_TIMEOUT_S = 300.0
 
-# A job's stream that drops is followed again this many times in a row, a pause between tries.
-RECONNECTS = 5
+# A job's stream that drops is followed again this many times in a row, the pause between tries
+# doubling up to its cap: about 17 s in all, time for a queen killed outright to be restarted.
+RECONNECTS = 10
 RECONNECT_PAUSE_S = 0.5
+RECONNECT_PAUSE_MAX_S = 2.0
 
 _pull_events = msgspec.json.Decoder(PullEvent)
 _deploy_events = msgspec.json.Decoder(PushProgress | HiveStarted)
@@ -179,8 +181,8 @@ class QueenClient:
                     f"lost the stream of job {job_id} and could not get it back after "
                     f"{RECONNECTS} tries"
                 )
+            time.sleep(min(RECONNECT_PAUSE_S * 2**failures, RECONNECT_PAUSE_MAX_S))
             failures += 1
-            time.sleep(RECONNECT_PAUSE_S)
             try:
                 with self._stream(
                     f"/v1/jobs/{job_id}/stream",

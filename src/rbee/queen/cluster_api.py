@@ -17,10 +17,10 @@ from rbee import sse, wire
 from rbee.errors import RbeeError
 from rbee.queen.provision import Hives
 from rbee.server import json_response
-from rbee.wire.hive import ModelList, SpawnRequest
+from rbee.wire.hive import ModelList, PullEvent, SpawnRequest
 from rbee.wire.queen import HiveList, ModelPullRequest, WorkerEntryList, WorkerSpawn
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "pull_stream"]
 
 
 def add_routes(app: QuartTrio, hives: Hives) -> None:
@@ -50,22 +50,27 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
 
     @app.get("/v1/hives/<name>/models")
     async def hive_models(name: str) -> Response:
+        wire.check_name(name, "name")
         return json_response(ModelList(await hives.client(name).models()))
 
     @app.delete("/v1/hives/<name>/models/<model>")
     async def remove_model(name: str, model: str) -> Response:
+        wire.check_name(name, "name")
+        wire.check_name(model, "model")
         return json_response(await hives.client(name).remove_model(model))
 
     @app.post("/v1/hives/<name>/models/pull")
     async def pull_model(name: str) -> Response:
+        wire.check_name(name, "name")
         req = wire.decode(await request.get_data(), ModelPullRequest)
         hives.check_pull(name, req.model)
-        return Response(_pull_stream(hives, name, req.model), headers=sse.SSE_HEADERS)
+        return Response(pull_stream(hives.pull(name, req.model)), headers=sse.SSE_HEADERS)
 
 
-async def _pull_stream(hives: Hives, hive: str, model: str) -> AsyncGenerator[bytes, None]:
+async def pull_stream(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[bytes, None]:
+    """A hive's pull events as SSE, then ``[DONE]``, or ``[ERROR] <message>`` when it fails."""
     try:
-        async with contextlib.aclosing(hives.pull(hive, model)) as events:
+        async with contextlib.aclosing(pulled) as events:
             async for event in events:
                 yield sse.event(wire.encode(event))
         yield sse.event(sse.DONE)

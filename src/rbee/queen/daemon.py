@@ -24,7 +24,8 @@ from rbee.decisions import Scheduler
 from rbee.errors import ConfigError
 from rbee.models.http import store_blueprint
 from rbee.models.store import ModelStore
-from rbee.queen import cluster_api, fast_routes
+from rbee.policy import PolicyHost
+from rbee.queen import cluster_api, drafts, fast_routes, ui
 from rbee.queen.app import build_app
 from rbee.queen.auth import Gate
 from rbee.queen.db import db_path, open_db
@@ -33,6 +34,7 @@ from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
 from rbee.queen.lifecycle import routes as lifecycle_routes
 from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
+from rbee.queen.prompts import PromptCheck
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
 from rbee.server import require_token, serve, until_signal
@@ -143,6 +145,7 @@ async def run_queen(
         app = build_app(dispatcher, gate)
         fast_routes.install(app, dispatcher, gate)
         hives = _hives(config, dispatcher, control, transfer, store_dir)
+        dispatcher.prompts = PromptCheck(dispatcher.registry, hives.store)
         if provision and provisioner is None:
             dispatcher.provisioner = hives
         hives.token_for = gate.credentials.hive
@@ -151,6 +154,21 @@ async def run_queen(
             # Before the first request can arrive: a job sent right away waits for this hive.
             dispatcher.expect_hive(LOCAL_HIVE, config.hive_start_timeout_s)
         cluster_api.add_routes(app, hives)
+
+        def use_policy(host: PolicyHost) -> None:
+            dispatcher.scheduler = host
+            dispatcher.tenants = lambda: gate.quotas.tenants(gate.keys.tenant_limits)
+
+        ui.add_routes(
+            app,
+            dispatcher,
+            gate,
+            hives,
+            platform=config.platform,
+            locked=locked,
+            applied_path=db_path(config).parent / drafts.APPLIED_FILE,
+            on_policy=use_policy,
+        )
         hosts = HostHives(
             conn,
             dispatcher,
@@ -159,6 +177,7 @@ async def run_queen(
             token=config.token,
             queen_host=config.host,
             heartbeat_interval_s=config.heartbeat_interval_s,
+            http=control,
         )
         hosts.token_for = functools.partial(hive_token, gate.secret)
         lifecycle_routes.add_routes(app, hosts)

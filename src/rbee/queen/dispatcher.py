@@ -49,15 +49,17 @@ import trio
 from rbee import __version__, sse, wire
 from rbee.config import QueenConfig
 from rbee.decisions import Decision, Queue, Reject, Route, Scheduler, Spawn, kind_target
-from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError
+from rbee.errors import ApiError, ModelNotFoundError, NoWorkerError, QueueFullError, UsageError
+from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import AdmissionQueue, Job
 from rbee.queen.metrics import Labels, Metrics
+from rbee.queen.prompts import PromptCheck
 from rbee.queen.registry import STALE_INTERVALS, Registry
 from rbee.queen.relay import AttemptError, Outcome, StallBounds, cancel_on_worker, run_attempt
 from rbee.queen.scheduler import Watched, make_fallback
-from rbee.queen.store import HiveStore, JobStore
+from rbee.queen.store import HiveStore, JobStore, StoredJob
 from rbee.wire.queen import (
     DecisionRecord,
     HiveHeartbeat,
@@ -113,6 +115,9 @@ class Dispatcher:
         # Awaited before the queen opens a connection to a worker (see `rbee.queen.http11`).
         self.before_connect: Callable[[str, int], Awaitable[None]] | None = None
         self.registry = Registry(trio.current_time)
+        # A prompt too long for its model is refused before it is submitted; the daemon gives
+        # it the queen's store, whose tokenizers count the prompts that may not fit.
+        self.prompts = PromptCheck(self.registry, None)
         self.scheduler = scheduler
         self.fallback = make_fallback(config.policy_fallback, cpu_fallback=config.cpu_fallback)
         self.provisioner = provisioner
@@ -132,9 +137,10 @@ class Dispatcher:
         self._idle = trio.Event()
         self._idle.set()
         self._heard = trio.Event()
+        self._job_ended = trio.Event()
         self._lost: dict[str, str] = {}
-        # Hives started by the queen that have not reported yet: name -> (deadline, bound in s).
-        self._expected: dict[str, tuple[float, float]] = {}
+        # Hives expected to report: name -> (deadline, bound in s, since when, as words).
+        self._expected: dict[str, tuple[float, float, str]] = {}
         self._bounds = StallBounds(
             config.first_event_timeout_s, config.stall_steps, config.stall_floor_s
         )
@@ -162,16 +168,21 @@ class Dispatcher:
                 await pool.aclose()
 
     def _readmit(self) -> None:
+        """Queue again the jobs a queen that stopped left waiting; fail those it left running.
+
+        A running job's events died with the queen that relayed them, so it cannot continue where
+        its client left off: it fails with the reason, and a client that reconnects to its stream
+        gets that reason. While re-admitted jobs wait, so does every job no worker can take, for
+        the hives last seen online to report again (their heartbeats back off while the queen is
+        down, up to `MAX_BACKOFF_S`).
+        """
         now, t = time.time(), trio.current_time()
+        readmitted = False
         for stored in self.records.unfinished():
             if stored.state == "running":
-                self.records.update(
-                    stored.id,
-                    state="failed",
-                    finished_at=now,
-                    error="interrupted: the queen stopped while the job ran",
-                )
+                self._interrupted_by_restart(stored, now)
                 continue
+            readmitted = True
             deadline = None if stored.deadline_at is None else t + (stored.deadline_at - now)
             job = Job(
                 id=stored.id,
@@ -187,6 +198,35 @@ class Dispatcher:
             job.worker_body = wire.encode(stored.request.to_worker())
             self.jobs[job.id] = job
             self.queue.push(job)
+        if readmitted:
+            within = MAX_BACKOFF_S + STALE_INTERVALS * self.config.heartbeat_interval_s
+            for hive in self.hive_records.all():
+                if hive["status"] == "online":
+                    self.expect_hive(hive["name"], within, "of the queen's restart")
+
+    def _interrupted_by_restart(self, stored: StoredJob, now: float) -> None:
+        error = "interrupted: the queen stopped while the job ran"
+        self.records.update(stored.id, state="failed", finished_at=now, error=error)
+        if stored.attempts:
+            self.records.end_attempt(stored.id, stored.attempts, now, error)
+        job = Job(
+            id=stored.id,
+            seq=stored.seq,
+            request=stored.request,
+            created_at=stored.created_at,
+            admitted_at=trio.current_time(),
+            attempts=stored.attempts,
+            tenant=stored.tenant,
+            state="failed",
+            error=error,
+        )
+        # Kept like any finished job, so that a client reconnecting to its stream learns why.
+        job.stream.restored = True
+        job.stream.close(sse.error_marker(error))
+        job.done.set()
+        job.ended_at = trio.current_time()
+        self.jobs[job.id] = job
+        self._finished.append(job.id)
 
     async def close_idle_connections(self) -> None:
         """Close the kept-alive connections to workers that no attempt is using.
@@ -254,6 +294,20 @@ class Dispatcher:
 
     # --- admission -------------------------------------------------------------------------
 
+    def _check_fits(self, request: JobRequest) -> None:
+        """Refuse (400) a request the model's context cannot hold: as OpenAI does, ``max_tokens``
+        is never cut down to what is left. The prompt's own length is checked by the worker,
+        or, when it may be too long, before the job is submitted (`PromptCheck.check`)."""
+        context = self.prompts.context(request.model)
+        if context is not None and request.max_tokens >= context:
+            raise UsageError(
+                f"max_tokens is too large: {request.max_tokens}. Model {request.model!r} has a "
+                f"context of {context} tokens, which leaves at most {context - 1} for the "
+                "completion after a prompt of one token",
+                param="max_tokens",
+                code="invalid_value",
+            )
+
     def submit(self, request: JobRequest, tenant: str = "") -> Job:
         """Admit a job of ``tenant``; raise `ModelNotFoundError`, `NoWorkerError`,
         `QueueFullError`, or a 503 while draining."""
@@ -261,6 +315,7 @@ class Dispatcher:
             raise ApiError(
                 "the queen is shutting down and admits no new jobs", 503, error_type="server_error"
             )
+        self._check_fits(request)
         if request.seed is None:
             # A seed of its own makes the job resumable on another worker (and reproducible).
             request = msgspec.structs.replace(request, seed=secrets.randbits(63))
@@ -357,7 +412,7 @@ class Dispatcher:
         grace = STALE_INTERVALS * self.config.heartbeat_interval_s
         if job.readmitted and now < self._started_at + grace:
             return True
-        return any(now < deadline for deadline, _ in self._expected.values())
+        return any(now < deadline for deadline, _, _ in self._expected.values())
 
     def _unknown(self, model: str) -> bool:
         """No worker serves ``model``, no online hive has it and the provisioner cannot bring it."""
@@ -371,9 +426,10 @@ class Dispatcher:
     def _overdue(self) -> str:
         """What to add to a rejection about the expected hives that never reported."""
         now = trio.current_time()
-        late = [(n, bound) for n, (deadline, bound) in self._expected.items() if now >= deadline]
         return "".join(
-            f" (hive {name} did not report within {bound:g} s of its start)" for name, bound in late
+            f" (hive {name} did not report within {bound:g} s {since})"
+            for name, (deadline, bound, since) in self._expected.items()
+            if now >= deadline
         )
 
     def _decide(self, job: Job, tenants: tuple[TenantView, ...]) -> Decision:
@@ -551,6 +607,8 @@ class Dispatcher:
                 await self._retry_later(job)
             else:
                 self._not_running(job)
+                if failure.refusal is not None:
+                    job.failure = failure.refusal
                 if failure.retryable and job.attempts > 1:
                     message = f"gave up after {job.attempts} attempts; last: {message}"
                 self._finish(job, "failed", error=message)
@@ -625,6 +683,28 @@ class Dispatcher:
         self.running.pop(job.id, None)
         if not self.running:
             self._idle.set()
+        self._job_ended.set()
+        self._job_ended = trio.Event()
+
+    async def drain_hive(self, name: str, grace_s: float) -> int:
+        """Route nothing more to hive ``name`` and wait up to ``grace_s`` for the jobs running
+        on its workers to end; return how many still run. `Registry.drain` undoes the first.
+        """
+        self.registry.drain(name)
+
+        def left() -> int:
+            return sum(
+                1
+                for job in self.running.values()
+                if job.worker is not None
+                and (record := self.registry.get(job.worker)) is not None
+                and record.hive == name
+            )
+
+        with trio.move_on_after(grace_s):
+            while left():
+                await self._job_ended.wait()
+        return left()
 
     # --- ending ----------------------------------------------------------------------------
 
@@ -713,13 +793,14 @@ class Dispatcher:
 
     # --- hives -----------------------------------------------------------------------------
 
-    def expect_hive(self, name: str, within_s: float) -> None:
+    def expect_hive(self, name: str, within_s: float, since: str = "of its start") -> None:
         """Hold the jobs no worker can take until hive ``name`` reports, for up to ``within_s``.
 
         The queen calls it as it starts a hive, so that a job sent before the hive's first
-        heartbeat waits for it rather than fails for want of a hive.
+        heartbeat waits for it rather than fails for want of a hive; ``since`` says from when,
+        for the rejection of a job that waited in vain.
         """
-        self._expected[name] = (trio.current_time() + within_s, within_s)
+        self._expected[name] = (trio.current_time() + within_s, within_s, since)
 
     async def wait_for_hive(self, name: str, *, after: float | None = None) -> None:
         """Return once hive ``name`` is online (at once if it is) and, with ``after``, has

@@ -6,12 +6,12 @@ request and response machinery costs about 0.25 ms a request on a small machine,
 the queen may add to the time to first token (``bench/queen.py``), so these two do without it.
 
 They speed up the way a job is accepted and followed, nothing else: a request they would answer
-differently from the quart app (another route, a caller the `Gate` refuses, another tenant's
-job, a body that is too large, not
-sized by ``Content-Length`` or does not decode, a job that is not held any more) goes to the
-quart app with its body, which answers it as it answers every request. Only a refusal by
+differently from the quart app (another route, a caller the `Gate` refuses, a cross-site request
+(`rbee.queen.auth.cross_site`), another tenant's job, a body that is too large, not sized by
+``Content-Length`` or does not decode, a job that is not held any more) goes to the quart app with its body, which answers it as it answers every request. Only a refusal by
 `Gate.submit` (a model the key may not use, its quota used up, queue full, unknown model, no
-worker, shutting down) is answered here, with `rbee.server.error_parts` like every other error.
+worker, shutting down, ``max_tokens`` beyond the context) or by
+`rbee.queen.prompts.PromptCheck` (a prompt the model's context cannot hold) is answered here, with `rbee.server.error_parts` like every other error.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from quart_trio import QuartTrio
 from rbee import sse, wire
 from rbee.errors import RbeeError
 from rbee.queen.app import follow_job, last_event_id
-from rbee.queen.auth import Caller, Gate
+from rbee.queen.auth import Caller, Gate, cross_site
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
 from rbee.server import MAX_BODY_BYTES, error_parts
@@ -82,6 +82,11 @@ class FastRoutes:
         """The caller, if the gate lets it call a client route (else quart answers the refusal)."""
         client = scope.get("client")
         authorization = headers.get(b"authorization", b"").decode("latin-1")
+        fetch_site, origin = _header(headers, b"sec-fetch-site"), _header(headers, b"origin")
+        if cross_site(
+            scope["method"], authorization, fetch_site, origin, _header(headers, b"host")
+        ):
+            return None
         try:
             who = self.gate.identify(authorization, client[0] if client else None)
             self.gate.allow(who, "client")
@@ -114,6 +119,8 @@ class FastRoutes:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
+            if self.dispatcher.prompts.might_not_fit(request):
+                await self.dispatcher.prompts.check(request)
             job = self.gate.submit(self.dispatcher, who, request)
         except RbeeError as err:
             await _answer_error(send, err)
@@ -145,7 +152,7 @@ async def _read_body(receive: Receive) -> bytes | None:
 def _decode(body: bytes) -> JobRequest | None:
     try:
         return _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

@@ -37,6 +37,8 @@ class JobStream:
         self._changed = trio.Event()
         self.closed = False
         self.readers = 0
+        # Its events before a queen restart are lost: it holds only how it ended.
+        self.restored = False
 
     def push(self, payload: bytes) -> None:
         """Add one event payload (``{"type": "token", ...}``)."""

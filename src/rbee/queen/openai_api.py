@@ -15,17 +15,16 @@ the error that failed it (502 when no error class says better).
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncGenerator
-from typing import Literal, TypeVar
+from typing import Literal
 
 import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
-from rbee.errors import RbeeError, UsageError
+from rbee.errors import RbeeError
 from rbee.queen.auth import Gate, caller
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
@@ -52,14 +51,8 @@ _ROLES: dict[str, Literal["system", "user", "assistant"]] = {
 }
 
 
-T = TypeVar("T")
-
 _chat_request = msgspec.json.Decoder(oa.ChatCompletionRequest)
 _completion_request = msgspec.json.Decoder(oa.CompletionRequest)
-# msgspec names the bad value's place last ("... - at `$.messages[0].role`"), and a missing
-# field first ("Object missing required field `messages`").
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 class _Failed(Exception):
@@ -68,26 +61,6 @@ class _Failed(Exception):
     def __init__(self, message: str, failure: RbeeError | None = None) -> None:
         super().__init__(message)
         self.failure = failure
-
-
-def _decode(data: bytes | str, decoder: msgspec.json.Decoder[T]) -> T:
-    """The request body; a bad one is a `UsageError` whose ``param`` names the field."""
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as err:
-        raise UsageError(f"invalid request body: {err}", param=_param(str(err))) from None
-    except msgspec.DecodeError as err:
-        raise UsageError(f"invalid request body: not valid JSON ({err})") from None
-
-
-def _param(message: str) -> str | None:
-    """The field a msgspec validation message is about, as a dotted path (``messages[0].role``)."""
-    at = _AT.search(message)
-    path = at[1] if at else ""
-    missing = _MISSING.match(message)
-    if missing:
-        path = f"{path}.{missing[1]}" if path else missing[1]
-    return path or None
 
 
 def _operation(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> InferOperation:
@@ -112,17 +85,19 @@ def _operation(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> InferOp
 async def _pieces(dispatcher: Dispatcher, job: Job) -> AsyncGenerator[ww.Token | ww.Finished, None]:
     """The job's tokens and final event; raise `_Failed` on ``[ERROR]``; cancel on early exit."""
     try:
-        async for batch in job.stream.batches():
-            for payload in batch:
-                if payload.startswith(_ERROR):
-                    message = payload[len(_ERROR) :].decode(errors="replace").strip()
-                    raise _Failed(message, job.failure)
-                if payload == _CANCELLED:
-                    raise _Failed("the job was cancelled")
-                if payload.startswith(b"{"):
-                    event = _events.decode(payload)
-                    if not isinstance(event, ww.Started):
-                        yield event
+        # Closed at once when an error ends the loop early, not by the garbage collector.
+        async with contextlib.aclosing(job.stream.batches()) as batches:
+            async for batch in batches:
+                for payload in batch:
+                    if payload.startswith(_ERROR):
+                        message = payload[len(_ERROR) :].decode(errors="replace").strip()
+                        raise _Failed(message, job.failure)
+                    if payload == _CANCELLED:
+                        raise _Failed("the job was cancelled")
+                    if payload.startswith(b"{"):
+                        event = _events.decode(payload)
+                        if not isinstance(event, ww.Started):
+                            yield event
     finally:
         if not job.done.is_set():
             dispatcher.cancel(job.id)
@@ -167,8 +142,10 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        body = _decode(await request.get_data(), _chat_request)
-        job = gate.submit(dispatcher, caller(), _operation(body))
+        body = wire.decode_with(await request.get_data(), _chat_request)
+        operation = _operation(body)
+        await dispatcher.prompts.check(operation)
+        job = gate.submit(dispatcher, caller(), operation)
         await dispatcher.accepted(job)
         cid, created = f"chatcmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:
@@ -189,8 +166,10 @@ def add_routes(app: QuartTrio, dispatcher: Dispatcher, gate: Gate) -> None:
 
     @app.post("/v1/completions")
     async def completions() -> Response:
-        body = _decode(await request.get_data(), _completion_request)
-        job = gate.submit(dispatcher, caller(), _operation(body))
+        body = wire.decode_with(await request.get_data(), _completion_request)
+        operation = _operation(body)
+        await dispatcher.prompts.check(operation)
+        job = gate.submit(dispatcher, caller(), operation)
         await dispatcher.accepted(job)
         cid, created = f"cmpl-{job.id.removeprefix('job-')}", int(time.time())
         if body.stream:

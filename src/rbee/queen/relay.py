@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from rbee import sse, wire
+from rbee.errors import ApiError, RbeeError
 from rbee.queen.http11 import Pool, TransportError
 from rbee.queen.jobs import Job
 from rbee.wire import worker as wire_worker
@@ -38,13 +39,22 @@ _ERROR = sse.ERROR_PREFIX.encode()
 class AttemptError(Exception):
     """The attempt failed; ``retryable`` when the job may run (or continue) elsewhere.
 
-    ``stalled``: the worker went silent, rather than failing or going away.
+    ``stalled``: the worker went silent, rather than failing or going away. ``refusal``: the
+    worker refused the request itself (a 4xx), as the error its client should get.
     """
 
-    def __init__(self, message: str, *, retryable: bool, stalled: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        stalled: bool = False,
+        refusal: RbeeError | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.stalled = stalled
+        self.refusal = refusal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +77,14 @@ class Outcome:
     tokens_out: int
 
 
-def _error_message(status: int, body: bytes) -> str:
+_error_body = msgspec.json.Decoder(wire.ErrorBody)
+
+
+def _error_detail(status: int, body: bytes) -> wire.ErrorDetail:
     try:
-        return str(msgspec.json.decode(body)["error"]["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return f"HTTP {status}"
+        return _error_body.decode(body).error
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return wire.ErrorDetail(message=f"HTTP {status}")
 
 
 class _Relay:
@@ -219,10 +232,14 @@ async def run_attempt(
 
 
 def _refused(where: str, status: int, body: bytes) -> AttemptError:
-    message = _error_message(status, body)
+    detail = _error_detail(status, body)
     if status == 429 or status >= 500:
-        return AttemptError(f"{where} answered {status}: {message}", retryable=True)
-    return AttemptError(f"{where} refused the job: {message}", retryable=False)
+        return AttemptError(f"{where} answered {status}: {detail.message}", retryable=True)
+    refusal = ApiError(detail.message, status, error_type=detail.type, code=detail.code)
+    refusal.param = detail.param
+    return AttemptError(
+        f"{where} refused the job: {detail.message}", retryable=False, refusal=refusal
+    )
 
 
 async def cancel_on_worker(pool: Pool, url: str, worker_job_path: str) -> None:

@@ -19,7 +19,7 @@ The hive also serves its store read-only for peers under ``/v1/store`` (`rbee.mo
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
@@ -32,10 +32,12 @@ __all__ = [
     "ModelInfo",
     "ModelList",
     "ModelRemoved",
+    "Precision",
     "PullEvent",
     "PullProgress",
     "PullRequest",
     "Pulled",
+    "ShuttingDown",
     "SpawnRequest",
     "WorkerList",
     "WorkerLog",
@@ -73,6 +75,14 @@ class WorkerRetired(Struct, frozen=True, kw_only=True):
     id: str
     exit_code: int | None
     killed: bool = False
+
+
+class ShuttingDown(Struct, frozen=True, kw_only=True):
+    """The answer to ``POST /v1/shutdown``: hive ``hive`` retires its ``workers``, then exits."""
+
+    hive: str
+    pid: int
+    workers: int
 
 
 class WorkerLog(Struct, frozen=True):
@@ -114,18 +124,26 @@ class ModelRemoved(Struct, frozen=True):
     name: str
 
 
+Precision = Literal["int4", "fp16", "fp32"]
+"""A graph of a model (`rbee.models.graph.PRECISIONS`)."""
+
+
 class PullRequest(Struct, frozen=True, kw_only=True):
-    """Install model ``name`` from ``source``.
+    """Install model ``name`` from ``source``, with the graphs ``precisions`` (empty: all).
 
     ``source`` is a local model directory (with its ``rbee-model.toml``), a local ``.gguf`` file
     (imported: converted to ONNX on this host), the http(s) URL of a peer's store
     (``http://queen:7833`` or ``http://queen:7833/v1/store``), or `QUEEN_STORE`: the store of the
     queen the hive reports to, at the address the hive reaches it by (the queen cannot know which
     of its addresses a hive can reach). Expected sizes and sha256 come from the source's manifest.
+
+    A ``.gguf`` source builds the graphs ``precisions``; a model source sends only their files
+    (a GPU host needs only ``fp16``) and is refused if it lacks one.
     """
 
     name: Annotated[str, Meta(min_length=1, max_length=80)]
     source: Annotated[str, Meta(min_length=1, max_length=4096)]
+    precisions: Annotated[list[Precision], Meta(max_length=3)] = []
 
 
 class PullProgress(Struct, frozen=True, kw_only=True, tag="progress", tag_field="type"):

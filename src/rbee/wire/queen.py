@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from rbee.wire import NAME_PATTERN
 from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, sampling_fields
 
 __all__ = [
@@ -64,7 +65,7 @@ WorkerState = Literal["loading", "ready", "busy", "stopping"]
 # What a scheduling decision was (see `rbee.decisions`).
 DecisionKind = Literal["route", "spawn", "queue", "reject"]
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
 
 
 class GpuTelemetry(Struct, frozen=True, kw_only=True):
@@ -107,6 +108,9 @@ class WorkerLoad(Struct, frozen=True, kw_only=True):
     gpu_util_pct: float = 0.0
     vram_mb: float = 0.0
     uptime_s: float = 0.0
+    provider: str = ""
+    """The ONNX Runtime execution provider the worker's model runs on (``CUDAExecutionProvider``,
+    ``CPUExecutionProvider``), as its ready line said; empty while it loads."""
 
 
 class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
@@ -125,6 +129,9 @@ class HiveHeartbeat(Struct, frozen=True, kw_only=True):
 
     ``model_vram_mb``: the estimated VRAM of a GPU worker for each model in the store that has
     one (`rbee.models.vram`), for the policies' placement on GPUs.
+
+    ``contexts``: the context length in tokens of each model in ``models`` (the queen refuses a
+    request that cannot fit before a worker sees it).
     """
 
     hive: Name
@@ -133,6 +140,7 @@ class HiveHeartbeat(Struct, frozen=True, kw_only=True):
     workers: list[WorkerStatus] = []
     models: list[str] = []
     model_vram_mb: dict[str, float] = {}
+    contexts: dict[str, int] = {}
     labels: dict[str, str] = {}
     interval_s: float = 1.0
 

@@ -23,6 +23,7 @@ from rbee import server
 from rbee.config import WorkerConfig
 from rbee.errors import ModelError, RbeeError
 from rbee.log import kv
+from rbee.models import default_precision
 from rbee.worker.app import WorkerState, create_worker_app
 from rbee.worker.interfaces import EngineLike, TokenizerLike
 from rbee.worker.scheduler import Scheduler
@@ -58,7 +59,7 @@ def load_model(
     engine = Engine(
         directory,
         manifest,
-        precision=config.precision,
+        precision=config.precision or None,
         device=config.device,
         threads=config.threads,
         slots=config.slots,
@@ -83,9 +84,8 @@ async def run_worker(
     Raises `RbeeError` when the address cannot be bound and `ModelError` when the model cannot be
     loaded; both are raised after every task has stopped, so the CLI sees the error itself.
     """
-    state = WorkerState(
-        model=model, precision=config.precision, device=config.device, slots=config.slots
-    )
+    precision = config.precision or default_precision(config.device)
+    state = WorkerState(model=model, precision=precision, device=config.device, slots=config.slots)
     server.require_token(config.host, config.token, "worker", "worker.token")
     app = create_worker_app(state, config.token)
     failure: RbeeError | None = None

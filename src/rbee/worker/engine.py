@@ -14,7 +14,14 @@ single row, and on a 2-core machine one run of two rows took 15.9 ms against 6.6
 the runs of contiguous rows that cost least in all (`plan_runs`).
 
 Memory: the cache is reserved for the full context (about 380 MB of address space per slot for
-the default model) but only pages that hold tokens become resident, about 46 KB per token.
+the default model) but only pages that hold tokens become resident, about 46 KB per token (half
+that for the fp16 graph, whose cache is float16).
+
+Devices: on the CPU the cache is anonymous memory bound by pointer; on ``cuda:N`` it is one
+`onnxruntime.OrtValue` per buffer on that GPU, bound the same way, so the cache never leaves the
+device and only token ids and logits cross the bus. CUDA graphs are not used: ORT replays a
+captured graph only with the same shapes and the same bound addresses each run, and every step
+here varies the rows, the new tokens and the cache rows bound.
 """
 
 from __future__ import annotations
@@ -22,20 +29,28 @@ from __future__ import annotations
 import math
 import mmap
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from rbee.errors import InferenceError, ModelError
+from rbee.models import default_precision
 from rbee.models.graph import cache_capacity
 from rbee.models.store import Manifest
 
-__all__ = ["Engine", "plan_runs"]
+__all__ = ["Engine", "check_provider", "plan_runs"]
 
 F32 = np.float32
+# The graphs' KV cache element types (fp16 graphs keep the cache in half precision).
+_CACHE_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+}
 # Run sizes `Engine.calibrate` measures; the fast single-row path matters only for small runs.
 CALIBRATED_ROWS = 8
 
@@ -52,6 +67,24 @@ def _providers(device: str) -> tuple[list[str | tuple[str, dict[str, str]]], str
         "cuda",
         device_id,
     )
+
+
+def check_provider(device: str, providers: Sequence[str]) -> str:
+    """The execution provider a session for ``device`` got (``providers``, by priority), or a
+    `ModelError` when a GPU was asked for and the session runs on something else.
+
+    ONNX Runtime falls back to the CPU silently when the CUDA provider cannot start (no GPU, no
+    driver, CUDA or cuDNN libraries missing): a worker that asked for a GPU must not serve from
+    the CPU unnoticed.
+    """
+    got = providers[0] if providers else ""
+    if device.startswith("cuda") and got != "CUDAExecutionProvider":
+        raise ModelError(
+            f"device {device} asked for, but ONNX Runtime started the model on {got or 'nothing'} "
+            "(its CUDA provider failed to start: check the NVIDIA driver, CUDA 13 and cuDNN 9 "
+            "libraries, and that the GPU exists); refusing to run on the CPU instead"
+        )
+    return got
 
 
 def plan_runs(slots: Sequence[int], run_cost: Sequence[float]) -> list[list[int]]:
@@ -89,13 +122,14 @@ class Engine:
         model_dir: Path,
         manifest: Manifest,
         *,
-        precision: str = "int4",
+        precision: str | None = None,
         device: str = "cpu",
         threads: int = 0,
         slots: int = 4,
     ) -> None:
         if slots < 1:
             raise ModelError(f"slots must be at least 1, not {slots}")
+        precision = precision or default_precision(device)
         path = model_dir / manifest.graph_file(precision)
         if not path.is_file():
             raise ModelError(f"model {manifest.name}: {path} is missing; import the model again")
@@ -114,20 +148,23 @@ class Engine:
         # core busy, slowing the queen, hive and HTTP handling that share the host.
         options.add_session_config_entry("session.force_spinning_stop", "1")
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
+            with warnings.catch_warnings():
+                # A provider ORT cannot start is a warning there; `check_provider` refuses it.
+                warnings.filterwarnings("ignore", "Specified provider", UserWarning)
+                self._session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # ORT raises its own exception types for any load failure
             raise ModelError(f"cannot load {path}: {err}") from None
-        self.provider: str = self._session.get_providers()[0]
-        if self._device_type == "cuda" and self.provider != "CUDAExecutionProvider":
-            raise ModelError(self._no_cuda(device))
+        self.provider: str = check_provider(device, self._session.get_providers())
         self.device = device
         self.precision = precision
         self.context_length = manifest.context_length
         self.vocab_size = manifest.vocab_size
         self.slots = slots
         self._layers = sum(1 for i in self._session.get_inputs() if i.name.startswith("past_key."))
-        shape = next(i.shape for i in self._session.get_inputs() if i.name == "past_key.0")
+        past = next(i for i in self._session.get_inputs() if i.name == "past_key.0")
+        shape = past.shape
         self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
+        self._cache_type = _CACHE_TYPES[past.type]
         self._capacity = cache_capacity(self.context_length)
         self._row_elems = self._kv_heads * self._capacity * self._head_dim
         self._cache = self._allocate_cache()
@@ -140,8 +177,6 @@ class Engine:
 
     @staticmethod
     def _no_cuda(device: str) -> str:
-        # ORT falls back to CPU silently when the CUDA provider cannot start (no GPU, no driver,
-        # missing CUDA libraries): a worker that asked for a GPU must not run on the CPU unnoticed.
         return (
             f"device {device} asked for, but CUDA is not available to ONNX Runtime here "
             f"(providers: {', '.join(ort.get_available_providers())}); use the CUDA build "
@@ -156,14 +191,14 @@ class Engine:
             if self._device_type == "cpu":
                 # Anonymous memory without huge pages: a sequence touches 4 KiB pages as it
                 # grows (numpy would ask for 2 MiB pages, making every slot fully resident).
-                memory = mmap.mmap(-1, int(np.prod(shape)) * 4)
+                memory = mmap.mmap(-1, int(np.prod(shape)) * self._cache_type.itemsize)
                 if hasattr(mmap, "MADV_NOHUGEPAGE"):
                     memory.madvise(mmap.MADV_NOHUGEPAGE)
-                array = np.frombuffer(memory, F32).reshape(shape)
+                array = np.frombuffer(memory, self._cache_type).reshape(shape)
                 buffers.append((int(array.ctypes.data), (memory, array)))
             else:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(
-                    list(shape), F32, "cuda", self._device_id
+                    list(shape), self._cache_type, "cuda", self._device_id
                 )
                 buffers.append((int(value.data_ptr()), value))
         return buffers
@@ -291,13 +326,13 @@ class Engine:
 
     def _bind_cache(self, first: int, rows: int) -> None:
         shape = [rows, self._kv_heads, self._capacity, self._head_dim]
-        offset = first * self._row_elems * 4
+        offset = first * self._row_elems * self._cache_type.itemsize
         for layer in range(self._layers):
             for j, kind in enumerate(("key", "value")):
                 pointer = self._cache[2 * layer + j][0] + offset
                 for name in (f"past_{kind}.{layer}", f"present_{kind}.{layer}"):
                     bind = self._binding.bind_input if name[1] == "a" else self._binding.bind_output
-                    bind(name, self._device_type, self._device_id, F32, shape, pointer)
+                    bind(name, self._device_type, self._device_id, self._cache_type, shape, pointer)
         self._bound_rows = (first, rows)
 
     def _check_slot(self, slot: int) -> int:

@@ -31,6 +31,8 @@ def prompt_ids(
     if len(ids) >= context_length:
         raise UsageError(
             f"invalid request body: {what} is {len(ids)} tokens, longer than the model's "
-            f"context of {context_length} tokens allows (at most {context_length - 1})"
+            f"context of {context_length} tokens allows (at most {context_length - 1})",
+            param="prompt" if request.messages is None else "messages",
+            code="context_length_exceeded",
         )
     return ids
