@@ -48,6 +48,9 @@ def test_the_kv_cache_is_layers_heads_dims_keys_values_slots_and_context(
     expected = SPEC.layers * SPEC.kv_heads * SPEC.head_dim * 2 * 4 * 3 * (SPEC.context + 1)
     assert need.kv_cache_mb * MB == pytest.approx(expected)
     assert (need.slots, need.context_length, need.precision) == (3, SPEC.context, "fp32")
+    # The imported fp16 graph keeps its cache in half precision.
+    half = model_vram_required(directory, manifest, precision="fp16", slots=3)
+    assert half.kv_cache_mb == pytest.approx(need.kv_cache_mb / 2)
     shorter = model_vram_required(directory, manifest, precision="fp32", slots=3, context_length=31)
     assert shorter.kv_cache_mb == pytest.approx(need.kv_cache_mb * 32 / 65)
 
@@ -95,8 +98,8 @@ def test_a_missing_precision_or_a_broken_graph_is_a_model_error(
     synthetic: tuple[Path, Manifest], tmp_path: Path
 ) -> None:
     directory, manifest = synthetic
-    with pytest.raises(ModelError, match="has no fp16 graph"):
-        model_vram_required(directory, manifest, precision="fp16", slots=1)
+    with pytest.raises(ModelError, match="has no fp8 graph"):
+        model_vram_required(directory, manifest, precision="fp8", slots=1)
     (tmp_path / "model.int4.onnx").write_bytes(b"\x00not a graph")
     broken = Manifest(
         name="broken",
