@@ -249,14 +249,14 @@ def _free_subnet() -> int:
 class SshHosts:
     """Makes test hosts (`make`) and removes them all (`close`).
 
-    ``shiv_root``: where the hosts' users unpack a pushed ``rbee.pyz`` (shiv's ``SHIV_ROOT``), set
+    ``pyz_root``: where the hosts' users unpack a pushed ``rbee.pyz`` (its ``RBEE_PYZ_ROOT``), set
     for every SSH session; one directory shared by hosts made one after the other unpacks each
     file once. None: each user unpacks it in its own home, as separate machines would.
     """
 
-    def __init__(self, key: ClientKey, shiv_root: Path | None = None) -> None:
+    def __init__(self, key: ClientKey, pyz_root: Path | None = None) -> None:
         self.key = key
-        self.shiv_root = shiv_root
+        self.pyz_root = pyz_root
         self.root = Path(tempfile.mkdtemp(prefix="rbee-ssh-hosts-"))
         self.root.chmod(0o755)
         self.octet = _free_subnet()
@@ -292,7 +292,7 @@ class SshHosts:
                 host_key=host.host_key,
                 authorized_keys=host.dir / "authorized_keys",
                 user=host.user,
-                extra=f"SetEnv SHIV_ROOT={self.shiv_root}\n" if self.shiv_root else "",
+                extra=f"SetEnv RBEE_PYZ_ROOT={self.pyz_root}\n" if self.pyz_root else "",
             )
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -350,9 +350,9 @@ class SshHosts:
 
 
 @pytest.fixture(scope="session")
-def shared_shiv_root() -> Iterator[Path]:
+def shared_pyz_root() -> Iterator[Path]:
     """One directory where every test host unpacks pushed files (world-writable, sticky)."""
-    path = Path(tempfile.mkdtemp(prefix="rbee-ssh-shiv-"))
+    path = Path(tempfile.mkdtemp(prefix="rbee-ssh-pyz-"))
     path.chmod(0o1777)
     try:
         yield path
@@ -361,12 +361,12 @@ def shared_shiv_root() -> Iterator[Path]:
 
 
 @pytest.fixture
-def ssh_hosts(client_key: ClientKey, shared_shiv_root: Path) -> Iterator[SshHosts]:
+def ssh_hosts(client_key: ClientKey, shared_pyz_root: Path) -> Iterator[SshHosts]:
     """A factory: ``ssh_hosts.make()`` adds one host; all of them go when the test ends.
 
     The hosts share one shiv root, so a file is unpacked once per test session.
     """
-    hosts = SshHosts(client_key, shared_shiv_root)
+    hosts = SshHosts(client_key, shared_pyz_root)
     try:
         yield hosts
     finally:

@@ -25,6 +25,7 @@ else:
     import tomli as tomllib
 
 __all__ = [
+    "MIN_TOKEN_CHARS",
     "Config",
     "HiveConfig",
     "KeeperConfig",
@@ -33,10 +34,13 @@ __all__ = [
     "default_config_path",
     "is_loopback",
     "load",
+    "require_token",
     "set_value",
 ]
 
 SECONDS = 1.0
+# The shortest API token a daemon accepts.
+MIN_TOKEN_CHARS = 16
 MINUTES = 60 * SECONDS
 
 
@@ -52,6 +56,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def require_token(host: str, token: str, what: str, setting: str) -> None:
+    """Refuse a token anyone could guess, and to serve ``what`` beyond this machine without one."""
+    if token and (len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token)):
+        raise ConfigError(
+            f"refusing the {what}'s API token ({setting}): it must be at least "
+            f"{MIN_TOKEN_CHARS} characters, without spaces (make one with "
+            "'python3 -c \"import secrets; print(secrets.token_urlsafe(32))\"')"
+        )
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve the {what} on {host} without an API token: anyone who can reach "
+            f"it could use it. Set --token (or {setting} in the config file), or listen on "
+            "127.0.0.1"
+        )
 
 
 def default_config_path() -> Path:
@@ -92,6 +112,8 @@ class QueenConfig:
     policy: str = "first-available"
     policy_fallback: str = "first-available"
     policy_locked: bool = False
+    # A model that fits no GPU's free VRAM starts on a CPU (built-in policies) instead of waiting.
+    cpu_fallback: bool = True
     queue_size: int = 256
     max_attempts: int = 3
     retry_backoff_s: float = 0.1 * SECONDS

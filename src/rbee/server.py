@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -29,8 +30,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from rbee import wire
-from rbee.config import is_loopback
-from rbee.errors import AuthError, ConfigError, RbeeError
+from rbee.config import MIN_TOKEN_CHARS, is_loopback, require_token
+from rbee.errors import AuthError, RbeeError
 
 __all__ = [
     "BAD_TOKEN",
@@ -56,7 +57,6 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # byte at a time cannot hold a connection for long; also how long an idle keep-alive connection
 # is kept (hypercorn has one timer for both).
 HEADER_TIMEOUT_S = 20.0
-MIN_TOKEN_CHARS = 16
 BAD_TOKEN = "missing or wrong API token: send 'Authorization: Bearer <token>'"
 
 
@@ -105,22 +105,6 @@ def bearer_ok(authorization: str, token: str) -> bool:
     """
     given = authorization.removeprefix("Bearer ").strip()
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
-
-
-def require_token(host: str, token: str, what: str, setting: str) -> None:
-    """Refuse a token anyone could guess, and to serve ``what`` beyond this machine without one."""
-    if token and (len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token)):
-        raise ConfigError(
-            f"refusing the {what}'s API token ({setting}): it must be at least "
-            f"{MIN_TOKEN_CHARS} characters, without spaces (make one with "
-            "'python3 -c \"import secrets; print(secrets.token_urlsafe(32))\"')"
-        )
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"refusing to serve the {what} on {host} without an API token: anyone who can reach "
-            f"it could use it. Set --token (or {setting} in the config file), or listen on "
-            "127.0.0.1"
-        )
 
 
 def create_app(name: str, token: str = "") -> QuartTrio:
@@ -230,14 +214,20 @@ async def serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     graceful_timeout: float = 5.0,
     header_timeout: float = HEADER_TIMEOUT_S,
+    listener: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until ``shutdown`` returns; report the bound base URL.
+
+    ``listener``: a socket already bound and listening there, served instead (and closed at
+    the end), so that connections made before the app existed wait in its backlog.
 
     A connection whose next request's headers have not all arrived ``header_timeout`` seconds
     after it opened (or after its previous response) is closed.
     """
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listener is not None:
+        config.bind = [f"fd://{listener.detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout

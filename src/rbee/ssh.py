@@ -50,6 +50,16 @@ __all__ = [
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
+# AES-GCM first: on CPUs with AES instructions asyncssh moves bulk data (the pushed file) about
+# twice as fast with it as with its default, ChaCha20-Poly1305. The rest as asyncssh orders them.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
 # asyncssh logs every connection and channel at INFO; rbee logs what a user must act on.
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
@@ -274,6 +284,7 @@ def _options(target: Target, known: KnownHosts, **extra: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "config": known.config_paths() or None,
         "connect_timeout": CONNECT_TIMEOUT_S,
+        "encryption_algs": CIPHERS,
         **extra,
     }
     if target.user:
@@ -452,7 +463,15 @@ class Connection:
             )
             return int(listener.get_port())
 
-        return await self._call(forward)
+        try:
+            return await self._call(forward)
+        except asyncssh.ChannelListenError:
+            # Not an asyncssh.Error: raised when sshd refuses, mostly for a port in use.
+            port = f"port {remote_port}" if remote_port else "a port"
+            raise SshError(
+                f"{_where(self.target)} refused to listen on {port} of its loopback for the "
+                "queen (in use?)"
+            ) from None
 
     async def forward_local(self, host: str, port: int) -> None:
         """Listen on ``host:port`` here and carry each connection to ``host:port`` as the host

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio
 from rbee.config import HiveConfig
 from rbee.hive.app import HiveState
 from rbee.hive.daemon import run_hive
+from tests.hive.fake_nvml import FakeNvml
 from tests.hive.fakes import STANDIN_COMMAND, StandInQueen, make_model
 
 MODEL = "tiny"
@@ -78,7 +80,21 @@ async def start_hive(
 
 
 @pytest.fixture
-async def hive(nursery: trio.Nursery, tmp_path: Path, queen: StandInQueen) -> AsyncIterator[Hive]:
+def nvml() -> FakeNvml | None:
+    """The NVML the `hive` fixture's hive sees: the machine's own (None) unless overridden."""
+    return None
+
+
+@pytest.fixture
+async def hive(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    queen: StandInQueen,
+    nvml: FakeNvml | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Hive]:
+    if nvml is not None:
+        monkeypatch.setitem(sys.modules, "pynvml", nvml)
     h = await start_hive(nursery, tmp_path, queen.url)
     async with h.client:
         yield h

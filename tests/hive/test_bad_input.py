@@ -17,6 +17,7 @@ from tests.hive.conftest import Hive, start_hive
 ROUTES = [
     ("GET", "/health"),
     ("GET", "/openapi.json"),
+    ("POST", "/v1/shutdown"),
     ("GET", "/v1/status"),
     ("GET", "/v1/workers"),
     ("POST", "/v1/workers"),

@@ -11,10 +11,11 @@ import pytest
 import trio
 
 from rbee import wire
-from rbee.wire.hive import WorkerList, WorkerRetired
+from rbee.wire.hive import ShuttingDown, WorkerList, WorkerRetired
 from rbee.wire.queen import HiveHeartbeat, WorkerStatus
 from tests.helpers import eventually, gone
 from tests.hive.conftest import MODEL, Hive, start_hive
+from tests.hive.fake_nvml import FakeNvml
 from tests.hive.fakes import StandInQueen
 
 
@@ -33,8 +34,16 @@ async def wait_state(hive: Hive, worker_id: str, state: str, within: float = 10.
     return status
 
 
-async def spawn(hive: Hive, **body: object) -> WorkerStatus:
-    response = await hive.client.post("/v1/workers", json={"model": MODEL, **body})
+@pytest.fixture
+def nvml() -> FakeNvml:
+    """These hives run on a host without the NVIDIA driver, whatever this machine has."""
+    return FakeNvml([], driver=False)
+
+
+async def spawn(hive: Hive, headers: dict[str, str] | None = None, **body: object) -> WorkerStatus:
+    response = await hive.client.post(
+        "/v1/workers", json={"model": MODEL, **body}, headers=headers or {}
+    )
     assert response.status_code in (201, 202), response.text
     return wire.decode(response.content, WorkerStatus)
 
@@ -162,7 +171,11 @@ async def test_heartbeats_decode_and_carry_host_and_workers(
         ({"model": "unknown-model"}, 404, "not on hive test-hive"),
         ({"model": "../etc"}, 400, "invalid model name"),
         ({"model": "a/b"}, 400, "invalid model name"),
-        ({"model": MODEL, "device": "cuda:0"}, 400, "no NVIDIA GPU"),
+        (
+            {"model": MODEL, "device": "cuda:0"},
+            400,
+            "no device cuda:0 on this host (it has no NVIDIA GPU)",
+        ),
         ({"model": MODEL, "device": "tpu"}, 400, "invalid device"),
         ({"model": MODEL, "slots": 0}, 400, "slots"),
         ({"device": "cpu"}, 400, "model"),
@@ -223,3 +236,21 @@ async def test_a_pinned_worker_says_so_in_every_report(hive: Hive, queen: StandI
     reported = [w for beat in queen.heartbeats for w in beat.workers if w.id == status.id]
     assert len(reported) >= 2
     assert all(w.pinned for w in reported)
+
+
+async def test_post_shutdown_with_the_token_retires_the_workers_and_stops_the_hive(
+    nursery: trio.Nursery, tmp_path: Path, queen: StandInQueen
+) -> None:
+    hive = await start_hive(nursery, tmp_path, queen.url, token="hive-secret-long-enough")
+    async with hive.client:
+        refused = await hive.client.post("/v1/shutdown")
+        assert refused.status_code == 401
+        auth = {"Authorization": "Bearer hive-secret-long-enough"}
+        pids = [(await spawn(hive, auth, wait=True)).pid for _ in range(2)]
+        answer = await hive.client.post("/v1/shutdown", headers=auth)
+        assert answer.status_code == 202, answer.text
+        body = wire.decode(answer.content, ShuttingDown)
+        assert (body.hive, body.pid, body.workers) == ("test-hive", os.getpid(), 2)
+        with trio.fail_after(10):
+            await hive.stopped.wait()
+    assert all(gone(pid) for pid in pids)

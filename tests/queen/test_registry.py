@@ -70,6 +70,21 @@ def test_a_stalled_worker_is_in_no_snapshot_until_unstalled_whatever_its_hive_sa
     registry.stall("gone")  # a worker that left already: nothing to do
 
 
+def test_a_draining_hive_and_its_workers_are_in_no_snapshot_until_drained_off() -> None:
+    registry = Registry(Clock())
+    registry.heartbeat(heartbeat("h1", [status("a")]))
+    registry.heartbeat(heartbeat("h2", [status("b")]))
+    registry.drain("h1")
+    registry.heartbeat(heartbeat("h1", [status("a")]))
+    snapshot = registry.snapshot()
+    assert ([w.id for w in snapshot.workers], [h.name for h in snapshot.hives]) == (["b"], ["h2"])
+    assert registry.get("a") is not None
+    registry.drain("h1", on=False)
+    snapshot = registry.snapshot()
+    assert sorted(w.id for w in snapshot.workers) == ["a", "b"]
+    assert sorted(h.name for h in snapshot.hives) == ["h1", "h2"]
+
+
 def test_inflight_counts_between_heartbeats() -> None:
     registry = Registry(Clock())
     registry.heartbeat(heartbeat("h1", [status("a")]))

@@ -12,9 +12,11 @@ import os
 import shutil
 import signal
 import socket
+import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import h11
 import httpx
@@ -27,7 +29,7 @@ from rbee.models.importer import DEFAULT_MODEL
 from rbee.queen.keys import SECRET_FILE, hive_token
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
 from rbee.queen.registry import STALE_INTERVALS
-from tests.helpers import eventually
+from tests.helpers import eventually, gone
 from tests.queen.ssh_queen import TOKEN, Queen, queen
 from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 
@@ -135,11 +137,26 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         workers = (await q.http.get("/v1/workers")).json()["workers"]
         assert {w["worker"]["id"]: w["hive"] for w in workers}[job["worker"]] == "gpu1"
 
+        hive_pid = _pid(one, "gpu1")
         stopped = (await q.http.post("/v1/hives/gpu1/stop", timeout=60)).json()
-        assert stopped["was_running"] is True
-        assert not (one.home / RBEE_DIR / "hives" / "gpu1" / "pid").exists()
+        # Through its API: the hive retired its worker and exited, with no SSH involved.
+        assert (stopped["was_running"], stopped["message"]) == (True, "hive gpu1 stopped")
+        await eventually(lambda: gone(hive_pid), 10, "the hive exited")
         hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
         assert hives["gpu1"]["status"] == "offline"
+
+        # A hive whose API refuses the queen is stopped by its pid over SSH.
+        refuse = ["add", "rule", "inet", "fw", "input", "tcp", "dport", "7835", "reject"]
+        two.in_netns("nft", "add", "table", "inet", "fw")
+        two.in_netns("nft", "add", "chain", "inet", "fw", "input", "{", "type", "filter",
+                     "hook", "input", "priority", "0", ";", "}")  # fmt: skip
+        two.in_netns("nft", *refuse, "with", "tcp", "reset")
+        hive_pid = _pid(two, "gpu2")
+        stopped = (await q.http.post("/v1/hives/gpu2/stop", timeout=60)).json()
+        assert stopped["was_running"] is True
+        assert stopped["message"].startswith("hive gpu2 stopped over SSH (its API did not take")
+        await eventually(lambda: gone(hive_pid), 10, "the hive exited")
+        assert not (two.home / RBEE_DIR / "hives" / "gpu2" / "pid").exists()
 
 
 async def _status(q: Queen, name: str) -> str:
@@ -300,3 +317,157 @@ async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
 
         stopped = (await q.http.post("/v1/hives/far/stop", timeout=60)).json()
         assert stopped["was_running"] is True
+
+
+PROMPT = "Once upon a time, in a small village by the sea,"
+
+
+async def _stream_job(
+    q: Queen, tokens: int, cut: Callable[[str], Awaitable[None]] | None = None, after: int = 4
+) -> tuple[str, dict[str, Any]]:
+    """Run one greedy job through the queen: its terminal marker and its record at the end.
+
+    ``cut(job_id)`` is awaited once, after ``after`` tokens arrived.
+    """
+    body: dict[str, object] = {"operation": "infer", "model": DEFAULT_MODEL, "prompt": PROMPT}
+    body |= {"max_tokens": tokens, "temperature": 0}
+    headers = {"Accept": "text/event-stream"}
+    end, seen = "", 0
+    async with q.http.stream("POST", "/v1/jobs", json=body, headers=headers, timeout=300) as r:
+        assert r.status_code == 200, await r.aread()
+        job_id = r.headers["rbee-job-id"]
+        async for data in sse.data_lines(r.aiter_lines()):
+            if data.startswith("["):
+                end = data
+            elif json.loads(data)["type"] == "token":
+                seen += 1
+                if seen == after and cut is not None:
+                    await cut(job_id)
+    record: dict[str, Any] = (await q.http.get(f"/v1/jobs/{job_id}")).json()
+    return end, record
+
+
+async def _start_with_worker(q: Queen, name: str, host: SshHost, key: ClientKey) -> str:
+    """Add, trust and start hive ``name`` with a worker of the default model; its id."""
+    await q.add(name, host, key)
+    await q.trust(name, host)
+    started = await q.start(name)
+    assert started.status_code == 200, started.text
+    pulled = await _pull(q.http, name, DEFAULT_MODEL)
+    assert pulled[-1] == "[DONE]", pulled[-3:]
+    spawn = {"hive": name, "model": DEFAULT_MODEL, "wait": True}
+    spawned = await q.http.post("/v1/workers", json=spawn, timeout=300)
+    assert spawned.status_code == 201, spawned.text
+    return str(spawned.json()["id"])
+
+
+async def _hive_of(q: Queen, worker_id: str) -> str:
+    workers = (await q.http.get("/v1/workers")).json()["workers"]
+    return str({w["worker"]["id"]: w["hive"] for w in workers}[worker_id])
+
+
+async def test_the_job_of_a_host_whose_link_goes_down_is_answered_by_another_hive(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    hosts = {"gpu1": ssh_hosts.make(), "gpu2": ssh_hosts.make()}
+    interval = 0.5
+    # A stream silent for 1 s counts as stalled (or 10 of its steps, if longer).
+    async with queen(
+        tmp_path,
+        pyz,
+        model_store,
+        heartbeat_interval_s=interval,
+        stall_floor_s=1.0,
+        stall_steps=10,
+        max_attempts=3,
+    ) as q:
+        workers = {
+            name: await _start_with_worker(q, name, host, client_key)
+            for name, host in hosts.items()
+        }
+        down: list[str] = []
+
+        async def take_its_link_down(job_id: str) -> None:
+            job = (await q.http.get(f"/v1/jobs/{job_id}")).json()
+            down.append(await _hive_of(q, job["worker"]))
+            hosts[down[0]].link(up=False)
+
+        end, record = await _stream_job(q, 40, take_its_link_down)
+        assert end == "[DONE]"
+        (lost,) = down
+        other = "gpu2" if lost == "gpu1" else "gpu1"
+        assert (record["state"], record["worker"]) == ("completed", workers[other])
+        assert record["attempts"] == 2
+        assert record["attempt_log"][0]["worker"] == workers[lost]
+        assert record["tokens_out"] == 40
+        await _until_status(q, lost, "offline", 10 * interval)
+
+        hosts[lost].link(up=True)
+        await _until_status(q, lost, "online", MAX_BACKOFF_S + 5)
+
+
+async def test_after_a_queen_restart_a_running_tunnelled_hive_gets_its_tunnel_back(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    host.only_ssh()
+    async with queen(tmp_path, pyz, stop_hives=False, heartbeat_interval_s=0.5) as first:
+        await first.add("far", host, client_key, tunnel=True)
+        await first.trust("far", host)
+        started = await first.start("far")
+        assert started.status_code == 200, started.text
+    running = _pid(host, "far")
+
+    async with queen(tmp_path, pyz, heartbeat_interval_s=0.5) as second:
+        await _until_status(second, "far", "online", MAX_BACKOFF_S + 30)
+        assert _pid(host, "far") == running
+        # The queen reaches the hive's API through the tunnel again.
+        models = await second.http.get("/v1/hives/far/models")
+        assert models.status_code == 200, models.text
+        again = await second.start("far")
+        assert "nothing changed" in again.json()["message"]
+        stopped = (await second.http.post("/v1/hives/far/stop", timeout=60)).json()
+        assert (stopped["was_running"], stopped["message"]) == (True, "hive far stopped")
+        await eventually(lambda: gone(running), 10, "the hive exited")
+
+
+async def test_upgrade_drains_the_hive_a_running_stream_ends_on_its_worker_first(
+    ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
+) -> None:
+    host = ssh_hosts.make()
+    current = tmp_path / "rbee.pyz"
+    shutil.copy(pyz, current)
+    async with queen(tmp_path, current, model_store, drain_grace_s=120.0) as q:
+        worker = await _start_with_worker(q, "gpu1", host, client_key)
+        old_pid = _pid(host, "gpu1")
+        _rebuilt(current, b"drained")
+        # The new file is there already, so that the upgrade reaches the drain at once.
+        bin_dir = host.home / RBEE_DIR / "bin"
+        placed = bin_dir / f"rbee-{sha256_of(current)}.pyz"
+        shutil.copy(current, placed)
+        shutil.chown(placed, host.user, host.user)
+        upgraded: list[httpx.Response] = []
+        asked: list[float] = []
+
+        async with trio.open_nursery() as nursery:
+
+            async def upgrade(_job_id: str) -> None:
+                async def call() -> None:
+                    asked.append(time.time())
+                    upgraded.append(await q.http.post("/v1/hives/gpu1/upgrade", timeout=300))
+
+                nursery.start_soon(call)
+
+            end, record = await _stream_job(q, 40, upgrade)
+        assert end == "[DONE]"
+        assert (record["state"], record["worker"], record["attempts"]) == (
+            "completed",
+            worker,
+            1,
+        )
+        assert record["finished_at"] > asked[0]
+        (up,) = upgraded
+        assert up.status_code == 200, up.text
+        assert "upgraded from" in up.json()["message"]
+        assert _pid(host, "gpu1") != old_pid
+        assert await _status(q, "gpu1") == "online"

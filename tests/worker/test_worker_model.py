@@ -1,13 +1,16 @@
-"""The real worker process on the real model (SmolLM2-135M-Instruct, int4, CPU), over HTTP.
+"""The real worker process on the real model (SmolLM2-135M-Instruct), over HTTP.
 
 One worker process serves the whole module; each test leaves every slot free again. One more
-runs the fp16 graph (a GPU's default) on the CPU.
+runs the fp16 graph (a GPU's default) explicitly. The device is the CPU (int4, the CPU's
+default graph) unless ``TEST_DEVICE`` names another, as ``bench/cuda_check.sh`` does with
+``cuda:0`` (fp16, the GPU's default, on the CUDA provider).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -25,6 +28,9 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
 SLOTS = 4
+DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+ON_GPU = DEVICE.startswith("cuda")
+PROVIDER = "CUDAExecutionProvider" if ON_GPU else "CPUExecutionProvider"
 
 
 class WorkerProcess:
@@ -57,6 +63,8 @@ def start_worker(model_store: Path, *options: str) -> Iterator[WorkerProcess]:
             str(SLOTS),
             "--threads",
             "2",
+            "--device",
+            DEVICE,
             *options,
         ],
         stdout=subprocess.PIPE,
@@ -116,11 +124,12 @@ PROMPTS = [
 
 
 def test_ready_line_and_info(worker: WorkerProcess) -> None:
-    assert worker.ready_line == f"rbee worker ready model={MODEL} provider=CPUExecutionProvider"
+    assert worker.ready_line == f"rbee worker ready model={MODEL} provider={PROVIDER}"
     assert httpx.get(f"{worker.url}/health").json() == {"status": "ready"}
     info = httpx.get(f"{worker.url}/v1/info").json()
-    assert info["provider"] == "CPUExecutionProvider"
-    assert (info["model"], info["precision"], info["device"]) == (MODEL, "int4", "cpu")
+    assert info["provider"] == PROVIDER
+    precision = "fp16" if ON_GPU else "int4"
+    assert (info["model"], info["precision"], info["device"]) == (MODEL, precision, DEVICE)
     assert (info["slots_total"], info["slots_free"], info["queue_depth"]) == (SLOTS, SLOTS, 0)
     assert info["context_length"] >= 2048
     assert info["pid"] == worker.process.pid
@@ -241,10 +250,10 @@ def fp16_worker(model_store: Path) -> Iterator[WorkerProcess]:
 async def test_a_worker_on_the_fp16_graph_answers_the_smoke_questions(
     fp16_worker: WorkerProcess,
 ) -> None:
-    assert fp16_worker.ready_line.endswith("provider=CPUExecutionProvider")
+    assert fp16_worker.ready_line.endswith(f"provider={PROVIDER}")
     async with httpx.AsyncClient(base_url=fp16_worker.url, timeout=60) as client:
         info = (await client.get("/v1/info")).json()
-        assert (info["precision"], info["device"]) == ("fp16", "cpu")
+        assert (info["precision"], info["device"]) == ("fp16", DEVICE)
         text, finished = await generate(client, chat(PROMPTS[0], temperature=0, max_tokens=16))
         assert "Paris" in text
         assert finished["finish_reason"] == "stop"

@@ -269,7 +269,11 @@ def start(ctx: Context, name: str) -> None:
 @queen_options
 @pass_context
 def upgrade(ctx: Context, name: str) -> None:
-    """Run hive NAME on the queen's rbee.pyz; the previous file comes back if it fails."""
+    """Run hive NAME on the queen's rbee.pyz; the previous file comes back if it fails.
+
+    The hive is drained first: no new jobs go to it, and those running end (up to the queen's
+    drain grace, 30 s by default; what still runs then continues on other workers).
+    """
     _deploy(ctx, name, upgrade=True)
 
 
@@ -278,7 +282,10 @@ def upgrade(ctx: Context, name: str) -> None:
 @queen_options
 @pass_context
 def stop(ctx: Context, name: str) -> None:
-    """Stop hive NAME (it retires its workers first)."""
+    """Stop hive NAME (it retires its workers first).
+
+    The queen asks the hive through its API; over SSH (its pid) when that does not work.
+    """
     with ctx.client() as queen:
         click.echo(queen.stop_hive(name).message)
 

@@ -96,7 +96,11 @@ def queen(
         keep_alive_s=keep_alive_s,
     )
     check_exposure(config)
-    scheduler = make_scheduler(config.policy, locked=config.policy_locked or config.platform)
+    scheduler = make_scheduler(
+        config.policy,
+        locked=config.policy_locked or config.platform,
+        cpu_fallback=config.cpu_fallback,
+    )
     try:
         trio.run(
             functools.partial(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
 
-import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -16,74 +15,26 @@ from rbee import openapi, server, sse, wire
 from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
 from rbee.hive import openapi as routes
 from rbee.hive.pull import GgufFile, Source, import_gguf, open_source, pull
-from rbee.hive.supervisor import Supervisor
-from rbee.hive.telemetry import Gpus, host_telemetry
+from rbee.hive.state import HiveState
 from rbee.models.http import store_blueprint
-from rbee.models.store import Manifest, ModelStore, validate_name
+from rbee.models.store import Manifest, validate_name
+from rbee.models.vram import VramNeed
 from rbee.wire.hive import (
     ModelInfo,
     ModelList,
     ModelRemoved,
     PullRequest,
+    ShuttingDown,
     SpawnRequest,
     WorkerList,
     WorkerLog,
 )
-from rbee.wire.queen import HiveHeartbeat
 from rbee.wire.worker import Health
 
 __all__ = ["HiveState", "create_hive_app"]
 
-_POLL_TIMEOUT_S = 0.5
 
-
-@dataclass
-class HiveState:
-    """Everything the routes and the heartbeat share."""
-
-    name: str
-    url: str
-    store: ModelStore
-    supervisor: Supervisor
-    gpus: Gpus
-    control: httpx.AsyncClient
-    transfer: httpx.AsyncClient
-    tasks: trio.Nursery
-    token: str = ""
-    queen_url: str = ""
-    interval_s: float = 1.0
-    labels: dict[str, str] = field(default_factory=dict)
-    pulling: set[str] = field(default_factory=set)
-    _models: tuple[int, list[Manifest]] | None = None
-
-    def models(self) -> list[Manifest]:
-        """The complete models, re-read only when the store's directory changed."""
-        try:
-            stamp = self.store.root.stat().st_mtime_ns
-        except FileNotFoundError:
-            return []
-        if self._models is None or self._models[0] != stamp:
-            self._models = (stamp, self.store.list())
-        return self._models[1]
-
-    async def heartbeat(self) -> HiveHeartbeat:
-        """What the queen should know now: host, workers (with fresh slot counts), models."""
-        with trio.move_on_after(_POLL_TIMEOUT_S):
-            await self.supervisor.refresh_slots(self.control)
-        models = self.models()
-        return HiveHeartbeat(
-            hive=self.name,
-            url=self.url,
-            host=host_telemetry(self.gpus),
-            workers=self.supervisor.statuses(),
-            models=[m.name for m in models],
-            contexts={m.name: m.context_length for m in models},
-            labels=self.labels,
-            interval_s=self.interval_s,
-        )
-
-
-def _model_info(m: Manifest) -> ModelInfo:
+def _model_info(m: Manifest, need: VramNeed | None) -> ModelInfo:
     return ModelInfo(
         name=m.name,
         architecture=m.architecture,
@@ -92,6 +43,7 @@ def _model_info(m: Manifest) -> ModelInfo:
         size_bytes=m.size_bytes,
         files=m.files,
         chat=m.chat_template_source or ("gguf" if m.chat_template else "none"),
+        vram_required_mb=None if need is None else round(need.total_mb, 1),
     )
 
 
@@ -105,6 +57,13 @@ def create_hive_app(state: HiveState) -> QuartTrio:
     @app.get("/health")
     async def health() -> Response:
         return server.json_response(Health("ready"))
+
+    @app.post("/v1/shutdown")
+    async def shutdown() -> Response:
+        # As SIGTERM: the workers are retired while the API still answers.
+        state.stop_requested.set()
+        body = ShuttingDown(hive=state.name, pid=os.getpid(), workers=len(supervisor.statuses()))
+        return server.json_response(body, status=202)
 
     @app.get("/v1/status")
     async def status() -> Response:
@@ -141,7 +100,10 @@ def create_hive_app(state: HiveState) -> QuartTrio:
     @app.get("/v1/models")
     async def list_models() -> Response:
         models = await trio.to_thread.run_sync(state.store.list)
-        return server.json_response(ModelList([_model_info(m) for m in models]))
+        needs = [await trio.to_thread.run_sync(supervisor.vram_need, m.name) for m in models]
+        return server.json_response(
+            ModelList([_model_info(m, n) for m, n in zip(models, needs, strict=True)])
+        )
 
     @app.delete("/v1/models/<name>")
     async def remove_model(name: str) -> Response:

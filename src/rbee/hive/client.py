@@ -20,6 +20,7 @@ from rbee.wire.hive import (
     ModelList,
     ModelRemoved,
     PullEvent,
+    ShuttingDown,
     SpawnRequest,
     WorkerList,
     WorkerLog,
@@ -77,6 +78,11 @@ class HiveClient:
         """The last lines the worker wrote to its log."""
         body = await self._request("GET", f"/v1/workers/{worker_id}/log", "read worker log")
         return wire.decode(body, WorkerLog)
+
+    async def shutdown(self) -> ShuttingDown:
+        """Ask the hive to stop: it retires its workers, then exits."""
+        body = await self._request("POST", "/v1/shutdown", "stop hive")
+        return wire.decode(body, ShuttingDown)
 
     async def models(self) -> list[ModelInfo]:
         body = await self._request("GET", "/v1/models", "list models")

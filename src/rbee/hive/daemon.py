@@ -1,8 +1,9 @@
 """``rbee hive daemon``: serve the hive API, supervise workers, heartbeat to the queen, until a signal.
 
 One nursery owns every task: the supervisor (whose own nursery owns each worker's watchers), the
-HTTP server, the heartbeat loop and the crash reporter. On SIGTERM/SIGINT the hive retires every
-worker (SIGTERM, grace, SIGKILL) while still answering, then stops serving. It prints one line on
+HTTP server, the heartbeat loop and the crash reporter. On SIGTERM/SIGINT, or ``POST
+/v1/shutdown`` with its token, the hive retires every worker (SIGTERM, grace, SIGKILL) while still
+answering, then stops serving. It prints one line on
 stdout once bound::
 
     rbee hive listening on http://127.0.0.1:PORT
@@ -10,23 +11,25 @@ stdout once bound::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
+import signal
 import socket
+import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import httpx
 import trio
 
-from rbee import server
 from rbee.client import auth_headers
-from rbee.config import HiveConfig, WorkerConfig
+from rbee.config import HiveConfig, WorkerConfig, require_token
 from rbee.errors import ConfigError
-from rbee.hive.app import HiveState, create_hive_app
 from rbee.hive.queen_link import QueenLink
+from rbee.hive.state import HiveState
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.telemetry import Gpus
 from rbee.models import DEFAULT_MODEL
@@ -39,6 +42,31 @@ _WILDCARD = ("0.0.0.0", "::", "")
 _SERVE_GRACE_S = 1.0
 
 
+class _TlsOnDemand(httpx.AsyncBaseTransport):
+    """httpx's transport, whose TLS half (and CA bundle) is made on the first ``https`` request.
+
+    Loading the CA bundle costs each client ~50-100 ms of CPU at start, which hives starting on a
+    busy host pay in full, while a hive mostly speaks plain HTTP to its queen and workers.
+    """
+
+    def __init__(self) -> None:
+        # A context that trusts no CA: this transport never opens a TLS connection.
+        self._plain = httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        self._tls: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            return await self._plain.handle_async_request(request)
+        if self._tls is None:
+            self._tls = httpx.AsyncHTTPTransport()
+        return await self._tls.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._plain.aclose()
+        if self._tls is not None:
+            await self._tls.aclose()
+
+
 def default_hive_name() -> str:
     """This host's name, cut to what a hive name may hold."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:63]
@@ -49,6 +77,12 @@ def _advertised_host(host: str) -> str:
     return socket.gethostname() if host in _WILDCARD else host
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: any port) and listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
 async def run_hive(
     config: HiveConfig,
     models_dir: Path,
@@ -56,21 +90,27 @@ async def run_hive(
     *,
     worker_defaults: WorkerConfig | None = None,
     worker_command: Sequence[str] | None = None,
-    shutdown: Callable[[], Awaitable[None]] = server.until_signal,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
     out: TextIO = sys.stdout,
     task_status: trio.TaskStatus[HiveState] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a hive until ``shutdown`` returns; report its `HiveState` (``.url``) once serving.
+    """Run a hive until ``shutdown`` returns (default: SIGTERM or SIGINT) or a caller asks it
+    to stop (``POST /v1/shutdown``); report its `HiveState` (``.url``) once serving.
 
     ``worker_command`` replaces ``rbee`` itself as the program that workers are started with
     (``[*worker_command, "worker", "daemon", ...]``); tests use it for a stand-in worker.
+
+    The socket is bound and the first heartbeat sent before the web stack is imported (most of
+    a hive's start-up CPU): the queen counts the hive online that much sooner, and what it
+    sends meanwhile waits in the socket's backlog.
     """
-    server.require_token(config.host, config.token, "hive", "hive.token")
+    require_token(config.host, config.token, "hive", "hive.token")
     name = config.name or default_hive_name()
     if not _NAME.match(name):
         raise ConfigError(f"invalid hive name {name!r}: letters, digits, '.', '_', '-' (max 63)")
     store = ModelStore(models_dir)
     gpus = Gpus()
+    workers = worker_defaults or WorkerConfig()
     supervisor = Supervisor(
         hive=name,
         store=store,
@@ -80,20 +120,32 @@ async def run_hive(
         command=worker_command,
         worker_host=config.host,
         advertise_host=_advertised_host(config.host),
-        default_slots=(worker_defaults or WorkerConfig()).slots,
+        default_slots=workers.slots,
+        default_precision=workers.precision,
         ready_timeout_s=config.worker_ready_timeout_s,
         stop_grace_s=config.worker_stop_grace_s,
         token=config.token,
     )
     # The same token guards the queen, this hive and its workers.
-    control = httpx.AsyncClient(timeout=httpx.Timeout(2.0), headers=auth_headers(config.token))
-    transfer = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+    control = httpx.AsyncClient(
+        timeout=httpx.Timeout(2.0), headers=auth_headers(config.token), transport=_TlsOnDemand()
+    )
+    transfer = httpx.AsyncClient(
+        timeout=httpx.Timeout(60.0, connect=10.0), transport=_TlsOnDemand()
+    )
+    try:
+        listener = _listen(config.host, config.port)
+    except OSError as err:
+        gpus.close()
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: {err.strerror}") from None
     try:
         async with control, transfer, trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
+            bound_host, port = listener.getsockname()[:2]
+            bound = httpx.URL(scheme="http", host=bound_host, port=port)
             state = HiveState(
                 name=name,
-                url="",
+                url=str(bound.copy_with(host=_advertised_host(bound_host))).rstrip("/"),
                 store=store,
                 supervisor=supervisor,
                 gpus=gpus,
@@ -104,33 +156,78 @@ async def run_hive(
                 queen_url=config.queen_url,
                 interval_s=config.heartbeat_interval_s,
             )
-            stop_serving = trio.Event()
-
-            async def serve(task_status: trio.TaskStatus[str]) -> None:
-                await server.serve(
-                    create_hive_app(state),
-                    config.host,
-                    config.port,
-                    shutdown=stop_serving.wait,
-                    task_status=task_status,
-                    # hypercorn waits out the whole grace for idle keep-alive connections (the
-                    # queen's pooled ones); the workers are already retired by then.
-                    graceful_timeout=_SERVE_GRACE_S,
-                )
-                nursery.cancel_scope.cancel()
-
-            url: str = await nursery.start(serve)
-            bound = httpx.URL(url)
-            state.url = str(bound.copy_with(host=_advertised_host(bound.host))).rstrip("/")
-            print(f"rbee hive listening on {url}", file=out, flush=True)
             link = QueenLink(config.queen_url, config.token, control)
-            nursery.start_soon(
-                partial(link.heartbeats, state.heartbeat, config.heartbeat_interval_s)
-            )
+            reporting = trio.CancelScope()
+
+            async def heartbeats() -> None:
+                with reporting:
+                    await link.heartbeats(state.heartbeat, config.heartbeat_interval_s)
+
+            nursery.start_soon(heartbeats)
             nursery.start_soon(link.crash_reports, supervisor.exits)
-            task_status.started(state)
-            await shutdown()
-            await supervisor.retire_all()
-            stop_serving.set()
+            with trio.move_on_after(config.heartbeat_interval_s):
+                await link.first_tried.wait()
+            await _serve(state, config, listener, nursery, out, shutdown, task_status, reporting)
     finally:
+        listener.close()
         gpus.close()
+
+
+async def _serve(
+    state: HiveState,
+    config: HiveConfig,
+    listener: socket.socket,
+    nursery: trio.Nursery,
+    out: TextIO,
+    shutdown: Callable[[], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[HiveState],
+    reporting: trio.CancelScope,
+) -> None:
+    """Serve the hive's API on ``listener`` until told to stop; then end the heartbeats in
+    ``reporting`` (a stopping hive is no hive to send jobs to, and a late heartbeat would put
+    it back online at the queen) and retire the workers.
+    """
+    from rbee import server
+    from rbee.hive.app import create_hive_app
+
+    stop_serving = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[str]) -> None:
+        await server.serve(
+            create_hive_app(state),
+            config.host,
+            config.port,
+            shutdown=stop_serving.wait,
+            task_status=task_status,
+            # hypercorn waits out the whole grace for idle keep-alive connections (the
+            # queen's pooled ones); the workers are already retired by then.
+            graceful_timeout=_SERVE_GRACE_S,
+            listener=listener,
+        )
+        nursery.cancel_scope.cancel()
+
+    with contextlib.ExitStack() as stack:
+        if shutdown is None:
+            # Caught from before the "listening" line: a SIGTERM sent as soon as it shows (the
+            # first heartbeat went out before it) must stop the hive cleanly, not kill it.
+            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            shutdown = functools.partial(_first_signal, signals)
+        url: str = await nursery.start(serve)
+        print(f"rbee hive listening on {url}", file=out, flush=True)
+        task_status.started(state)
+        async with trio.open_nursery() as waiting:
+
+            async def until(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(until, shutdown)
+            waiting.start_soon(until, state.stop_requested.wait)
+    reporting.cancel()
+    await state.supervisor.retire_all()
+    stop_serving.set()
+
+
+async def _first_signal(signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        return

@@ -12,6 +12,11 @@ ROUTES: Routes = (
     COMMON
     | STORE
     | {
+        ("POST", "/v1/shutdown"): Route(
+            "Stop the hive as SIGTERM does: its workers retired, then the daemon",
+            wh.ShuttingDown,
+            status=202,
+        ),
         ("GET", "/v1/status"): Route("What the hive would report to the queen now", HiveHeartbeat),
         ("GET", "/v1/workers"): Route("Every worker of this hive", wh.WorkerList),
         ("POST", "/v1/workers"): Route(

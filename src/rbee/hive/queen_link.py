@@ -36,6 +36,8 @@ class QueenLink:
         self.client = client
         self.failing_since: float | None = None
         self.sent = 0
+        # Set once the first heartbeat has been delivered or has failed.
+        self.first_tried = trio.Event()
 
     async def _post(self, path: str, body: bytes) -> None:
         response = await self.client.post(
@@ -57,7 +59,10 @@ class QueenLink:
         while True:
             await trio.sleep_until(next_at)
             try:
-                await self._post("/v1/heartbeat", wire.encode(await build()))
+                try:
+                    await self._post("/v1/heartbeat", wire.encode(await build()))
+                finally:
+                    self.first_tried.set()
             except httpx.HTTPError as err:
                 if self.failing_since is None:
                     self.failing_since = trio.current_time()

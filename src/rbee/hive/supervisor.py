@@ -28,10 +28,11 @@ import msgspec
 import trio
 
 from rbee import process
-from rbee.errors import ApiError, NotFoundError, UsageError
+from rbee.errors import ApiError, NotFoundError, RbeeError, UsageError
 from rbee.hive.telemetry import Gpus, ProcessStats
 from rbee.log import kv
-from rbee.models.store import ModelStore, validate_name
+from rbee.models.store import MANIFEST, ModelStore, validate_name
+from rbee.models.vram import VramNeed, gpu_precision, model_vram_required, no_room_message
 from rbee.process import rbee_command
 from rbee.wire.hive import SpawnRequest, WorkerRetired
 from rbee.wire.queen import WorkerExited, WorkerState, WorkerStatus
@@ -133,6 +134,7 @@ class Supervisor:
         worker_host: str = "127.0.0.1",
         advertise_host: str | None = None,
         default_slots: int = 4,
+        default_precision: str = "int4",
         ready_timeout_s: float = 120.0,
         stop_grace_s: float = 10.0,
         token: str = "",
@@ -145,6 +147,7 @@ class Supervisor:
         self.worker_host = worker_host
         self.advertise_host = advertise_host
         self.default_slots = default_slots
+        self.default_precision = default_precision
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
         # Workers take the hive's token through the environment, so that `ps` never shows it.
@@ -155,6 +158,7 @@ class Supervisor:
         self._exits_send = send
         self._nursery: trio.Nursery | None = None
         self._info = msgspec.json.Decoder(WorkerInfo)
+        self._needs: dict[tuple[str, int], tuple[int, VramNeed | None]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the workers' tasks until cancelled; whatever still runs then is killed."""
@@ -174,7 +178,11 @@ class Supervisor:
     # Spawning
 
     def check_spawn(self, req: SpawnRequest) -> None:
-        """Refuse an unknown model or device before anything is started (`UsageError`, 404)."""
+        """Refuse an unknown model or device, or a GPU without room, before anything starts.
+
+        `UsageError` for a bad device, 404 for a model not in the store, 409 when the GPU's free
+        VRAM is less than the model's estimated need (`rbee.models.vram`).
+        """
         validate_device(req.device, self.gpus.count)
         validate_name(req.model)
         if not self.store.has(req.model) and req.model != self.default_model:
@@ -182,6 +190,56 @@ class Supervisor:
                 f"model {req.model!r} is not on hive {self.hive}; pull it first "
                 "(POST /v1/models/pull) or import it with 'rbee model import'"
             )
+        if req.device.startswith("cuda:"):
+            self._check_room(req.model, req.device, req.slots or self.default_slots)
+
+    def _check_room(self, model: str, device: str, slots: int) -> None:
+        need = self.vram_need(model, slots)
+        index = int(device.partition(":")[2])
+        gpu = next((g for g in self.gpus.telemetry() if g.index == index), None)
+        if need is None or gpu is None:
+            return
+        # Workers still loading on the GPU have not taken all their memory yet: count them in full.
+        promised = sum(
+            n.total_mb
+            for w in self.workers.values()
+            if w.device == device
+            and w.state == "loading"
+            and (n := self.vram_need(w.model, w.slots_total)) is not None
+        )
+        free = gpu.vram_total_mb - gpu.vram_used_mb - promised
+        if need.total_mb > free:
+            message = no_room_message(need, device, free)
+            if promised:
+                message += f" ({promised:.0f} MB of it are promised to workers still loading)"
+            raise ApiError(f"hive {self.hive}: {message}", 409)
+
+    def vram_need(self, model: str, slots: int | None = None) -> VramNeed | None:
+        """The estimated VRAM of a GPU worker for ``model`` (None: not in the store, unreadable).
+
+        Kept until the model's manifest changes, so that heartbeats do not re-read graphs.
+        """
+        slots = slots or self.default_slots
+        path = self.store.dir(model) / MANIFEST
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._needs.get((model, slots))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        need: VramNeed | None
+        try:
+            manifest = self.store.get(model)
+            precision = gpu_precision(manifest, self.default_precision)
+            need = model_vram_required(
+                self.store.dir(model), manifest, precision=precision, slots=slots
+            )
+        except RbeeError as err:
+            log.warning("no VRAM estimate", extra=kv(model=model, error=str(err)))
+            need = None
+        self._needs[(model, slots)] = (stamp, need)
+        return need
 
     def spawn(self, req: SpawnRequest) -> Worker:
         """Start a worker; it answers at once with state ``loading``."""

@@ -19,13 +19,22 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from rbee.decisions import Decision, Queue, Reject, Route, Spawn, default_device
+from rbee.decisions import (
+    Decision,
+    Queue,
+    Reject,
+    Route,
+    Spawn,
+    default_device,
+    model_vram_mb,
+)
 from rbee.errors import PolicyError
 from rbee.policy import nodes as n
 from rbee.policy.helpers import FIELDS, FUNCTIONS, METHODS, Site, equal, fields_of
 from rbee.policy.limits import INT_MAX, Limits
 from rbee.policy.runtime import (
     Closure,
+    Gpus,
     Hives,
     Meter,
     Nothing,
@@ -669,7 +678,7 @@ def _arith(op: str, left: Ev, right: Ev, pos: n.Pos, meter: Meter) -> Ev:
                     )
                 meter.alloc(len(a) + len(b), pos)
                 items = [*a, *b]
-                if ta is tb and ta in (Workers, Hives):
+                if ta is tb and ta in (Workers, Hives, Gpus):
                     return ta(items)
                 return items
             raise fail(a, b)
@@ -745,6 +754,7 @@ class CompiledPolicy:
             meter = self._meter
             meter.reset()
             meter.tenants = {t.name: t for t in snapshot.tenants}
+            meter.hives = snapshot.hives
             meter.returned_at = self._fn.pos
             try:
                 result = self._entry(args)
@@ -812,7 +822,15 @@ class CompiledPolicy:
             raise ScriptError(
                 f"result error: spawn() names hive {value.hive!r}, which is not online", pos
             )
-        device = value.device or default_device(hive)
+        device = value.device or default_device(
+            hive, model_vram_mb(snapshot.hives, value.model, hive)
+        )
+        if device != "cpu" and device not in {f"cuda:{g.index}" for g in hive.gpus}:
+            raise ScriptError(
+                f"result error: spawn() names device {device!r}, which hive {hive.name} does not "
+                "have",
+                pos,
+            )
         reason = f"{self.name} spawns {value.model} on hive {hive.name} ({device}) (line {pos[0]})"
         return Spawn(hive.name, value.model, device, (*trace, reason))
 

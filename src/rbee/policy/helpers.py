@@ -15,11 +15,12 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from rbee.decisions import Queue, Reject, Spawn
+from rbee.decisions import Queue, Reject, Spawn, best_fit, gpu_free_mb, model_vram_mb
 from rbee.policy.limits import INT_MAX
 from rbee.policy.nodes import Pos
 from rbee.policy.runtime import (
     Closure,
+    Gpus,
     Hives,
     Meter,
     Nothing,
@@ -83,8 +84,9 @@ _WORKER_FIELDS: dict[str, Callable[[Any], Any]] = {
 
 _HIVE_FIELDS: dict[str, Callable[[Any], Any]] = {
     name: attrgetter(name)
-    for name in ("name", "labels", "gpus", "ram_free_mb", "vram_free_mb", "models", "workers")
+    for name in ("name", "labels", "ram_free_mb", "vram_free_mb", "models", "workers")
 } | {
+    "gpus": lambda h: Gpus(h.gpus),
     "gpu_count": lambda h: len(h.gpus),
     "vram_total_mb": lambda h: float(sum(g.vram_total_mb for g in h.gpus)),
 }
@@ -93,6 +95,7 @@ _GPU_FIELDS: dict[str, Callable[[Any], Any]] = {
     name: attrgetter(name)
     for name in ("index", "name", "util_pct", "vram_total_mb", "vram_used_mb")
 } | {
+    "device": lambda g: f"cuda:{g.index}",
     "vram_free_mb": lambda g: g.vram_total_mb - g.vram_used_mb,
     "power_w": lambda g: g.power_w if g.power_w is not None else 0.0,
     "temperature_c": lambda g: g.temperature_c if g.temperature_c is not None else 0.0,
@@ -184,6 +187,8 @@ def _like(source: Sequence[Any], items: list[Any], site: Site | None = None) -> 
         return Workers(items)
     if type(source) is Hives:
         return Hives(items)
+    if type(source) is Gpus:
+        return Gpus(items)
     return items
 
 
@@ -196,6 +201,8 @@ def _kept(site: Site, source: Sequence[Any], kept: Sequence[Any]) -> None:
         site.meter.note(
             f"line {site.pos[0]}: {site.name}() kept {len(kept)} of {len(source)} hives"
         )
+    elif type(source) is Gpus:
+        site.meter.note(f"line {site.pos[0]}: {site.name}() kept {len(kept)} of {len(source)} GPUs")
 
 
 def _chose(site: Site, chosen: Any) -> Any:
@@ -203,6 +210,8 @@ def _chose(site: Site, chosen: Any) -> Any:
         site.meter.note(f"line {site.pos[0]}: {site.name}() chose worker {chosen.id}")
     elif type(chosen) is HiveView:
         site.meter.note(f"line {site.pos[0]}: {site.name}() chose hive {chosen.name}")
+    elif type(chosen) is GpuTelemetry:
+        site.meter.note(f"line {site.pos[0]}: {site.name}() chose GPU cuda:{chosen.index}")
     return chosen
 
 
@@ -375,7 +384,26 @@ def _with_model(site: Site, r: Any, model: Any) -> Any:
 
 def _with_capacity(site: Site, r: Any, vram_mb: Any) -> Any:
     need = _num(site, vram_mb, "the VRAM in MB")
+    if type(r) is Gpus:
+        return _keep(site, r, lambda g: gpu_free_mb(g) >= need)
     return _keep(site, r, lambda x: x.vram_free_mb >= need)
+
+
+def _with_gpu_room(site: Site, r: Hives, vram_mb: Any) -> Hives:
+    need = _num(site, vram_mb, "the VRAM in MB")
+    return _keep(site, r, lambda h: any(gpu_free_mb(g) >= need for g in h.gpus))  # type: ignore[no-any-return]
+
+
+def _best_fit(site: Site, r: Any, vram_mb: Any) -> Any:
+    """Pack: the GPU (or the hive whose GPU) with the least free VRAM that still holds ``mb``."""
+    need = _num(site, vram_mb, "the VRAM in MB")
+    site.meter.charge(len(r), site.pos)
+    if type(r) is Gpus:
+        fits = [g for g in r if gpu_free_mb(g) >= need]
+        return _chose(site, min(fits, key=gpu_free_mb)) if fits else _empty(site)
+    slack = {h.name: gpu_free_mb(g) for h in r if (g := best_fit(h, need)) is not None}
+    fitting = [h for h in r if h.name in slack]
+    return _chose(site, min(fitting, key=lambda h: slack[h.name])) if fitting else _empty(site)
 
 
 def _with_label(site: Site, r: Any, key: Any, value: Any) -> Any:
@@ -406,6 +434,8 @@ def _least_loaded_hives(site: Site, r: Hives) -> Any:
 
 
 def _most_vram_free(site: Site, r: Any) -> Any:
+    if type(r) is Gpus:
+        return _pick(site, r, max, gpu_free_mb)
     return _pick(site, r, max, attrgetter("vram_free_mb"))
 
 
@@ -484,7 +514,7 @@ def _map_keys(site: Site, m: dict[str, str]) -> list[str]:
 # name -> {receiver type -> (implementation, min args, max args)}
 METHODS: dict[str, dict[type, tuple[Impl, int, int]]] = {}
 
-_LISTS: tuple[type, ...] = (list, tuple, Workers, Hives)
+_LISTS: tuple[type, ...] = (list, tuple, Workers, Hives, Gpus)
 
 
 def _register(
@@ -520,9 +550,11 @@ _register("ready", [Workers], _ready, 0)
 _register("on_hive", [Workers], _on_hive, 1)
 _register("round_robin", [Workers], _round_robin, 0)
 _register("with_model", [Workers, Hives], _with_model, 1)
-_register("with_capacity", [Workers, Hives], _with_capacity, 1)
+_register("with_capacity", [Workers, Hives, Gpus], _with_capacity, 1)
+_register("with_gpu_room", [Hives], _with_gpu_room, 1)
+_register("best_fit", [Hives, Gpus], _best_fit, 1)
 _register("with_label", [Workers, Hives], _with_label, 2)
-_register("most_vram_free", [Workers, Hives], _most_vram_free, 0)
+_register("most_vram_free", [Workers, Hives, Gpus], _most_vram_free, 0)
 _register("least_loaded", [Workers], _least_loaded_workers, 0)
 _register("least_loaded", [Hives], _least_loaded_hives, 0)
 _register("most_ram_free", [Hives], _most_ram_free, 0)
@@ -560,7 +592,17 @@ def _spawn(site: Site, hive: Any, model: Any, device: Any = "") -> Spawn:
         name = hive
     else:
         raise site.error(f"type error: spawn() needs a hive or a hive name, got {type_name(hive)}")
+    if type(device) is GpuTelemetry:
+        device = f"cuda:{device.index}"
     return Spawn(name, _str(site, model, "the model"), _str(site, device, "the device"))
+
+
+def _model_vram_required(site: Site, model: Any, hive: Any = None) -> float:
+    """The model's estimated VRAM in MB: ``hive``'s own estimate, else the largest reported."""
+    name = _str(site, model, "the model")
+    if hive is not None and type(hive) is not HiveView:
+        raise site.error(f"type error: model_vram_required() needs a hive, got {type_name(hive)}")
+    return model_vram_mb(site.meter.hives, name, hive)
 
 
 def _min(site: Site, a: Any, b: Any) -> Any:
@@ -627,6 +669,7 @@ FUNCTIONS: dict[str, tuple[Impl, int, int]] = {
     "reject": (_reject, 1, 1),
     "queue": (_queue, 0, 1),
     "spawn": (_spawn, 2, 3),
+    "model_vram_required": (_model_vram_required, 1, 2),
     "min": (_min, 2, 2),
     "max": (_max, 2, 2),
     "abs": (_abs, 1, 1),

@@ -1,7 +1,7 @@
 """The sandbox: the meter that enforces the `Limits`, and the values a script can hold.
 
 A script only ever holds these values: numbers (``int``, ``float``), ``str``, ``bool``, lists
-(``list``/``tuple``, and the tagged `Workers` and `Hives`), label maps (``dict[str, str]``), the
+(``list``/``tuple``, and the tagged `Workers`, `Hives` and `Gpus`), label maps (``dict[str, str]``), the
 views of `rbee.wire.queen` (job, worker, hive, GPU, tenant), `Closure`, `Nothing` and the decisions of
 `rbee.decisions`. Fields and methods are looked up in fixed tables (`rbee.policy.helpers`),
 never with ``getattr`` on a name the script chose, so no other Python object is reachable.
@@ -26,6 +26,7 @@ from rbee.wire.queen import GpuTelemetry, HiveView, JobView, TenantView, WorkerV
 __all__ = [
     "CHECK_EVERY",
     "Closure",
+    "Gpus",
     "Hives",
     "Meter",
     "Nothing",
@@ -55,6 +56,7 @@ class Meter:
         "deadline",
         "deadline_ms",
         "depth",
+        "hives",
         "limits",
         "next_check",
         "ops",
@@ -82,6 +84,8 @@ class Meter:
         self.deadline = self.started + self.deadline_ms / 1000.0
         # The tenants of the snapshot being decided on, by name (the tenant_* helpers read it).
         self.tenants: dict[str, TenantView] = {}
+        # The snapshot's hives, for the estimates of model_vram_required().
+        self.hives: tuple[HiveView, ...] = ()
 
     def tick(self, pos: Pos | None) -> None:
         """Called when ``ops`` passes ``next_check``: enforce the budget and the deadline."""
@@ -132,6 +136,12 @@ class Hives(tuple[HiveView, ...]):
     __slots__ = ()
 
 
+class Gpus(tuple[GpuTelemetry, ...]):
+    """A hive's GPUs: the GPU helpers (with_capacity(), most_vram_free(), best_fit()) apply."""
+
+    __slots__ = ()
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Nothing:
     """What first(), min_by() and friends give for an empty list; ``origin`` says where."""
@@ -156,6 +166,7 @@ _TYPE_NAMES: dict[type, str] = {
     tuple: "a list",
     Workers: "a list of workers",
     Hives: "a list of hives",
+    Gpus: "a list of GPUs",
     dict: "a label map",
     WorkerView: "a worker",
     HiveView: "a hive",

@@ -134,7 +134,9 @@ async def run_queen(
     transfer = httpx.AsyncClient(timeout=httpx.Timeout(config.spawn_timeout_s, connect=5.0))
     try:
         locked = config.policy_locked or config.platform
-        scheduler = scheduler or make_scheduler(config.policy, locked=locked)
+        scheduler = scheduler or make_scheduler(
+            config.policy, locked=locked, cpu_fallback=config.cpu_fallback
+        )
         dispatcher = Dispatcher(config, conn, scheduler, provisioner)
         if isinstance(scheduler, Watched):
             # Only a policy file reads the tenants; the built-in policies never pay for them.
@@ -175,6 +177,7 @@ async def run_queen(
             token=config.token,
             queen_host=config.host,
             heartbeat_interval_s=config.heartbeat_interval_s,
+            http=control,
         )
         hosts.token_for = functools.partial(hive_token, gate.secret)
         lifecycle_routes.add_routes(app, hosts)

@@ -119,7 +119,7 @@ class Dispatcher:
         # it the queen's store, whose tokenizers count the prompts that may not fit.
         self.prompts = PromptCheck(self.registry, None)
         self.scheduler = scheduler
-        self.fallback = make_fallback(config.policy_fallback)
+        self.fallback = make_fallback(config.policy_fallback, cpu_fallback=config.cpu_fallback)
         self.provisioner = provisioner
         self.metrics = Metrics()
         self.queue = AdmissionQueue()
@@ -137,6 +137,7 @@ class Dispatcher:
         self._idle = trio.Event()
         self._idle.set()
         self._heard = trio.Event()
+        self._job_ended = trio.Event()
         self._lost: dict[str, str] = {}
         # Hives expected to report: name -> (deadline, bound in s, since when, as words).
         self._expected: dict[str, tuple[float, float, str]] = {}
@@ -682,6 +683,28 @@ class Dispatcher:
         self.running.pop(job.id, None)
         if not self.running:
             self._idle.set()
+        self._job_ended.set()
+        self._job_ended = trio.Event()
+
+    async def drain_hive(self, name: str, grace_s: float) -> int:
+        """Route nothing more to hive ``name`` and wait up to ``grace_s`` for the jobs running
+        on its workers to end; return how many still run. `Registry.drain` undoes the first.
+        """
+        self.registry.drain(name)
+
+        def left() -> int:
+            return sum(
+                1
+                for job in self.running.values()
+                if job.worker is not None
+                and (record := self.registry.get(job.worker)) is not None
+                and record.hive == name
+            )
+
+        with trio.move_on_after(grace_s):
+            while left():
+                await self._job_ended.wait()
+        return left()
 
     # --- ending ----------------------------------------------------------------------------
 

@@ -120,6 +120,7 @@ class Registry:
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
         self._hives: dict[str, HiveRecord] = {}
+        self._draining: set[str] = set()
         self._snapshot: Snapshot | None = None
 
     # --- updates ---------------------------------------------------------------------------
@@ -225,6 +226,16 @@ class Registry:
             record.status = msgspec.structs.replace(record.status, state="stopping")
             self._snapshot = None
 
+    def drain(self, name: str, on: bool = True) -> None:
+        """Hide hive ``name`` and its workers from the policies (it is about to restart), or
+        show them again; the jobs they run go on.
+        """
+        if on:
+            self._draining.add(name)
+        else:
+            self._draining.discard(name)
+        self._snapshot = None
+
     # --- queries ---------------------------------------------------------------------------
 
     def get(self, worker_id: str) -> WorkerRecord | None:
@@ -305,13 +316,19 @@ class Registry:
     def snapshot(self) -> Snapshot:
         """The cluster as a policy sees it (online hives, their workers)."""
         if self._snapshot is None:
-            hives = {name: h for name, h in self._hives.items() if h.online}
+            hives = {
+                name: h
+                for name, h in self._hives.items()
+                if h.online and name not in self._draining
+            }
             counts: dict[str, int] = {}
             for w in self._workers.values():
                 counts[w.hive] = counts.get(w.hive, 0) + 1
             self._snapshot = Snapshot(
                 workers=tuple(
-                    w.view(hives.get(w.hive)) for w in self._workers.values() if not w.stalled
+                    w.view(hives.get(w.hive))
+                    for w in self._workers.values()
+                    if not w.stalled and w.hive not in self._draining
                 ),
                 hives=tuple(
                     HiveView(
@@ -320,6 +337,7 @@ class Registry:
                         gpus=tuple(h.heartbeat.host.gpus),
                         ram_free_mb=float(h.heartbeat.host.ram_free_mb),
                         models=tuple(h.heartbeat.models),
+                        model_vram_mb=h.heartbeat.model_vram_mb,
                         workers=counts.get(name, 0),
                     )
                     for name, h in hives.items()

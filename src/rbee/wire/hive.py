@@ -37,6 +37,7 @@ __all__ = [
     "PullProgress",
     "PullRequest",
     "Pulled",
+    "ShuttingDown",
     "SpawnRequest",
     "WorkerList",
     "WorkerLog",
@@ -76,6 +77,14 @@ class WorkerRetired(Struct, frozen=True, kw_only=True):
     killed: bool = False
 
 
+class ShuttingDown(Struct, frozen=True, kw_only=True):
+    """The answer to ``POST /v1/shutdown``: hive ``hive`` retires its ``workers``, then exits."""
+
+    hive: str
+    pid: int
+    workers: int
+
+
 class WorkerLog(Struct, frozen=True):
     """The last lines a worker wrote (stdout and stderr together) and where the full log is."""
 
@@ -102,6 +111,9 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     files: dict[str, FileEntry]
     chat: str = ""
     """Where the chat template comes from: ``gguf``, ``built-in`` or ``none`` (raw prompts)."""
+    vram_required_mb: float | None = None
+    """The estimated VRAM of a GPU worker with the hive's default slots (`rbee.models.vram`);
+    None when the graph cannot be read."""
 
 
 class ModelList(Struct, frozen=True):

@@ -127,6 +127,9 @@ class WorkerStatus(WorkerLoad, frozen=True, kw_only=True):
 class HiveHeartbeat(Struct, frozen=True, kw_only=True):
     """Everything the queen knows about a host, resent every interval.
 
+    ``model_vram_mb``: the estimated VRAM of a GPU worker for each model in the store that has
+    one (`rbee.models.vram`), for the policies' placement on GPUs.
+
     ``contexts``: the context length in tokens of each model in ``models`` (the queen refuses a
     request that cannot fit before a worker sees it).
     """
@@ -136,6 +139,7 @@ class HiveHeartbeat(Struct, frozen=True, kw_only=True):
     host: HostTelemetry
     workers: list[WorkerStatus] = []
     models: list[str] = []
+    model_vram_mb: dict[str, float] = {}
     contexts: dict[str, int] = {}
     labels: dict[str, str] = {}
     interval_s: float = 1.0
@@ -180,13 +184,18 @@ class WorkerView(WorkerLoad, frozen=True, kw_only=True):
 
 
 class HiveView(Struct, frozen=True, kw_only=True):
-    """One online hive, where workers could be spawned."""
+    """One online hive, where workers could be spawned.
+
+    ``model_vram_mb`` is its estimate of a GPU worker's VRAM for each model it has (see
+    `HiveHeartbeat`).
+    """
 
     name: str
     labels: dict[str, str] = {}
     gpus: tuple[GpuTelemetry, ...] = ()
     ram_free_mb: float = 0.0
     models: tuple[str, ...] = ()
+    model_vram_mb: dict[str, float] = {}
     workers: int = 0
 
     @property

@@ -41,16 +41,21 @@ def load_model(
 ) -> tuple[EngineLike, TokenizerLike, str]:
     """Open ``model`` from the store (importing the default model on first use).
 
-    Returns the engine, the tokenizer and the execution provider actually in use.
+    Returns the engine, the tokenizer and the execution provider actually in use. A GPU
+    without room for the model (`rbee.models.vram.ensure_room`) is a `ModelError` before
+    anything loads.
     """
     from rbee.models.importer import ensure_model
     from rbee.models.store import ModelStore
     from rbee.models.tokenizer import ModelTokenizer
+    from rbee.models.vram import ensure_room, gpu_precision
     from rbee.worker.engine import Engine
 
     store = ModelStore(models_dir)
     manifest = ensure_model(store, model)
     directory = store.dir(model)
+    precision = gpu_precision(manifest, config.precision)
+    ensure_room(directory, manifest, device=config.device, precision=precision, slots=config.slots)
     engine = Engine(
         directory,
         manifest,

@@ -15,7 +15,9 @@ SSH connection the queen keeps open (`_Tunnel`): its heartbeats and model pulls 
 port forwarded from the host's loopback to the queen; the hive and its workers bind a loopback
 address of their own on the host (``127.77.x.y``), which the queen mirrors on its own loopback,
 forwarding each port there (the hive's at start, a worker's as the queen first connects to it).
-The URLs the hive reports are then good on the queen's side as they are.
+The URLs the hive reports are then good on the queen's side as they are. After a queen restart,
+a tunnelled hive that still runs gets its tunnel again on the port and address its command line
+names (it cannot report before), rather than being started again.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from rbee import ssh
 from rbee.errors import ApiError, NotFoundError, RbeeError, SshError
+from rbee.hive.client import HiveClient
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.dispatcher import Dispatcher
@@ -59,7 +63,11 @@ log = logging.getLogger(__name__)
 HIVE_PORT = 7835
 REATTACH_INTERVALS = 5
 START_TIMEOUT_S = 120.0
+# How long a hive asked to stop through its API may take: its workers' grace (10 s by default)
+# and their kill, with room.
+STOP_TIMEOUT_S = 30.0
 _ALIVE_CHECK_S = 0.5
+_GONE_CHECK_S = 0.1
 
 
 def own_file() -> Path | None:
@@ -109,7 +117,8 @@ class HostHives:
     from one, and then no hive can be started). ``accepts`` are the Python versions it runs on
     (default: those its listings name, `file_pythons`). ``queen_host`` / ``queen_port`` are where
     the queen listens; each hive gets ``token_for(name)`` (the queen's daemon gives each its own
-    hive token), else ``token``.
+    hive token), else ``token``. ``http`` calls the hives' APIs (`stop` asks a hive there
+    first); None: only over SSH.
     """
 
     def __init__(
@@ -124,8 +133,10 @@ class HostHives:
         heartbeat_interval_s: float = 1.0,
         accepts: tuple[tuple[int, int], ...] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.http = http
         self.records = HostRecords(conn)
         self.known = known
         self.file = file
@@ -261,24 +272,78 @@ class HostHives:
         if old is not None and not old.conn.closed:
             return old
         conn = await ssh.connect(record.target, self.known, hive=name)
+        if old is not None:
+            # Again the port and address a running hive already uses, when the tunnel is back.
+            return await self._forward(name, conn, old.queen_port, old.address, running=True)
+        return await self._forward(name, conn, 0, self._new_address(), running=False)
+
+    async def _forward(
+        self, name: str, conn: ssh.Connection, queen_port: int, address: str, *, running: bool
+    ) -> _Tunnel:
+        """Make ``conn`` hive ``name``'s tunnel: the queen's port forwarded from the host's
+        loopback ``queen_port`` (0: any), the hive's ``address`` mirrored here (its API
+        forwarded at once when it ``running``). ``conn`` is closed if that fails.
+        """
         try:
             local = self.queen_host if not self.queen_host.startswith(("0.0.0.0", "::")) else ""
-            # Again the port and address a running hive already uses, when the tunnel is back.
-            want = old.queen_port if old is not None else 0
-            queen_port = await conn.forward_remote(want, local or "127.0.0.1", self.queen_port)
+            port = await conn.forward_remote(queen_port, local or "127.0.0.1", self.queen_port)
         except BaseException:
             await conn.close()
             raise
-        if old is not None:
-            address = old.address
-        else:
-            self._addresses += 1
-            address = f"127.77.{self._addresses // 250}.{self._addresses % 250 + 1}"
-        tunnel = _Tunnel(conn, address, queen_port)
+        tunnel = _Tunnel(conn, address, port)
         self._tunnels[name] = self._tunnel_at[address] = tunnel
-        if old is not None:
+        if running:
             await self.before_connect(address, HIVE_PORT)
         return tunnel
+
+    def _new_address(self) -> str:
+        """A loopback address (``127.77.x.y``) no tunnelled hive of this queen uses."""
+        while True:
+            self._addresses += 1
+            address = f"127.77.{self._addresses // 250}.{self._addresses % 250 + 1}"
+            if address not in self._tunnel_at:
+                return address
+
+    async def _reopen_tunnel(self, name: str) -> None:
+        """After a queen restart, give tunnelled hive ``name``, if it still runs, its tunnel
+        again: the queen's port on the host port it reports to, its address mirrored here, so
+        that its next heartbeat arrives. Tried every heartbeat interval until `reattach` would
+        start the hive again (the host may not have let go of the old queen's port yet).
+        """
+        deadline = trio.current_time() + self._reattach_after_s()
+        while True:
+            try:
+                await self._reopen_tunnel_once(name)
+                return
+            except RbeeError as err:
+                if trio.current_time() + self.heartbeat_interval_s > deadline:
+                    log.warning(
+                        "cannot reopen the SSH tunnel of a running hive; it is started again "
+                        "if it does not report",
+                        extra=kv(hive=name, error=str(err)),
+                    )
+                    return
+            await trio.sleep(self.heartbeat_interval_s)
+
+    async def _reopen_tunnel_once(self, name: str) -> None:
+        record = self.records.get(name)
+        if record is None:
+            return
+        async with self._locks.setdefault(name, trio.Lock()):
+            conn = await ssh.connect(record.target, self.known, hive=name)
+            try:
+                facts = await steps.preflight(
+                    SshConnector(conn), hive=name, file="", port=HIVE_PORT
+                )
+            except BaseException:
+                await conn.close()
+                raise
+            queen = httpx.URL(facts.running_option("--queen") or "http://-")
+            address = facts.running_option("--host")
+            if not (facts.running_pid and address and queen.host == "127.0.0.1" and queen.port):
+                await conn.close()
+                return
+            await self._forward(name, conn, queen.port, address, running=True)
 
     async def _mend_tunnels(self) -> None:
         """Open again, every few heartbeat intervals, the tunnels whose connection has closed."""
@@ -319,7 +384,8 @@ class HostHives:
         return await self._deploy(name, progress, upgrade=False)
 
     async def upgrade(self, name: str, progress: Progress | None = None) -> HiveStarted:
-        """Run hive ``name`` on the queen's current file: push it, stop the hive (it retires its
+        """Run hive ``name`` on the queen's current file: push it, drain the hive (no new jobs
+        for it; the running ones end, for up to ``queen.drain_grace_s``), stop it (it retires its
         workers), start the new file; if that does not come up, start the previous one again.
         """
         return await self._deploy(name, progress, upgrade=True)
@@ -365,22 +431,27 @@ class HostHives:
             if not facts.have_file:
                 await steps.push(connector, info.path, info.sha256, progress)
             previous = facts.running_file if facts.running_pid and not same else ""
-            if facts.running_pid:
-                # It runs another file (an upgrade), or this one without reporting here.
-                await steps.stop(connector, name)
-                self.dispatcher.registry.take_offline(name)
-            remote = f"{steps.RBEE_DIR}/bin/{wanted}"
             try:
-                pid = await self._launch(connector, name, interpreter, remote)
-            except SshError as err:
-                if not previous:
-                    raise
-                await self._launch(connector, name, interpreter, previous)
-                raise ApiError(
-                    f"hive {name} did not come up on the new file, so it runs the previous one "
-                    f"({previous}) again: {err}",
-                    502,
-                ) from None
+                if facts.running_pid:
+                    # It runs another file (an upgrade), or this one without reporting here.
+                    if previous:
+                        await self._drain(name)
+                    await steps.stop(connector, name)
+                    self.dispatcher.registry.take_offline(name)
+                remote = f"{steps.RBEE_DIR}/bin/{wanted}"
+                try:
+                    pid = await self._launch(connector, name, interpreter, remote)
+                except SshError as err:
+                    if not previous:
+                        raise
+                    await self._launch(connector, name, interpreter, previous)
+                    raise ApiError(
+                        f"hive {name} did not come up on the new file, so it runs the previous "
+                        f"one ({previous}) again: {err}",
+                        502,
+                    ) from None
+            finally:
+                self.dispatcher.registry.drain(name, on=False)
             self.records.set_auto_start(name, True)
             what = f"upgraded from {previous}" if previous else "started"
             return HiveStarted(
@@ -394,6 +465,18 @@ class HostHives:
                 message=f"hive {name} {what} on {record.target} (pid {pid})",
             )
 
+    async def _drain(self, name: str) -> None:
+        """Let the jobs running on hive ``name`` end (up to the queen's drain grace), routing
+        none to it meanwhile; those still running when the hive stops go on elsewhere.
+        """
+        grace = self.dispatcher.config.drain_grace_s
+        left = await self.dispatcher.drain_hive(name, grace)
+        if left:
+            log.warning(
+                "jobs still run on a hive being upgraded; they continue on other workers",
+                extra=kv(hive=name, jobs=left, grace_s=grace),
+            )
+
     async def _launch(
         self, connector: SshConnector, name: str, interpreter: str, remote: str
     ) -> int:
@@ -403,7 +486,9 @@ class HostHives:
         if tunnel is not None:
             await self.before_connect(tunnel.address, HIVE_PORT)
         argv = steps.hive_argv(
-            [interpreter, remote],
+            # -S: no site, so that what the host's site-packages hold or run at every start
+            # (.pth files) neither slows the hive down nor reaches it; the file carries all.
+            [interpreter, "-S", remote],
             self._queen_url(name, conn),
             name=name,
             host=tunnel.address if tunnel is not None else conn.peer_address,
@@ -411,7 +496,7 @@ class HostHives:
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
         started_at = trio.current_time()
-        pid = await steps.start(connector, name, argv, self.token_for(name))
+        pid = await steps.start(connector, name, argv, self.token_for(name), file=remote)
         await self._wait_online(connector, name, pid, started_at)
         return pid
 
@@ -442,16 +527,58 @@ class HostHives:
             raise SshError(f"hive {name} {what}; its log ends: {tail or '(empty)'}")
 
     async def stop(self, name: str) -> HiveStopped:
-        """Stop the hive (SIGTERM over SSH: it retires its workers first)."""
-        async with self._host(name) as (_, conn):
-            outcome = await steps.stop(SshConnector(conn), name)
+        """Stop the hive, which retires its workers first: through its API (``POST
+        /v1/shutdown`` with its token), else over SSH (SIGTERM to its pid, then SIGKILL) when the
+        API does not take the request or the hive does not go within `STOP_TIMEOUT_S`.
+        """
+        self.get(name)
+        why = await self._stop_through_api(name)
+        if why is None:
+            was_running, message = True, f"hive {name} stopped"
+        else:
+            async with self._host(name) as (_, conn):
+                outcome = await steps.stop(SshConnector(conn), name)
+            was_running = outcome in ("stopped", "killed")
+            message = (
+                f"hive {name} stopped over SSH ({why})"
+                if was_running
+                else f"hive {name} was not running"
+            )
         self._close_tunnel(name)
         self.records.set_auto_start(name, False)
         self.dispatcher.registry.take_offline(name)
         self.dispatcher.hive_records.offline(name, time.time())
-        was_running = outcome in ("stopped", "killed")
-        message = f"hive {name} stopped" if was_running else f"hive {name} was not running"
         return HiveStopped(name=name, was_running=was_running, message=message)
+
+    async def _stop_through_api(self, name: str) -> str | None:
+        """Ask the hive to stop and wait until its API is gone; else why that did not happen."""
+        online = self.dispatcher.registry.hive(name)
+        if self.http is None or online is None or not online.online:
+            return "it does not report to this queen"
+        url = httpx.URL(online.heartbeat.url)
+        hive = HiveClient(str(url), self.http, self.token_for(name))
+        try:
+            await self.before_connect(url.host, url.port or HIVE_PORT)
+            await hive.shutdown()
+        except RbeeError as err:
+            return f"its API did not take the request: {err}"
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            # The hive is another process, maybe on another host: there is nothing to wait on.
+            while await self._answers(url):  # noqa: ASYNC110
+                await trio.sleep(_GONE_CHECK_S)
+            return None
+        return f"it still answered {STOP_TIMEOUT_S:g} s after it was asked to stop"
+
+    async def _answers(self, url: httpx.URL) -> bool:
+        """Whether a hive's API still takes connections (a slow answer counts as one)."""
+        assert self.http is not None
+        try:
+            await self.http.get(url.join("/health"), timeout=_ALIVE_CHECK_S)
+        except httpx.TimeoutException:
+            return True
+        except httpx.TransportError:
+            return False
+        return True
 
     async def remove(self, name: str) -> HiveStopped:
         """Stop the hive if it runs (and its host answers), then forget it."""
@@ -478,11 +605,21 @@ class HostHives:
             if record.auto_start:
                 # Jobs sent right after a restart wait for the hives that ran before it.
                 self.dispatcher.expect_hive(record.name, self._reattach_after_s())
-        async with trio.open_nursery() as self._nursery:
-            task_status.started()
-            self._nursery.start_soon(self.reattach)
-            self._nursery.start_soon(self._mend_tunnels)
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as self._nursery:
+                task_status.started()
+                for record in self.records.all():
+                    if record.auto_start and record.tunnel:
+                        self._nursery.start_soon(self._reopen_tunnel, record.name)
+                self._nursery.start_soon(self.reattach)
+                self._nursery.start_soon(self._mend_tunnels)
+                await trio.sleep_forever()
+        finally:
+            # Their hives keep running; a queen started again gives them their tunnels back.
+            for tunnel in self._tunnels.values():
+                await tunnel.conn.close()
+            self._tunnels.clear()
+            self._tunnel_at.clear()
 
     def deploy_events(
         self, name: str, *, upgrade: bool

@@ -54,11 +54,29 @@ dir=$1 file=$2 hive=$3 port=$4
 shift 4
 echo "os=$(uname -s)"
 echo "arch=$(uname -m)"
+# One run of each Python found, without site (a fraction of a normal start), printing its
+# version; the first one found also tries the hive port. Syntax any Python 3 parses.
+probe='import socket, sys
+version = "%d.%d" % sys.version_info[:2]
+if sys.argv[1] == "-":
+    print(version)
+else:
+    s = socket.socket()
+    try:
+        s.bind(("", int(sys.argv[1])))
+    except OSError:
+        print(version + " port_free=0")
+    else:
+        print(version + " port_free=1")'
 first=
 for py in "$@"; do
     path=$(command -v "$py" 2>/dev/null) || continue
-    version=$("$path" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+    try_port=$port
+    [ -z "$first" ] || try_port=-
+    out=$("$path" -I -S -c "$probe" "$try_port" 2>/dev/null) || continue
+    version=${out%% *}
     printf 'python=%s %s\n' "$version" "$path"
+    [ "$out" = "$version" ] || echo "${out#* }"
     [ -n "$first" ] || first=$path
 done
 if mkdir -p "$dir/bin" 2>/dev/null && [ -w "$dir/bin" ]; then echo writable=1; else echo writable=0; fi
@@ -69,17 +87,9 @@ echo "free_kb=$(df -Pk "$d" 2>/dev/null | awk 'NR == 2 {print $4}')"
 if command -v nvidia-smi > /dev/null 2>&1; then
     nvidia-smi -L 2>/dev/null | sed 's/^/gpu=/'
 fi
-pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null &&
+if pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; then
     echo "running=$pid $(cat "$dir/hives/$hive/file" 2>/dev/null)"
-if [ -n "$first" ]; then
-    "$first" -c 'import socket, sys
-s = socket.socket()
-try:
-    s.bind(("", int(sys.argv[1])))
-except OSError:
-    print("port_free=0")
-else:
-    print("port_free=1")' "$port"
+    tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed 's/^/arg=/'
 fi
 """
 
@@ -175,12 +185,22 @@ class HostFacts:
     port_free: bool | None = None
     running_pid: int = 0
     running_file: str = ""
+    running_argv: tuple[str, ...] = ()
+
+    def running_option(self, option: str) -> str:
+        """The value of ``option`` (``--queen``) on the running hive's command line, or ""."""
+        argv = self.running_argv
+        for i, arg in enumerate(argv[:-1]):
+            if arg == option:
+                return argv[i + 1]
+        return ""
 
 
 def _parse_facts(out: str) -> HostFacts:
     values: dict[str, object] = {}
     pythons: list[tuple[str, tuple[int, int]]] = []
     gpus: list[str] = []
+    argv: list[str] = []
     for line in out.splitlines():
         key, _, value = line.partition("=")
         if key == "python":
@@ -190,6 +210,8 @@ def _parse_facts(out: str) -> HostFacts:
                 pythons.append((path, (int(major), int(minor))))
         elif key == "gpu":
             gpus.append(value)
+        elif key == "arg":
+            argv.append(value)
         elif key == "running":
             pid, _, running = value.partition(" ")
             values["running_pid"] = int(pid) if pid.isdigit() else 0
@@ -200,7 +222,12 @@ def _parse_facts(out: str) -> HostFacts:
             values[key] = value == "1"
         elif key == "free_kb" and value.isdigit():
             values["free_bytes"] = int(value) * 1024
-    return HostFacts(pythons=tuple(pythons), gpus=tuple(gpus), **values)  # type: ignore[arg-type]
+    return HostFacts(
+        pythons=tuple(pythons),
+        gpus=tuple(gpus),
+        running_argv=tuple(argv),
+        **values,  # type: ignore[arg-type]
+    )
 
 
 def _candidates(python: str) -> list[str]:
@@ -307,12 +334,16 @@ async def push(
     return final
 
 
-async def start(connector: Connector, hive: str, argv: Sequence[str], token: str) -> int:
+async def start(
+    connector: Connector, hive: str, argv: Sequence[str], token: str, file: str = ""
+) -> int:
     """Start the hive detached from the session (it outlives it); return its pid.
 
-    ``argv[1]`` is the file it runs. ``token`` goes to the host on stdin, into a 0600 file.
+    ``file`` is the file it runs (default ``argv[1]``). ``token`` goes to the host on stdin,
+    into a 0600 file.
     """
-    done = await _script(connector, _START, [hive_dir(hive), argv[1], *argv], stdin=token)
+    args = [hive_dir(hive), file or argv[1], *argv]
+    done = await _script(connector, _START, args, stdin=token)
     pid = done.stdout.strip()
     if done.exit_status != 0 or not pid.isdigit():
         raise SshError(f"starting the hive on {connector.where} failed: {done.stderr.strip()}")
