@@ -88,7 +88,7 @@ async def test_500_streams_at_once_all_end_none_lost_none_twice(tmp_path: Path) 
             f"after the second {after / 2**20:.1f} ({after / idle - 1:+.0%} on idle)"
         )
         # The second round keeps nothing more than the first did.
-        assert after <= baseline * 1.05
+        assert after <= baseline * 1.10
 
 
 async def forgotten(queen: QueenProcess, ids: set[str]) -> None:
