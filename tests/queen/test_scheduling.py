@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import pytest
 import trio
 
 from rbee import wire
@@ -265,48 +266,53 @@ async def _run_labelled(http: httpx.AsyncClient, url: str, labels: dict[str, str
     assert (await read_stream(http, f"{url}/v1/jobs/{job_id}/stream"))[-1] == "[DONE]"
 
 
+# A policy file and a YAML rules file: the same hot reload, the second form compiled to the first.
+RELOADED = [
+    (
+        "pick.rhai",
+        "fn schedule_job(job, workers) { workers.with_model(job.model).first() }\n",
+        "fn schedule_job(job, workers) { workers.with_model(job.model).last() }\n",
+        None,
+    ),
+    (
+        "pick.yaml",
+        "rules: []\ndefault:\n  route: {pick: first}\n",
+        "rules: []\ndefault:\n  select: workers.with_model(job.model).last()\n",
+        "pick.yaml chose worker {worker} (line 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "after", "reason"), RELOADED, ids=["policy", "rules"])
 async def test_a_policy_file_is_reloaded_while_the_queen_runs(
-    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient, tmp_path: Path
+    nursery: trio.Nursery,
+    queen_config: QueenConfig,
+    http: httpx.AsyncClient,
+    tmp_path: Path,
+    name: str,
+    before: str,
+    after: str,
+    reason: str | None,
 ) -> None:
-    path = tmp_path / "pick.rhai"
-    path.write_text("fn schedule_job(job, workers) { workers.with_model(job.model).first() }\n")
+    path = tmp_path / name
+    path.write_text(before)
     host = make_scheduler(str(path))
     assert isinstance(host, PolicyHost)
     queen = await start_queen(nursery, queen_config, scheduler=host)
     workers = sorted([await FakeWorker().start(nursery) for _ in range(2)], key=lambda w: w.id)
     await register(queen.url, "hive-a", *workers)
     first = await run(http, queen.url)
-    path.write_text("fn schedule_job(job, workers) { workers.with_model(job.model).last() }\n")
+    path.write_text(after)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
-    await eventually(lambda: host.reloads == 1, what="the queen's reload of pick.rhai")
+    await eventually(lambda: host.reloads == 1, what=f"the queen's reload of {name}")
     second = await run(http, queen.url)
     assert first["worker"] != second["worker"]
     params: dict[str, str | int] = {"job_id": str(second["id"]), "last": 5}
     explained = (await http.get(f"{queen.url}/v1/decisions", params=params)).json()["decisions"]
     assert [d["job_id"] for d in explained] == [second["id"]]
-    assert explained[0]["policy"] == "pick.rhai"
-
-
-async def test_a_rules_file_is_reloaded_while_the_queen_runs(
-    nursery: trio.Nursery, queen_config: QueenConfig, http: httpx.AsyncClient, tmp_path: Path
-) -> None:
-    path = tmp_path / "pick.yaml"
-    path.write_text("rules: []\ndefault:\n  route: {pick: first}\n")
-    host = make_scheduler(str(path))
-    assert isinstance(host, PolicyHost)
-    queen = await start_queen(nursery, queen_config, scheduler=host)
-    workers = sorted([await FakeWorker().start(nursery) for _ in range(2)], key=lambda w: w.id)
-    await register(queen.url, "hive-a", *workers)
-    first = await run(http, queen.url)
-    path.write_text("rules: []\ndefault:\n  select: workers.with_model(job.model).last()\n")
-    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
-    await eventually(lambda: host.reloads == 1, what="the queen's reload of pick.yaml")
-    second = await run(http, queen.url)
-    assert first["worker"] != second["worker"]
-    params: dict[str, str | int] = {"job_id": str(second["id"]), "last": 5}
-    explained = (await http.get(f"{queen.url}/v1/decisions", params=params)).json()["decisions"]
-    assert explained[0]["policy"] == "pick.yaml"
-    assert explained[0]["reasons"][-1] == f"pick.yaml chose worker {second['worker']} (line 3)"
+    assert explained[0]["policy"] == name
+    if reason is not None:
+        assert explained[0]["reasons"][-1] == reason.format(worker=second["worker"])
 
 
 async def test_the_queen_sends_its_token_to_workers(
