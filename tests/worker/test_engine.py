@@ -19,15 +19,11 @@ from rbee.models.tokenizer import ModelTokenizer
 from rbee.wire.worker import SamplingParams, Token
 from rbee.worker.batch import Admit, Batch
 from rbee.worker.engine import CALIBRATED_ROWS, Engine, check_provider
+from tests.worker.numerics import TOLERANCE
 
 pytestmark = pytest.mark.slow
 
 Logits = npt.NDArray[np.float32]
-# How far logits (~20) of the same positions may differ between a one-row and a many-row run.
-# int4's output projection quantizes activations to int8, so the kernels for each can round a few
-# of them differently (~1e-2); fp16 rounds every activation to half precision after kernels that
-# accumulate in another order for each (up to 0.33 seen, about what separates either from fp32).
-TOLERANCE = {"fp32": 2e-3, "int4": 5e-2, "fp16": 0.5}
 
 
 @pytest.fixture(scope="module")

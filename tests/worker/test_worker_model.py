@@ -22,7 +22,11 @@ import httpx
 import pytest
 import trio
 
+from rbee.models.store import ModelStore
+from rbee.models.tokenizer import ModelTokenizer
+from rbee.worker.engine import Engine
 from tests.helpers import RBEE
+from tests.worker.numerics import TOLERANCE, greedy_margin
 
 pytestmark = pytest.mark.slow
 
@@ -154,11 +158,36 @@ async def test_a_stop_string_spanning_tokens_is_never_emitted(worker: WorkerProc
     assert finished["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "seed": 12}])
-async def test_four_concurrent_streams_equal_one_at_a_time(
-    worker: WorkerProcess, sampling: dict[str, Any]
+# What four streams in one batch must reproduce exactly, greedy: at every step of these the two
+# likeliest tokens lie further apart than batching moves logits (`tests.worker.numerics`), as the
+# next test checks. Most prompts have a closer step within 24 tokens ("Name three colours." has
+# one 0.014 apart) and can come out otherwise in a batch. Seeded sampling is not compared across
+# run shapes for the same reason: a draw that close to the boundary between two tokens takes
+# either. Its draws depend only on the seed and the position (tests/worker/test_sampling.py).
+TOGETHER = [
+    "Who wrote Hamlet?",
+    "Spell the word cat.",
+    "What language is spoken in Spain?",
+    "What is the capital of Germany?",
+]
+TOGETHER_TOKENS = 24
+
+
+def test_the_batched_prompts_choose_further_apart_than_batching_moves_logits(
+    model_store: Path,
 ) -> None:
-    bodies = [chat(p, max_tokens=24, **sampling) for p in PROMPTS]
+    store = ModelStore(model_store)
+    directory, manifest = store.dir(MODEL), store.get(MODEL)
+    engine = Engine(directory, manifest, device=DEVICE, threads=2, slots=1)
+    tokenizer = ModelTokenizer.load(directory, manifest)
+    for question in TOGETHER:
+        ids = tokenizer.encode(tokenizer.render_chat([("user", question)]))
+        margin = greedy_margin(engine, ids, TOGETHER_TOKENS, tokenizer.stop_token_ids)
+        assert margin > 2 * TOLERANCE[engine.precision], question
+
+
+async def test_four_concurrent_streams_equal_one_at_a_time(worker: WorkerProcess) -> None:
+    bodies = [chat(p, temperature=0, max_tokens=TOGETHER_TOKENS) for p in TOGETHER]
     async with httpx.AsyncClient(base_url=worker.url, timeout=120) as client:
         alone = [(await generate(client, body))[0] for body in bodies]
         together: list[str] = [""] * len(bodies)

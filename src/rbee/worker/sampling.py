@@ -2,8 +2,11 @@
 
 The random draw for a token depends only on the request's seed and the token's position in the
 generated text (a counter-based generator: a hash of the two), not on a generator's state. So the
-same seed gives the same tokens however many other requests share the batch, and a generation that
-is resumed at position n on another worker continues exactly as the uninterrupted one would have.
+same seed makes the same draws however many other requests share the batch, and a generation that
+is resumed at position n on another worker draws as the uninterrupted one would have. The tokens
+are the same as long as the logits are: the kernels ONNX Runtime picks for a batch, or for a
+resumed prompt's prefill, round differently (about 1e-4, up to 3e-2 through int4's 8-bit output
+projection in a batch), so a draw that close to the boundary between two tokens can take the other.
 """
 
 from __future__ import annotations
