@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import queue
@@ -151,12 +152,35 @@ def test_pyz_copied_alone_runs_as_a_program(pyz: Path, unpacked: Path, tmp_path:
         assert answered.stdout.strip() == f"rbee {__version__}"
 
 
+@contextlib.contextmanager
+def opened(pyz: Path) -> Iterator[tuple[zipfile.ZipFile, zipfile.ZipFile]]:
+    """``pyz`` and the payload archive inside it, as the bootstrap reads them."""
+    spec = importlib.util.spec_from_file_location("_rbee_boot", ROOT / "build" / "bootstrap.py")
+    assert spec is not None
+    assert spec.loader is not None
+    boot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(boot)
+    with pyz.open("rb") as file, zipfile.ZipFile(file) as outer, boot.payload(outer, file) as inner:
+        yield outer, inner
+
+
+def test_the_archive_holds_a_handful_of_entries_and_the_payload_the_rest(pyz: Path) -> None:
+    """The zip importer reads the outer directory at every start: it stays small."""
+    with opened(pyz) as (outer, inner):
+        names = outer.namelist()
+        assert names[:3] == ["__main__.py", "_rbee_boot.py", "_rbee_pythons.py"]
+        assert len(names) < 10
+        assert outer.getinfo("rbee-pyz/payload.zip").compress_type == zipfile.ZIP_STORED
+        assert len(inner.namelist()) > 1000
+        assert inner.testzip() is None
+
+
 def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
-    with zipfile.ZipFile(pyz) as zf:
+    with opened(pyz) as (zf, inner):
         info = json.loads(zf.read("rbee-pyz/build.json"))
         listings = {abi: json.loads(zf.read(f"rbee-pyz/{abi}.json")) for abi in info["abis"]}
-        stored = [name for name in zf.namelist() if name.startswith("site-packages")]
-        contents = [hashlib.sha256(zf.read(name)).digest() for name in stored]
+        stored = inner.namelist()
+        contents = [hashlib.sha256(inner.read(name)).digest() for name in stored]
     assert info["abis"] == [f"cp{major}{minor}" for major, minor in pythons.SUPPORTED]
     assert len(set(contents)) == len(contents)
     # Pure Python is stored once: every interpreter reads rbee from the same entry.
@@ -171,9 +195,9 @@ def test_pyz_stores_each_content_once_for_every_python(pyz: Path) -> None:
 def test_pyz_carries_the_web_page(pyz: Path) -> None:
     """Every file of the queen's page ships in the archive, byte for byte."""
     web = ROOT / "src" / "rbee" / "queen" / "web"
-    with zipfile.ZipFile(pyz) as zf:
+    with opened(pyz) as (_, inner):
         for path in web.iterdir():
-            assert zf.read(f"site-packages/rbee/queen/web/{path.name}") == path.read_bytes()
+            assert inner.read(f"site-packages/rbee/queen/web/{path.name}") == path.read_bytes()
 
 
 def tag(abi: str, arch: str) -> str:
@@ -193,7 +217,7 @@ def test_the_aarch64_pyz_carries_arm_libraries_for_every_python(tmp_path: Path) 
             str(arm),
         ]
     )
-    with zipfile.ZipFile(arm) as zf:
+    with opened(arm) as (zf, inner):
         info = json.loads(zf.read("rbee-pyz/build.json"))
         assert info["machine"] == "aarch64"
         for abi in info["abis"]:
@@ -202,7 +226,7 @@ def test_the_aarch64_pyz_carries_arm_libraries_for_every_python(tmp_path: Path) 
                 f"onnxruntime/capi/onnxruntime_pybind11_state.{tag(abi, 'aarch64')}.so",
                 f"numpy/_core/_multiarray_umath.{tag(abi, 'aarch64')}.so",
             ):
-                header = zf.read(listing[module])[:20]
+                header = inner.read(listing[module])[:20]
                 assert header[:4] == b"\x7fELF"
                 assert int.from_bytes(header[18:20], "little") == ELF_MACHINES["aarch64"]
     refused = run(sys.executable, arm, "--version", root=tmp_path / "root")
