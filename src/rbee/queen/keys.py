@@ -70,9 +70,10 @@ def hive_token(secret: str, hive: str, epoch: int = 0) -> str:
     ``rbeeh_<hive>~<N>.<HMAC of "hive:<hive>:<N>">``. Neither ``~`` nor ``:`` can be in a hive's
     name (`rbee.wire.NAME_PATTERN`), so the name and the generation read back unambiguously.
     """
-    message, generation = (
-        (f"hive:{hive}", "") if epoch == 0 else (f"hive:{hive}:{epoch}", f"~{epoch}")
-    )
+    if epoch == 0:
+        message, generation = f"hive:{hive}", ""
+    else:
+        message, generation = f"hive:{hive}:{epoch}", f"~{epoch}"
     digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
     return f"{HIVE_PREFIX}{hive}{generation}.{digest}"
 
