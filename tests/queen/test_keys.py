@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from rbee.config import QueenConfig
-from rbee.queen.keys import SECRET_FILE, hive_token, key_hash, token_hive
+from rbee.queen.keys import SECRET_FILE, key_hash
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
 from tests.queen.fake_worker import FakeWorker, register
 
@@ -216,11 +216,3 @@ async def test_a_queen_with_a_token_lets_no_one_in_without_it(
     assert (
         await http.get(f"{queen.url}/v1/keys", headers=bearer(secret(queen)))
     ).status_code == 200
-
-
-def test_hive_tokens_name_their_hive() -> None:
-    token = hive_token("s" * 43, "gpu1.lab")
-    assert token_hive("s" * 43, token) == "gpu1.lab"
-    assert token_hive("t" * 43, token) is None
-    assert token_hive("s" * 43, token.replace("gpu1.lab", "gpu2.lab")) is None
-    assert token_hive("s" * 43, "rbeeh_nodot") is None

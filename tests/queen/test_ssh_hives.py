@@ -112,7 +112,7 @@ async def test_two_hosts_started_over_ssh_a_remote_worker_answers(
         # Each hive gets a token of its own, which speaks only for it.
         token_file = one.home / RBEE_DIR / "hives" / "gpu1" / "token"
         secret = (tmp_path / SECRET_FILE).read_text().strip()
-        assert token_file.read_text() == hive_token(secret, "gpu1")
+        assert _token(one, "gpu1") == hive_token(secret, "gpu1")
         assert token_file.stat().st_mode & 0o777 == 0o600
 
         logs = (await q.http.get("/v1/hives/gpu1/logs", params={"lines": 50})).json()["lines"]
@@ -226,6 +226,10 @@ def _broken(path: Path) -> None:
         archive.writestr("__main__.py", "import sys\nsys.exit('broken build')\n")
 
 
+def _token(host: SshHost, hive: str) -> str:
+    return (host.home / RBEE_DIR / "hives" / hive / "token").read_text()
+
+
 def _running_file(host: SshHost, hive: str) -> str:
     return (host.home / RBEE_DIR / "hives" / hive / "file").read_text().strip()
 
@@ -241,6 +245,9 @@ async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
         await q.trust("gpu1", host)
         assert (await q.start("gpu1")).status_code == 200
         first_file, first_pid = _running_file(host, "gpu1"), _pid(host, "gpu1")
+        first_token = _token(host, "gpu1")
+        secret = (tmp_path / SECRET_FILE).read_text().strip()
+        assert first_token == hive_token(secret, "gpu1")
 
         _rebuilt(current, b"rebuilt")
         up = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
@@ -251,6 +258,18 @@ async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
         assert second_file != first_file
         assert _pid(host, "gpu1") != first_pid
         assert await _status(q, "gpu1") == "online"
+        # The new hive holds a new token; the old one opens neither the queen nor the hive.
+        second_token = _token(host, "gpu1")
+        assert second_token == hive_token(secret, "gpu1", 1)
+        hive_url = next(h["url"] for h in (await q.http.get("/v1/hives")).json()["hives"])
+        async with httpx.AsyncClient(timeout=30) as http:
+            old = {"Authorization": f"Bearer {first_token}"}
+            beat = await http.post(f"{q.url}/v1/heartbeat", content=b"{}", headers=old)
+            assert beat.status_code == 401
+            assert "replaced by a newer one at an upgrade" in beat.json()["error"]["message"]
+            assert (await http.get(f"{hive_url}/v1/workers", headers=old)).status_code == 401
+            new = {"Authorization": f"Bearer {second_token}"}
+            assert (await http.get(f"{hive_url}/v1/workers", headers=new)).status_code == 200
 
         _broken(current)
         failed = await q.http.post("/v1/hives/gpu1/upgrade", timeout=300)
@@ -260,6 +279,8 @@ async def test_upgrade_to_a_changed_file_and_back_when_the_new_one_fails(
         assert "broken build" in message
         assert _running_file(host, "gpu1") == second_file
         assert await _status(q, "gpu1") == "online"
+        # The previous file came back with the generation the failed upgrade started.
+        assert _token(host, "gpu1") == hive_token(secret, "gpu1", 2)
         kept = sorted(p.name for p in (host.home / RBEE_DIR / "bin").glob("rbee-*.pyz"))
         assert Path(second_file).name in kept
         assert len(kept) == 2

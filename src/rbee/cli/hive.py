@@ -110,12 +110,17 @@ def daemon(
 
 def _own_token(ctx: Context, settings: HiveConfig) -> str | None:
     """A hive started by hand without a token, for a queen on this machine whose cluster secret
-    this user can read, takes its own hive token from that secret (else it has none)."""
+    this user can read, takes its own hive token from that secret, of the generation the queen's
+    database holds for its name (else it has none)."""
     from rbee.hive.daemon import default_hive_name
-    from rbee.queen.keys import hive_token
+    from rbee.queen.db import db_path
+    from rbee.queen.keys import hive_epoch, hive_token
 
     secret = ctx.local_secret(settings.queen_url)
-    return hive_token(secret, settings.name or default_hive_name()) if secret else None
+    if not secret:
+        return None
+    name = settings.name or default_hive_name()
+    return hive_token(secret, name, hive_epoch(db_path(ctx.config.queen), name))
 
 
 @hive.command("list")

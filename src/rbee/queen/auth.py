@@ -5,9 +5,10 @@ A caller sends ``Authorization: Bearer <credential>``, one of:
 - the admin token: ``queen.token`` (``--token``) or the cluster secret (`rbee.queen.keys`; a
   keeper on the queen's host reads it from the data directory). Everything, key management
   included.
-- a hive's token (`rbee.queen.keys.hive_token`): the hive routes only (its own heartbeat, its
-  workers' exits, the model store). The queen calls a hive and its workers with the token the
-  hive reports with (`Credentials`).
+- a hive's token of its current generation (`rbee.queen.keys.HiveTokens`; an older one, replaced
+  at an upgrade, is a 401 saying so): the hive routes only (its own heartbeat, its workers'
+  exits, the model store). The queen calls a hive and its workers with the token the hive
+  reports with (`Credentials`).
 - an API key (``rbee key create``): the client routes (the jobs API, the OpenAI-compatible API,
   ``/v1/models``), within the key's models and quotas; its jobs belong to its tenant.
 
@@ -45,7 +46,7 @@ from rbee.config import is_loopback
 from rbee.errors import AuthError, ForbiddenError
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.jobs import Job
-from rbee.queen.keys import HIVE_PREFIX, KEY_PREFIX, KeyRecord, KeyStore, key_hash, token_hive
+from rbee.queen.keys import HIVE_PREFIX, KEY_PREFIX, HiveTokens, KeyRecord, KeyStore, key_hash
 from rbee.queen.quotas import Quotas, Ticket
 from rbee.wire.queen import HiveHeartbeat, JobRequest
 from rbee.wire.worker import prompt_chars
@@ -144,7 +145,10 @@ _CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completion
 
 
 class Gate:
-    """Identifies callers, checks what they may do, and counts keys' quotas."""
+    """Identifies callers, checks what they may do, and counts keys' quotas.
+
+    ``hive_tokens`` holds the hives' token generations (default: in memory, under ``secret``).
+    """
 
     def __init__(
         self,
@@ -155,9 +159,11 @@ class Gate:
         loopback_keyless: bool = True,
         platform: bool = False,
         quotas: Quotas | None = None,
+        hive_tokens: HiveTokens | None = None,
     ) -> None:
         self.keys = keys
         self.secret = secret
+        self.hive_tokens = hive_tokens or HiveTokens(secret)
         self.quotas = quotas or Quotas()
         self.credentials = Credentials(token)
         self._admin = [t.encode() for t in (token, secret) if t]
@@ -171,7 +177,7 @@ class Gate:
         if given.startswith(KEY_PREFIX):
             return self._key(given)
         if given.startswith(HIVE_PREFIX):
-            hive = token_hive(self.secret, given)
+            hive = self.hive_tokens.hive(given)
             if hive is not None:
                 return Caller("hive", hive=hive)
         if given:

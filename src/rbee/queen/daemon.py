@@ -30,7 +30,7 @@ from rbee.queen.app import build_app
 from rbee.queen.auth import Gate
 from rbee.queen.db import db_path, open_db
 from rbee.queen.dispatcher import Dispatcher, Provisioner
-from rbee.queen.keys import KeyStore, hive_token, load_secret, secret_path
+from rbee.queen.keys import HiveTokens, KeyStore, load_secret, secret_path
 from rbee.queen.lifecycle import routes as lifecycle_routes
 from rbee.queen.lifecycle.manager import HostHives, own_file
 from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
@@ -53,13 +53,16 @@ POLICY_CHECK_INTERVAL_S = 1.0
 
 
 def make_gate(config: QueenConfig, conn: sqlite3.Connection) -> Gate:
-    """The queen's `Gate`: its keys, the cluster secret (made on the first start), its mode."""
+    """The queen's `Gate`: its keys, the cluster secret (made on the first start), the hives'
+    token generations, its mode."""
+    secret = load_secret(secret_path(config))
     return Gate(
         KeyStore(conn),
-        load_secret(secret_path(config)),
+        secret,
         token=config.token,
         loopback_keyless=config.loopback_keyless,
         platform=config.platform,
+        hive_tokens=HiveTokens(secret, conn),
     )
 
 
@@ -179,7 +182,7 @@ async def run_queen(
             heartbeat_interval_s=config.heartbeat_interval_s,
             http=control,
         )
-        hosts.token_for = functools.partial(hive_token, gate.secret)
+        hosts.tokens = gate.hive_tokens
         lifecycle_routes.add_routes(app, hosts)
         dispatcher.before_connect = hosts.before_connect
         if hives.store is not None:
@@ -212,7 +215,7 @@ async def run_queen(
                     hive = LocalHive(
                         local_hive,
                         url,
-                        token=hive_token(gate.secret, LOCAL_HIVE),
+                        token=gate.hive_tokens.token(LOCAL_HIVE),
                         models_dir=str(store_dir) if config.models_dir and store_dir else "",
                         heartbeat_interval_s=config.heartbeat_interval_s,
                     )

@@ -102,6 +102,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
     """,
+    # Each hive's token generation (`rbee.queen.keys.HiveTokens`); a hive without a row is at 0.
+    """
+    CREATE TABLE hive_tokens (
+        name TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL
+    );
+    """,
 )
 
 

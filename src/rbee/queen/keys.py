@@ -1,13 +1,18 @@
-"""API keys and the cluster secret: what the queen checks callers against.
+"""API keys, the cluster secret and the hives' tokens: what the queen checks callers against.
 
 A key is ``rbee_`` and 43 characters of URL-safe base64 (32 random bytes). A random 256-bit key
 needs no slow hash: the queen keeps only its SHA-256, finds a presented key by that hash in a
 dict and compares the two digests in constant time, a few microseconds a request.
 
 The cluster secret is 32 random bytes in ``cluster.secret`` (mode 0600) beside the queen's
-database (its data directory by default), made on the first start. It is the cluster's admin credential besides ``queen.token``
-(a keeper on the queen's host reads it from the file) and the root of each hive's token
-(`hive_token`), so that a hive's token says which hive holds it and outlives a queen restart.
+database (its data directory by default), made on the first start. It is the cluster's admin
+credential besides ``queen.token`` (a keeper on the queen's host reads it from the file) and the
+root of each hive's token (`hive_token`), so that a hive's token says which hive holds it and
+outlives a queen restart.
+
+A hive's token has a generation (`HiveTokens`), 0 until ``rbee hive upgrade`` first replaces it;
+each upgrade starts the new hive process with the next one, and the queen refuses the older
+ones from then on. The generations are kept in the queen's database (``hive_tokens``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from pathlib import Path
 
 from rbee.config import QueenConfig
-from rbee.errors import ApiError, ConfigError, NotFoundError
+from rbee.errors import ApiError, AuthError, ConfigError, NotFoundError
 from rbee.queen.db import db_path
 from rbee.wire.queen import KeyCreate, KeyInfo
 
@@ -30,9 +35,11 @@ __all__ = [
     "HIVE_PREFIX",
     "KEY_PREFIX",
     "SECRET_FILE",
+    "HiveTokens",
     "KeyRecord",
     "KeyStore",
     "Limits",
+    "hive_epoch",
     "hive_token",
     "key_hash",
     "load_secret",
@@ -56,18 +63,104 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def hive_token(secret: str, hive: str) -> str:
-    """Hive ``hive``'s token: ``rbeeh_<hive>.<HMAC of the name under the cluster secret>``."""
-    digest = hmac.new(secret.encode(), f"hive:{hive}".encode(), hashlib.sha256).hexdigest()
-    return f"{HIVE_PREFIX}{hive}.{digest}"
+def hive_token(secret: str, hive: str, epoch: int = 0) -> str:
+    """Hive ``hive``'s token of generation ``epoch``, under the cluster secret.
+
+    Generation 0: ``rbeeh_<hive>.<HMAC of "hive:<hive>">``; generation N after it:
+    ``rbeeh_<hive>~<N>.<HMAC of "hive:<hive>:<N>">``. Neither ``~`` nor ``:`` can be in a hive's
+    name (`rbee.wire.NAME_PATTERN`), so the name and the generation read back unambiguously.
+    """
+    if epoch == 0:
+        message, generation = f"hive:{hive}", ""
+    else:
+        message, generation = f"hive:{hive}:{epoch}", f"~{epoch}"
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+    return f"{HIVE_PREFIX}{hive}{generation}.{digest}"
 
 
-def token_hive(secret: str, token: str) -> str | None:
-    """The hive whose `hive_token` ``token`` is (compared in constant time); None if none."""
-    name, dot, _ = token.removeprefix(HIVE_PREFIX).rpartition(".")
+def token_hive(secret: str, token: str) -> tuple[str, int] | None:
+    """The hive and generation of `hive_token` ``token`` (compared in constant time); None if it
+    is no hive token under ``secret``."""
+    head, dot, _ = token.removeprefix(HIVE_PREFIX).rpartition(".")
+    name, tilde, generation = head.partition("~")
     if not dot or not name:
         return None
-    return name if hmac.compare_digest(hive_token(secret, name), token) else None
+    epoch = 0
+    if tilde:
+        # Only the canonical spelling (digits, no leading zero, not 0) is a token `hive_token` makes.
+        if not (generation.isdigit() and generation.isascii() and generation[0] != "0"):
+            return None
+        epoch = int(generation)
+    return (name, epoch) if hmac.compare_digest(hive_token(secret, name, epoch), token) else None
+
+
+class HiveTokens:
+    """Each hive's current token generation, kept in the queen's database (``conn``; None: in
+    memory only) and held in memory, where every request's check reads it.
+    """
+
+    def __init__(self, secret: str, conn: sqlite3.Connection | None = None) -> None:
+        self._secret = secret
+        self._conn = conn
+        rows = conn.execute("SELECT name, epoch FROM hive_tokens").fetchall() if conn else []
+        self._epochs: dict[str, int] = {row[0]: row[1] for row in rows}
+
+    def epoch(self, name: str) -> int:
+        """Hive ``name``'s current generation (0 for a hive whose token was never replaced)."""
+        return self._epochs.get(name, 0)
+
+    def token(self, name: str) -> str:
+        """Hive ``name``'s current token."""
+        return hive_token(self._secret, name, self.epoch(name))
+
+    def hive(self, token: str) -> str | None:
+        """The hive whose current token ``token`` is; None if it is no hive's token.
+
+        A token of an older generation is refused with an `AuthError` saying so: its hive was
+        upgraded since, and the process holding it is no longer the hive the queen started.
+        """
+        found = token_hive(self._secret, token)
+        if found is None:
+            return None
+        name, epoch = found
+        current = self.epoch(name)
+        if epoch == current:
+            return name
+        if epoch < current:
+            raise AuthError(
+                f"hive {name}'s token was replaced by a newer one at an upgrade (generation "
+                f"{epoch}, now {current}): the hive the queen started last holds the current one"
+            )
+        return None
+
+    def rotate(self, name: str) -> str:
+        """Start hive ``name``'s next generation, refusing its older tokens from now on; the new
+        token."""
+        epoch = self.epoch(name) + 1
+        if self._conn is not None:
+            self._conn.execute(
+                "INSERT INTO hive_tokens (name, epoch) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch",
+                (name, epoch),
+            )
+        self._epochs[name] = epoch
+        return self.token(name)
+
+
+def hive_epoch(db: Path, name: str) -> int:
+    """Hive ``name``'s current token generation in the queen database ``db``, read without
+    writing (0 when the file or its ``hive_tokens`` table is not there, or cannot be read)."""
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        row = conn.execute("SELECT epoch FROM hive_tokens WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+    return int(row[0]) if row is not None else 0
 
 
 def secret_path(config: QueenConfig) -> Path:

@@ -6,7 +6,7 @@ stopped with the queen: SIGTERM (the hive then retires its workers), `STOP_GRACE
 
 Should the queen be SIGKILLed, the kernel sends the hive SIGTERM (`rbee.process.start`).
 
-The hive gets the token the queen made for it (`rbee.queen.keys.hive_token`) through its
+The hive gets the token the queen made for it (`rbee.queen.keys.HiveTokens`) through its
 environment (``RBEE_HIVE_TOKEN``), where ``ps`` does not show it. It asks every caller for that
 token, loopback included, passes it on to its workers, and reports to the queen with it.
 """

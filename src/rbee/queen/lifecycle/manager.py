@@ -29,7 +29,7 @@ import sqlite3
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from rbee.hive.client import HiveClient
 from rbee.hive.queen_link import MAX_BACKOFF_S
 from rbee.log import kv
 from rbee.queen.dispatcher import Dispatcher
+from rbee.queen.keys import HiveTokens
 from rbee.queen.lifecycle import steps
 from rbee.queen.lifecycle.connector import Progress, SshConnector
 from rbee.queen.lifecycle.records import HostRecord, HostRecords
@@ -116,9 +117,9 @@ class HostHives:
     ``file`` is what gets pushed (the queen's own ``rbee.pyz``; None when the queen does not run
     from one, and then no hive can be started). ``accepts`` are the Python versions it runs on
     (default: those its listings name, `file_pythons`). ``queen_host`` / ``queen_port`` are where
-    the queen listens; each hive gets ``token_for(name)`` (the queen's daemon gives each its own
-    hive token), else ``token``. ``http`` calls the hives' APIs (`stop` asks a hive there
-    first); None: only over SSH.
+    the queen listens; each hive gets its own token from ``tokens`` (the queen's daemon sets
+    them), else ``token``; `upgrade` starts the new process with a new one. ``http`` calls the
+    hives' APIs (`stop` asks a hive there first); None: only over SSH.
     """
 
     def __init__(
@@ -141,7 +142,7 @@ class HostHives:
         self.known = known
         self.file = file
         self.token = token
-        self.token_for: Callable[[str], str] = lambda name: token
+        self.tokens: HiveTokens | None = None
         self.queen_host = queen_host
         self.queen_port = 0
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -386,7 +387,8 @@ class HostHives:
     async def upgrade(self, name: str, progress: Progress | None = None) -> HiveStarted:
         """Run hive ``name`` on the queen's current file: push it, drain the hive (no new jobs
         for it; the running ones end, for up to ``queen.drain_grace_s``), stop it (it retires its
-        workers), start the new file; if that does not come up, start the previous one again.
+        workers), start the new file with a new token (the old one is refused from then on); if
+        that does not come up, start the previous one again, with the new token too.
         """
         return await self._deploy(name, progress, upgrade=True)
 
@@ -438,6 +440,9 @@ class HostHives:
                         await self._drain(name)
                     await steps.stop(connector, name)
                     self.dispatcher.registry.take_offline(name)
+                if upgrade and self.tokens is not None:
+                    # The old process is gone: only the one started next holds a token that works.
+                    self.tokens.rotate(name)
                 remote = f"{steps.RBEE_DIR}/bin/{wanted}"
                 try:
                     pid = await self._launch(connector, name, interpreter, remote)
@@ -496,9 +501,12 @@ class HostHives:
             heartbeat_interval_s=self.heartbeat_interval_s,
         )
         started_at = trio.current_time()
-        pid = await steps.start(connector, name, argv, self.token_for(name), file=remote)
+        pid = await steps.start(connector, name, argv, self._token(name), file=remote)
         await self._wait_online(connector, name, pid, started_at)
         return pid
+
+    def _token(self, name: str) -> str:
+        return self.tokens.token(name) if self.tokens is not None else self.token
 
     async def _wait_online(
         self, connector: SshConnector, name: str, pid: int, since: float
@@ -556,7 +564,7 @@ class HostHives:
         if self.http is None or online is None or not online.online:
             return "it does not report to this queen"
         url = httpx.URL(online.heartbeat.url)
-        hive = HiveClient(str(url), self.http, self.token_for(name))
+        hive = HiveClient(str(url), self.http, self._token(name))
         try:
             await self.before_connect(url.host, url.port or HIVE_PORT)
             await hive.shutdown()
