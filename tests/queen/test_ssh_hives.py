@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import h11
 import httpx
+import psutil
 import pytest
 import trio
 
@@ -30,6 +30,7 @@ from rbee.queen.keys import SECRET_FILE, hive_token
 from rbee.queen.lifecycle.steps import RBEE_DIR, sha256_of
 from rbee.queen.registry import STALE_INTERVALS
 from tests.helpers import eventually, gone
+from tests.queen.conftest import read_stream
 from tests.queen.ssh_queen import TOKEN, Queen, queen
 from tests.ssh_hosts import ClientKey, SshHost, SshHosts
 
@@ -343,6 +344,17 @@ async def test_a_tunnelled_host_that_lets_only_ssh_in_answers_a_prompt(
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
+def _greedy(tokens: int) -> dict[str, object]:
+    """A greedy job of up to ``tokens`` tokens on `PROMPT`."""
+    return {
+        "operation": "infer",
+        "model": DEFAULT_MODEL,
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+    }
+
+
 async def _stream_job(
     q: Queen, tokens: int, cut: Callable[[str], Awaitable[None]] | None = None, after: int = 4
 ) -> tuple[str, dict[str, Any]]:
@@ -350,10 +362,9 @@ async def _stream_job(
 
     ``cut(job_id)`` is awaited once, after ``after`` tokens arrived.
     """
-    body: dict[str, object] = {"operation": "infer", "model": DEFAULT_MODEL, "prompt": PROMPT}
-    body |= {"max_tokens": tokens, "temperature": 0}
     headers = {"Accept": "text/event-stream"}
     end, seen = "", 0
+    body = _greedy(tokens)
     async with q.http.stream("POST", "/v1/jobs", json=body, headers=headers, timeout=300) as r:
         assert r.status_code == 200, await r.aread()
         job_id = r.headers["rbee-job-id"]
@@ -452,43 +463,125 @@ async def test_after_a_queen_restart_a_running_tunnelled_hive_gets_its_tunnel_ba
         await eventually(lambda: gone(running), 10, "the hive exited")
 
 
-async def test_upgrade_drains_the_hive_a_running_stream_ends_on_its_worker_first(
+async def _worker_process(q: Queen, worker_id: str, host: SshHost) -> psutil.Process:
+    workers = (await q.http.get("/v1/workers")).json()["workers"]
+    process = psutil.Process({w["worker"]["id"]: w["worker"]["pid"] for w in workers}[worker_id])
+    # Hosts share this machine's pids: it must be that host's worker, not a process of ours.
+    assert process.username() == host.user
+    return process
+
+
+def _draining(q: Queen, name: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        hives = {h["name"]: h for h in (await q.http.get("/v1/hives")).json()["hives"]}
+        return bool(hives[name]["draining"])
+
+    return check
+
+
+async def _submit(q: Queen, tokens: int) -> str:
+    """Send one greedy job (not streamed); its id."""
+    accepted = await q.http.post("/v1/jobs", json=_greedy(tokens))
+    assert accepted.status_code == 202, accepted.text
+    return str(accepted.json()["job_id"])
+
+
+async def _job(q: Queen, job_id: str) -> dict[str, Any]:
+    record: dict[str, Any] = (await q.http.get(f"/v1/jobs/{job_id}")).json()
+    return record
+
+
+async def _upgrade_during_a_stream(
+    q: Queen, hosts: dict[str, SshHost], meanwhile: Callable[[str], Awaitable[None]]
+) -> tuple[str, dict[str, Any], httpx.Response]:
+    """Stream a job; at its first tokens pause its worker, upgrade the worker's hive, await
+    ``meanwhile(hive)`` once that hive drains, and let the worker go on.
+
+    The paused worker holds the drain open for as long as ``meanwhile`` takes. Returns the
+    stream's end, its record and the upgrade's answer.
+    """
+    upgraded: list[httpx.Response] = []
+    async with trio.open_nursery() as nursery:
+
+        async def upgrade(hive: str) -> None:
+            upgraded.append(await q.http.post(f"/v1/hives/{hive}/upgrade", timeout=300))
+
+        async def drain_its_hive(job_id: str) -> None:
+            worker = (await _job(q, job_id))["worker"]
+            hive = await _hive_of(q, worker)
+            process = await _worker_process(q, worker, hosts[hive])
+            process.suspend()
+            try:
+                nursery.start_soon(upgrade, hive)
+                await eventually(_draining(q, hive), 120, f"hive {hive} drains")
+                await meanwhile(hive)
+            finally:
+                process.resume()
+
+        end, record = await _stream_job(q, 64, drain_its_hive, after=2)
+    (up,) = upgraded
+    return end, record, up
+
+
+async def test_upgrade_drains_the_hive_new_jobs_wait_for_it_or_go_to_another_hive(
     ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
 ) -> None:
-    host = ssh_hosts.make()
+    hosts = {"gpu1": ssh_hosts.make(), "gpu2": ssh_hosts.make()}
     current = tmp_path / "rbee.pyz"
     shutil.copy(pyz, current)
-    async with queen(tmp_path, current, model_store, drain_grace_s=120.0) as q:
-        worker = await _start_with_worker(q, "gpu1", host, client_key)
-        old_pid = _pid(host, "gpu1")
-        _rebuilt(current, b"drained")
-        # The new file is there already, so that the upgrade reaches the drain at once.
-        bin_dir = host.home / RBEE_DIR / "bin"
-        placed = bin_dir / f"rbee-{sha256_of(current)}.pyz"
-        shutil.copy(current, placed)
-        shutil.chown(placed, host.user, host.user)
-        upgraded: list[httpx.Response] = []
-        asked: list[float] = []
+    # A stream whose worker the test holds still must not be taken for a stalled one.
+    async with queen(tmp_path, current, model_store, drain_grace_s=120.0, stall_floor_s=600.0) as q:
+        first = await _start_with_worker(q, "gpu1", hosts["gpu1"], client_key)
+        old_pid = _pid(hosts["gpu1"], "gpu1")
 
-        async with trio.open_nursery() as nursery:
+        # gpu1 alone serves the model: a job sent while it drains waits for the upgraded hive.
+        _rebuilt(current, b"first upgrade")
+        sent: list[str] = []
 
-            async def upgrade(_job_id: str) -> None:
-                async def call() -> None:
-                    asked.append(time.time())
-                    upgraded.append(await q.http.post("/v1/hives/gpu1/upgrade", timeout=300))
+        async def send_one(hive: str) -> None:
+            sent.append(await _submit(q, 8))
+            assert (await _job(q, sent[0]))["state"] == "queued"
 
-                nursery.start_soon(call)
+        end, record, up = await _upgrade_during_a_stream(q, hosts, send_one)
+        assert end == "[DONE]"
+        assert (record["state"], record["worker"], record["attempts"]) == ("completed", first, 1)
+        assert up.status_code == 200, up.text
+        assert "upgraded from" in up.json()["message"]
+        assert _pid(hosts["gpu1"], "gpu1") != old_pid
+        assert await _status(q, "gpu1") == "online"
+        (waited_id,) = sent
+        assert (await read_stream(q.http, f"/v1/jobs/{waited_id}/stream"))[-1] == "[DONE]"
+        waited = await _job(q, waited_id)
+        # It ran on a worker the upgraded hive started for it, after the stream ended.
+        assert (waited["state"], waited["attempts"]) == ("completed", 1)
+        assert waited["worker"] != first
+        assert await _hive_of(q, waited["worker"]) == "gpu1"
+        assert waited["started_at"] > record["finished_at"]
 
-            end, record = await _stream_job(q, 40, upgrade)
+        # With gpu2 serving the model too, a job sent while a hive drains goes to the other one.
+        workers = {
+            "gpu1": waited["worker"],
+            "gpu2": await _start_with_worker(q, "gpu2", hosts["gpu2"], client_key),
+        }
+        _rebuilt(current, b"second upgrade")
+        served: dict[str, dict[str, Any]] = {}
+
+        async def serve_one_elsewhere(hive: str) -> None:
+            job_id = await _submit(q, 8)
+            assert (await read_stream(q.http, f"/v1/jobs/{job_id}/stream"))[-1] == "[DONE]"
+            served[hive] = await _job(q, job_id)
+
+        end, record, up = await _upgrade_during_a_stream(q, hosts, serve_one_elsewhere)
+        ((drained, job),) = served.items()
+        other = "gpu2" if drained == "gpu1" else "gpu1"
+        assert (job["state"], job["worker"]) == ("completed", workers[other])
         assert end == "[DONE]"
         assert (record["state"], record["worker"], record["attempts"]) == (
             "completed",
-            worker,
+            workers[drained],
             1,
         )
-        assert record["finished_at"] > asked[0]
-        (up,) = upgraded
+        assert job["finished_at"] < record["finished_at"]
         assert up.status_code == 200, up.text
         assert "upgraded from" in up.json()["message"]
-        assert _pid(host, "gpu1") != old_pid
-        assert await _status(q, "gpu1") == "online"
+        assert await _status(q, drained) == "online"

@@ -1,4 +1,5 @@
-"""No race at start: a job sent before the queen's own hive has reported waits for it.
+"""No race at start: a job sent before the queen's own hive has reported waits for it; so does
+one that only a hive being upgraded could take.
 
 The dispatcher's tests run on trio's virtual clock (the bound is 30 s); the queen's test holds its
 local hive back (a process that never reports) and reports for it when the test says so.
@@ -137,7 +138,8 @@ def left_by_a_killed_queen(path: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def restarted_queen(path: str, provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
+async def queen_on(path: str, provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
+    """A dispatcher on the database at ``path``, running until the block ends."""
     conn = open_db(path)
     dispatcher = Dispatcher(QueenConfig(), conn, builtin("first-available"), provisioner)
     try:
@@ -155,7 +157,7 @@ async def test_a_restarted_queen_holds_its_queued_jobs_until_its_hives_report_ag
     path = str(tmp_path / "queen.db")
     left_by_a_killed_queen(path)
     provisioner = StoreProvisioner({"stored"})
-    async with restarted_queen(path, provisioner) as dispatcher:
+    async with queen_on(path, provisioner) as dispatcher:
         queued = dispatcher.jobs["job-queued"]
         # Past the grace every re-admitted job gets (3 heartbeat intervals), within the hold.
         await trio.sleep(STALE_INTERVALS * QueenConfig().heartbeat_interval_s + MAX_BACKOFF_S / 2)
@@ -170,7 +172,7 @@ async def test_a_restarted_queen_fails_its_queued_job_naming_the_hive_that_never
 ) -> None:
     path = str(tmp_path / "queen.db")
     left_by_a_killed_queen(path)
-    async with restarted_queen(path, StoreProvisioner(set())) as dispatcher:
+    async with queen_on(path, StoreProvisioner(set())) as dispatcher:
         queued = dispatcher.jobs["job-queued"]
         await queued.done.wait()
         assert queued.error is not None
@@ -185,7 +187,7 @@ async def test_a_job_running_when_the_queen_died_ends_failed_and_its_stream_says
 ) -> None:
     path = str(tmp_path / "queen.db")
     left_by_a_killed_queen(path)
-    async with restarted_queen(path, StoreProvisioner({"stored"})) as dispatcher:
+    async with queen_on(path, StoreProvisioner({"stored"})) as dispatcher:
         reason = "interrupted: the queen stopped while the job ran"
         record = dispatcher.records.get("job-running")
         assert record is not None
@@ -198,3 +200,40 @@ async def test_a_job_running_when_the_queen_died_ends_failed_and_its_stream_says
         assert [frame async for frame in job.stream.follow()] == [
             f"id: 1\ndata: [ERROR] {reason}\n\n".encode()
         ]
+
+
+async def test_a_job_only_a_hive_being_upgraded_could_take_waits_until_it_is_back(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    provisioner = StoreProvisioner({"stored"})
+    async with queen_on(":memory:", provisioner) as dispatcher:
+        dispatcher.heartbeat(heartbeat("gpu1", [FakeWorker(model="stored").status()]))
+        assert await dispatcher.drain_hive("gpu1", 30.0) == 0
+        stored = dispatcher.submit(infer("stored"))
+        unknown = dispatcher.submit(infer("nope"))
+        # The upgrade stops the hive; the new one reports without workers.
+        dispatcher.registry.take_offline("gpu1")
+        await trio.sleep(60)
+        dispatcher.heartbeat(heartbeat("gpu1", []))
+        await trio.sleep(1)
+        assert (stored.state, unknown.state, provisioner.calls) == ("queued", "queued", [])
+        dispatcher.end_drain("gpu1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert provisioner.calls == [("gpu1", "stored", "cpu")]
+        assert unknown.state == "failed"
+        assert isinstance(unknown.failure, ModelNotFoundError)
+        records = dispatcher.records.decisions(10, stored.id)
+        assert [r.kind for r in records] == ["reject", "spawn"]
+
+
+async def test_while_a_hive_is_upgraded_another_hive_gets_the_spawn(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    provisioner = StoreProvisioner({"stored"})
+    async with queen_on(":memory:", provisioner) as dispatcher:
+        dispatcher.heartbeat(heartbeat("gpu1", [FakeWorker(model="stored").status()]))
+        dispatcher.heartbeat(heartbeat("gpu2", []))
+        assert await dispatcher.drain_hive("gpu1", 30.0) == 0
+        job = dispatcher.submit(infer("stored"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (job.state, provisioner.calls) == ("queued", [("gpu2", "stored", "cpu")])

@@ -128,7 +128,7 @@ def _own_token(ctx: Context, settings: HiveConfig) -> str | None:
 @queen_options
 @pass_context
 def list_(ctx: Context, as_json: bool) -> None:
-    """List hives: online or offline, host telemetry, models."""
+    """List hives: online or offline (and draining, while upgraded), host telemetry, models."""
     from rbee.cli.output import emit_json, table
 
     with ctx.client() as queen:
@@ -143,7 +143,7 @@ def list_(ctx: Context, as_json: bool) -> None:
     rows = [
         {
             "hive": h.name,
-            "status": h.status,
+            "status": f"{h.status} (draining)" if h.draining else h.status,
             "url": h.url,
             "workers": counts.get(h.name, 0),
             "cpus": h.host.cpu_count,

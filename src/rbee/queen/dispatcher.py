@@ -11,7 +11,9 @@ While hives are expected to report, a job that no worker can take waits instead 
 spawning: after a restart (the hives re-announce their workers within `STALE_INTERVALS`
 heartbeats; only the jobs re-admitted from the database wait) and while a hive the queen started
 has not reported yet (`expect_hive`, up to its bound; every job waits). Once the bound has passed,
-the job is decided as usual and a rejection says which hive never reported.
+the job is decided as usual and a rejection says which hive never reported. While a hive is
+drained for an upgrade (`drain_hive`), its workers take no new job: a job goes to another worker,
+or a spawn on another hive, or waits for the upgraded hive instead of being rejected.
 
 The queue is pumped again whenever a slot may have freed up: a heartbeat,
 an attempt ending, a worker exiting, and every housekeeping tick (which also enforces deadlines and
@@ -375,11 +377,13 @@ class Dispatcher:
     def _pump(self) -> None:
         blocked: set[str] = set()
         tenants = self.tenants()
+        # A hive being upgraded comes back: what nothing else can take waits for it.
+        upgrading = self.registry.draining()
         for job in self.queue.in_order():
             if job.model in blocked:
                 continue
             held = self._held(job)
-            if not held and self._unknown(job.model):
+            if not held and not upgrading and self._unknown(job.model):
                 self.queue.remove(job.id)
                 job.failure = ModelNotFoundError(_not_found(job.model) + self._overdue())
                 self._finish(job, "failed", error=str(job.failure))
@@ -402,6 +406,8 @@ class Dispatcher:
             elif isinstance(decision, Spawn):
                 blocked.add(job.model)
                 self._spawn(job, decision)
+            elif upgrading:
+                blocked.add(job.model)
             else:
                 self.queue.remove(job.id)
                 self._finish(job, "failed", error=decision.reason + self._overdue())
@@ -465,8 +471,9 @@ class Dispatcher:
         if isinstance(decision, Reject):
             reasons.append(decision.reason)
         self.metrics.decisions.inc(kind=kind, policy=policy)
-        # A job waits through many pumps; its first queue (or spawn) decision explains the wait.
-        if kind in ("route", "reject") or kind not in job.logged:
+        # A job waits through many pumps (rejected ones too, while a hive is awaited); its first
+        # decision of each kind explains the wait.
+        if kind == "route" or kind not in job.logged:
             job.logged.add(kind)
             record = DecisionRecord(
                 job_id=job.id,
@@ -688,7 +695,10 @@ class Dispatcher:
 
     async def drain_hive(self, name: str, grace_s: float) -> int:
         """Route nothing more to hive ``name`` and wait up to ``grace_s`` for the jobs running
-        on its workers to end; return how many still run. `Registry.drain` undoes the first.
+        on its workers to end; return how many still run. `end_drain` undoes the first.
+
+        Until then a job that no other worker can take and no other hive can start one for
+        waits, rather than fails: the hive is being upgraded and comes back.
         """
         self.registry.drain(name)
 
@@ -705,6 +715,11 @@ class Dispatcher:
             while left():
                 await self._job_ended.wait()
         return left()
+
+    def end_drain(self, name: str) -> None:
+        """Route to hive ``name`` again (it is back, or will not be); decide the waiting jobs."""
+        self.registry.drain(name, on=False)
+        self.pump()
 
     # --- ending ----------------------------------------------------------------------------
 

@@ -283,6 +283,10 @@ class Registry:
     def hive(self, name: str) -> HiveRecord | None:
         return self._hives.get(name)
 
+    def draining(self) -> bool:
+        """Whether some hive is being drained (`drain`)."""
+        return bool(self._draining)
+
     def with_capacity(self, model: str | None = None) -> list[WorkerRecord]:
         """Ready or busy workers (of ``model``, if given) with at least one free slot."""
         return [
@@ -365,6 +369,7 @@ class Registry:
                 name=name,
                 url=h.heartbeat.url,
                 status="online" if h.online else "offline",
+                draining=name in self._draining,
                 host=h.heartbeat.host,
                 models=h.heartbeat.models,
                 labels=h.heartbeat.labels,

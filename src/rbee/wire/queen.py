@@ -353,6 +353,11 @@ class WorkerEntry(Struct, frozen=True, kw_only=True):
 
 
 class HiveEntry(Struct, frozen=True, kw_only=True):
+    """A hive as its last heartbeat described it.
+
+    ``draining``: it is being upgraded; no new job goes to it until the new hive reports.
+    """
+
     name: str
     url: str
     status: Literal["online", "offline"]
@@ -360,6 +365,7 @@ class HiveEntry(Struct, frozen=True, kw_only=True):
     models: list[str] = []
     labels: dict[str, str] = {}
     last_seen_s: float = 0.0
+    draining: bool = False
 
 
 class RecentError(Struct, frozen=True, kw_only=True):

@@ -456,7 +456,7 @@ class HostHives:
                         502,
                     ) from None
             finally:
-                self.dispatcher.registry.drain(name, on=False)
+                self.dispatcher.end_drain(name)
             self.records.set_auto_start(name, True)
             what = f"upgraded from {previous}" if previous else "started"
             return HiveStarted(
