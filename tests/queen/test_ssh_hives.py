@@ -381,10 +381,19 @@ async def _stream_job(
 
 async def _start_with_worker(q: Queen, name: str, host: SshHost, key: ClientKey) -> str:
     """Add, trust and start hive ``name`` with a worker of the default model; its id."""
+    await _start_hive(q, name, host, key)
+    return await _spawn_worker(q, name)
+
+
+async def _start_hive(q: Queen, name: str, host: SshHost, key: ClientKey) -> None:
     await q.add(name, host, key)
     await q.trust(name, host)
     started = await q.start(name)
     assert started.status_code == 200, started.text
+
+
+async def _spawn_worker(q: Queen, name: str) -> str:
+    """Pull the default model to hive ``name`` and start a worker of it there; its id."""
     pulled = await _pull(q.http, name, DEFAULT_MODEL)
     assert pulled[-1] == "[DONE]", pulled[-3:]
     spawn = {"hive": name, "model": DEFAULT_MODEL, "wait": True}
@@ -523,7 +532,7 @@ async def _upgrade_during_a_stream(
     return end, record, up
 
 
-async def test_upgrade_drains_the_hive_new_jobs_wait_for_it_or_go_to_another_hive(
+async def test_upgrade_drains_the_hive_new_jobs_go_to_another_hive_or_wait_for_it(
     ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
 ) -> None:
     hosts = {"gpu1": ssh_hosts.make(), "gpu2": ssh_hosts.make()}
@@ -531,42 +540,28 @@ async def test_upgrade_drains_the_hive_new_jobs_wait_for_it_or_go_to_another_hiv
     shutil.copy(pyz, current)
     # A stream whose worker the test holds still must not be taken for a stalled one.
     async with queen(tmp_path, current, model_store, drain_grace_s=120.0, stall_floor_s=600.0) as q:
-        first = await _start_with_worker(q, "gpu1", hosts["gpu1"], client_key)
-        old_pid = _pid(hosts["gpu1"], "gpu1")
+        workers: dict[str, str] = {}
 
-        # gpu1 alone serves the model: a job sent while it drains waits for the upgraded hive.
+        async def spawn(name: str) -> None:
+            workers[name] = await _spawn_worker(q, name)
+
+        async def start(name: str) -> None:
+            await _start_hive(q, name, hosts[name], client_key)
+            await spawn(name)
+
+        # gpu1 unpacks the file into the root that the hosts share; then both go on at once.
+        await _start_hive(q, "gpu1", hosts["gpu1"], client_key)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spawn, "gpu1")
+            nursery.start_soon(start, "gpu2")
+
+        # Both hives serve the model: a job sent while one drains goes to the other.
         _rebuilt(current, b"first upgrade")
-        sent: list[str] = []
-
-        async def send_one(hive: str) -> None:
-            sent.append(await _submit(q, 8))
-            assert (await _job(q, sent[0]))["state"] == "queued"
-
-        end, record, up = await _upgrade_during_a_stream(q, hosts, send_one)
-        assert end == "[DONE]"
-        assert (record["state"], record["worker"], record["attempts"]) == ("completed", first, 1)
-        assert up.status_code == 200, up.text
-        assert "upgraded from" in up.json()["message"]
-        assert _pid(hosts["gpu1"], "gpu1") != old_pid
-        assert await _status(q, "gpu1") == "online"
-        (waited_id,) = sent
-        assert (await read_stream(q.http, f"/v1/jobs/{waited_id}/stream"))[-1] == "[DONE]"
-        waited = await _job(q, waited_id)
-        # It ran on a worker the upgraded hive started for it, after the stream ended.
-        assert (waited["state"], waited["attempts"]) == ("completed", 1)
-        assert waited["worker"] != first
-        assert await _hive_of(q, waited["worker"]) == "gpu1"
-        assert waited["started_at"] > record["finished_at"]
-
-        # With gpu2 serving the model too, a job sent while a hive drains goes to the other one.
-        workers = {
-            "gpu1": waited["worker"],
-            "gpu2": await _start_with_worker(q, "gpu2", hosts["gpu2"], client_key),
-        }
-        _rebuilt(current, b"second upgrade")
         served: dict[str, dict[str, Any]] = {}
 
         async def serve_one_elsewhere(hive: str) -> None:
+            listed = await q.rbee("hive", "list")
+            assert f"{hive}  online (draining)" in listed.stdout, listed.stdout
             job_id = await _submit(q, 8)
             assert (await read_stream(q.http, f"/v1/jobs/{job_id}/stream"))[-1] == "[DONE]"
             served[hive] = await _job(q, job_id)
@@ -574,7 +569,7 @@ async def test_upgrade_drains_the_hive_new_jobs_wait_for_it_or_go_to_another_hiv
         end, record, up = await _upgrade_during_a_stream(q, hosts, serve_one_elsewhere)
         ((drained, job),) = served.items()
         other = "gpu2" if drained == "gpu1" else "gpu1"
-        assert (job["state"], job["worker"]) == ("completed", workers[other])
+        assert (job["state"], job["worker"], job["attempts"]) == ("completed", workers[other], 1)
         assert end == "[DONE]"
         assert (record["state"], record["worker"], record["attempts"]) == (
             "completed",
@@ -585,3 +580,34 @@ async def test_upgrade_drains_the_hive_new_jobs_wait_for_it_or_go_to_another_hiv
         assert up.status_code == 200, up.text
         assert "upgraded from" in up.json()["message"]
         assert await _status(q, drained) == "online"
+
+        # The other hive alone serves the model: a job sent while it drains waits for it.
+        stopped = await q.http.post(f"/v1/hives/{drained}/stop", timeout=60)
+        assert stopped.status_code == 200, stopped.text
+        old_pid = _pid(hosts[other], other)
+        _rebuilt(current, b"second upgrade")
+        sent: list[str] = []
+
+        async def send_one(hive: str) -> None:
+            sent.append(await _submit(q, 8))
+            assert (await _job(q, sent[0]))["state"] == "queued"
+
+        end, record, up = await _upgrade_during_a_stream(q, hosts, send_one)
+        assert end == "[DONE]"
+        assert (record["state"], record["worker"], record["attempts"]) == (
+            "completed",
+            workers[other],
+            1,
+        )
+        assert up.status_code == 200, up.text
+        assert "upgraded from" in up.json()["message"]
+        assert _pid(hosts[other], other) != old_pid
+        assert await _status(q, other) == "online"
+        (waited_id,) = sent
+        assert (await read_stream(q.http, f"/v1/jobs/{waited_id}/stream"))[-1] == "[DONE]"
+        waited = await _job(q, waited_id)
+        # It ran on a worker the upgraded hive started for it, after the stream ended.
+        assert (waited["state"], waited["attempts"]) == ("completed", 1)
+        assert waited["worker"] != workers[other]
+        assert await _hive_of(q, waited["worker"]) == other
+        assert waited["started_at"] > record["finished_at"]
