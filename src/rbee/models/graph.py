@@ -38,6 +38,8 @@ Q/K/V and one for gate/up. In the int4 and fp16 graphs every quantized matrix st
 codes in ``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code
 widths run as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is looked
 up with ``GatherBlockQuantized`` and, when tied, shared with the output projection; both exact.
+Other embeddings are looked up in a float32 table. The vocabulary's matrices, a model's biggest,
+are converted and written in runs of rows (`_TABLE_ROWS`), never whole.
 """
 
 from __future__ import annotations
