@@ -4,6 +4,8 @@
     python bench/import.py --gguf FILE.gguf      # any GGUF
     python bench/import.py --synthetic-3b        # a llama-shaped ~3B-parameter Q8_0 GGUF, written
                                                  # tensor by tensor into a temporary directory
+    python bench/import.py --synthetic-3b --embedding Q4_0   # its token table (also the output
+                                                 # projection) in another type
     python bench/import.py --answer ...          # then load each graph and decode 8 tokens
 
 Prints one line per precision set: seconds, peak RSS of the importing process (``ru_maxrss``,
@@ -18,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gguf import GGMLQuantizationType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -77,6 +81,12 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, help="the GGUF to import (default: the default model)")
     parser.add_argument("--synthetic-3b", action="store_true", help="a ~3B Q8_0 llama instead")
     parser.add_argument(
+        "--embedding",
+        choices=["Q8_0", "Q4_0"],
+        default="Q8_0",
+        help="the synthetic model's token table type (default Q8_0)",
+    )
+    parser.add_argument(
         "--precisions", action="append", help="comma-separated set, repeatable (default: each)"
     )
     parser.add_argument(
@@ -86,7 +96,13 @@ def main() -> None:
     sets = args.precisions or ["int4", "fp32", "int4,fp32"]
     with tempfile.TemporaryDirectory() as scratch:
         if args.synthetic_3b:
-            gguf = write_llama_shaped_gguf(Path(scratch) / "synthetic-llama-3b.Q8_0.gguf", _3B)
+            embedding = GGMLQuantizationType[args.embedding]
+            gguf = write_llama_shaped_gguf(
+                Path(scratch) / f"synthetic-llama-3b.Q8_0.{embedding.name}-embedding.gguf",
+                _3B,
+                GGMLQuantizationType.Q8_0,
+                embedding,
+            )
         elif args.gguf is not None:
             gguf = args.gguf
         else:

@@ -1,15 +1,22 @@
-"""What every daemon's HTTP side shares: token checks, the JSON error shape and the one mapping
-from error class to status."""
+"""What every daemon's HTTP side shares: token checks, the JSON error shape, the one mapping
+from error class to status, and stopping at a signal."""
 
 from __future__ import annotations
 
 import functools
+import io
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
 import trio
 
+from rbee.config import HiveConfig, WorkerConfig
 from rbee.errors import (
     ApiError,
     ConfigError,
@@ -24,7 +31,19 @@ from rbee.errors import (
     SshError,
     UsageError,
 )
-from rbee.server import bearer_ok, create_app, error_parts, is_loopback, require_token, serve
+from rbee.hive.daemon import run_hive
+from rbee.models.importer import DEFAULT_MODEL
+from rbee.server import (
+    bearer_ok,
+    create_app,
+    error_parts,
+    is_loopback,
+    require_token,
+    serve,
+    shutdown_trigger,
+)
+from rbee.worker import daemon as worker_daemon
+from tests.helpers import RBEE
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -146,3 +165,92 @@ async def test_a_client_that_sends_its_headers_slowly_is_cut_off(nursery: trio.N
         # The headers never end: the server closes the connection (with nothing to say).
         with trio.fail_after(10):
             assert await slow.receive_some(100) == b""
+
+
+async def test_the_shutdown_trigger_keeps_a_signal_sent_before_it_is_awaited() -> None:
+    with shutdown_trigger() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with trio.fail_after(10):
+            await stop()
+
+
+async def test_a_given_shutdown_is_the_trigger_and_no_signal_is_caught() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with shutdown_trigger(trio.sleep_forever) as stop:
+        assert stop is trio.sleep_forever
+        assert signal.getsignal(signal.SIGTERM) == before
+
+
+class _SignalAtListening(io.StringIO):
+    """A daemon's ``out`` that sends this process a SIGTERM as the "listening" line is written,
+    after checking that the daemon catches it by then (the default action would end pytest)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.default = signal.getsignal(signal.SIGTERM)
+
+    def write(self, text: str) -> int:
+        if " listening on " in text:
+            caught = signal.getsignal(signal.SIGTERM) != self.default
+            assert caught, f"SIGTERM is not caught yet when {text!r} shows"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().write(text)
+
+
+async def test_a_hive_catches_sigterm_before_its_line_shows(tmp_path: Path) -> None:
+    config = HiveConfig(port=0, queen_url="http://127.0.0.1:9", heartbeat_interval_s=0.05)
+    out = _SignalAtListening()
+    with trio.fail_after(30):
+        await run_hive(config, tmp_path / "m", tmp_path / "s", out=out)
+    assert out.getvalue().startswith("rbee hive listening on http://127.0.0.1:")
+
+
+async def test_a_loading_worker_catches_sigterm_before_its_line_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def load_never(*_: object) -> object:
+        release.wait(30)
+        raise AssertionError("the worker was not stopped while it loaded")
+
+    monkeypatch.setattr(worker_daemon, "load_model", load_never)
+    out = _SignalAtListening()
+    try:
+        with trio.fail_after(30):
+            await worker_daemon.run_worker("m", WorkerConfig(), tmp_path, out=out)
+    finally:
+        release.set()
+    assert out.getvalue().startswith("rbee worker listening on http://127.0.0.1:")
+
+
+def _daemon_argv(daemon: str, tmp_path: Path, request: pytest.FixtureRequest) -> list[str]:
+    if daemon == "queen":
+        return ["queen", "--no-local-hive", "--port", "0", "--db", str(tmp_path / "q.db")]
+    if daemon == "hive":
+        dirs = ["--models-dir", str(tmp_path / "m"), "--state-dir", str(tmp_path / "s")]
+        return ["hive", "daemon", "--queen", "http://127.0.0.1:9", "--port", "0", *dirs]
+    # The real default model takes seconds to load: the signal comes while it loads.
+    store: Path = request.getfixturevalue("model_store")
+    return ["worker", "daemon", "--model", DEFAULT_MODEL, "--models-dir", str(store), "--port", "0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("daemon", ["queen", "hive", "worker"])
+def test_a_sigterm_sent_as_soon_as_a_daemon_listens_stops_it_cleanly(
+    daemon: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    argv = [*RBEE, *_daemon_argv(daemon, tmp_path, request)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            proc.send_signal(signal.SIGTERM)
+            assert line.startswith(f"rbee {daemon} listening on http://127.0.0.1:"), line
+            _, errors = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, errors
+    assert "Traceback" not in errors

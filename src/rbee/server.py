@@ -3,7 +3,8 @@
 Each daemon builds its routes on `create_app`, so that every `RbeeError` a route raises is answered
 by `error_parts` (the status, type and code its class gives, see `rbee.errors`) as a JSON error
 (`rbee.wire.ErrorBody`), and runs it with `serve`, which binds (port 0 allowed), reports the bound
-URL through ``task_status`` and shuts down gracefully when ``shutdown`` fires.
+URL through ``task_status`` and shuts down gracefully when ``shutdown`` fires (a daemon's default:
+the first signal, `shutdown_trigger`).
 
 Limits every daemon applies to every request, before any route runs: a body over
 `MAX_BODY_BYTES` is a 413 (`BodyLimit`: answered from its ``Content-Length`` without reading it,
@@ -16,10 +17,12 @@ body that is not UTF-8 JSON of the route's wire type is a 400 naming the field
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
+import signal
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, cast
 
 import trio
@@ -48,6 +51,7 @@ __all__ = [
     "rbee_error_response",
     "require_token",
     "serve",
+    "shutdown_trigger",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,10 +247,24 @@ async def serve(
         task_status.started(binds[0])
 
 
-async def until_signal() -> None:
-    """Return at the first SIGINT or SIGTERM (hypercorn's trio serve installs no handlers)."""
-    import signal
+@contextlib.contextmanager
+def shutdown_trigger(
+    given: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[Callable[[], Awaitable[None]]]:
+    """``given`` or, when it is None, a trigger that returns at the first SIGINT or SIGTERM.
 
+    The signals are caught from the moment the block is entered, not from when the trigger is
+    first awaited (hypercorn awaits it in a task of its own, after the address is reported): a
+    daemon that enters the block before it prints its address stops cleanly on a SIGTERM sent as
+    soon as the line shows, instead of being killed by it.
+    """
+    if given is not None:
+        yield given
+        return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
+
+        async def first_signal() -> None:
+            async for _ in signals:
+                return
+
+        yield first_signal

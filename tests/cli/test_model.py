@@ -10,6 +10,7 @@ import pytest
 from rbee.models.importer import default_model_path
 from rbee.models.store import ModelStore
 from tests.helpers import run_rbee
+from tests.models.helpers import write_tiny_gguf
 
 
 @pytest.mark.slow
@@ -41,6 +42,17 @@ def test_bad_file_exits_1_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("rbee: error: ")
     assert "is not a GGUF file" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_a_gguf_without_a_tokenizer_exits_1_with_one_line(tmp_path: Path) -> None:
+    bare = write_tiny_gguf(tmp_path / "bare.gguf")
+    store = tmp_path / "store"
+    result = run_rbee("model", "import", str(bare), "--models-dir", str(store))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"rbee: error: {bare}: no tokenizer in the GGUF metadata")
+    assert "tokenizer.ggml.tokens" in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not store.exists() or list(store.iterdir()) == []
 

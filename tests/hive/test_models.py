@@ -15,6 +15,7 @@ from rbee.models.store import ModelStore, write_manifest
 from rbee.wire.hive import QUEEN_STORE, Importing, ModelList, Pulled, PullEvent, PullProgress
 from tests.hive.conftest import MODEL, Hive
 from tests.hive.fakes import PeerStore, make_model
+from tests.models.helpers import write_tiny_gguf
 
 BIG = 3_000_000
 SIZES = {"model.int4.onnx": BIG, "model.int4.onnx.data": 2_000_000, "tokenizer.json": 1000}
@@ -274,6 +275,22 @@ async def test_delete_refuses_bad_names(hive: Hive, path: str) -> None:
     response = await hive.client.delete(path)
     assert 400 <= response.status_code < 500
     assert ModelStore(hive.store_root).has(MODEL)
+
+
+async def test_a_gguf_without_a_tokenizer_is_a_422_before_any_stream(
+    hive: Hive, tmp_path: Path
+) -> None:
+    (tmp_path / "src").mkdir()
+    bare = write_tiny_gguf(tmp_path / "src" / "bare.gguf")
+    body = {"name": "bare", "source": str(bare)}
+    # Twice: the refused import leaves the name free.
+    for _ in range(2):
+        response = await hive.client.post("/v1/models/pull", json=body, timeout=30)
+        assert response.status_code == 422, response.text
+        message = response.json()["error"]["message"]
+        assert message.startswith(f"{bare}: no tokenizer in the GGUF metadata"), message
+        assert "tokenizer.ggml.tokens" in message
+    assert sorted(p.name for p in hive.store_root.iterdir()) == [MODEL]
 
 
 @pytest.mark.slow

@@ -1,11 +1,15 @@
 """A model of a real small model's size end to end: a random-weight llama GGUF of Llama 3.2 1B's
 shape (1.2B parameters; Q4_0 matrices, a Q8_0 token table) imported with ``rbee model import`` in
-bounded memory, then served by a worker process that answers over HTTP."""
+bounded memory, then served by a worker process that answers over HTTP. The same token table
+in Q4_0, also the output projection, is imported in the same bound (one layer: the table is
+what a tied 4-bit head makes big)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from typing import IO
 
 import httpx
 import msgspec
+import onnx
 import pytest
 from gguf import GGMLQuantizationType
 
@@ -37,11 +42,14 @@ def parameters(shape: LlamaShape) -> int:
     return shape.layers * block + shape.vocab * shape.hidden
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    """The store holding the big model (int4 only) and the import's peak RSS in kB."""
-    scratch = tmp_path_factory.mktemp("big")
-    source = write_llama_shaped_gguf(scratch / "big.gguf", SHAPE, GGMLQuantizationType.Q4_0)
+def import_with_peak(
+    scratch: Path, shape: LlamaShape, embedding: GGMLQuantizationType
+) -> tuple[Path, int]:
+    """A Q4_0 llama GGUF of ``shape`` (``embedding`` for the token table) imported as ``big``
+    (int4 only) by ``rbee model import``: the store and the import's peak RSS in kB."""
+    source = write_llama_shaped_gguf(
+        scratch / "big.gguf", shape, GGMLQuantizationType.Q4_0, embedding
+    )
     store = scratch / "store"
     command = [*RBEE, "model", "import", str(source), "--name", "big", "--precision", "int4"]
     process = subprocess.Popen([*command, "--models-dir", str(store)], stdout=subprocess.DEVNULL)
@@ -51,6 +59,12 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     assert process.returncode == 0
     source.unlink()
     return store, usage.ru_maxrss
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The store holding the big model (int4 only) and the import's peak RSS in kB."""
+    return import_with_peak(tmp_path_factory.mktemp("big"), SHAPE, GGMLQuantizationType.Q8_0)
 
 
 def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
@@ -85,6 +99,19 @@ def test_import_of_a_1b_model_stays_in_bounded_memory(imported: tuple[Path, int]
     assert manifest.precisions == ["int4"]
     # Every matrix stays packed: the graph's data is about the GGUF's 0.8 GB.
     assert 0.5e9 < manifest.size_bytes < 1e9
+    print(f"import peak RSS {peak_kb / 1024:.0f} MB")
+    assert peak_kb / 1024 < MAX_IMPORT_RSS_MB
+
+
+def test_import_of_a_tied_q4_0_token_table_stays_in_bounded_memory(tmp_path: Path) -> None:
+    shape = dataclasses.replace(SHAPE, layers=1)
+    store, peak_kb = import_with_peak(tmp_path, shape, GGMLQuantizationType.Q4_0)
+    graph = onnx.load(ModelStore(store).dir("big") / "model.int4.onnx", load_external_data=False)
+    dims = {t.name: list(t.dims) for t in graph.graph.initializer}
+    shutil.rmtree(store)  # 1.2 GB, mostly the lookup's float table
+    # The head keeps the table's 4-bit codes; the lookup reads a float32 table.
+    assert dims["output.qweight"] == [shape.vocab, shape.hidden // 32, 16]
+    assert dims["token_embd.weight"] == [shape.vocab, shape.hidden]
     print(f"import peak RSS {peak_kb / 1024:.0f} MB")
     assert peak_kb / 1024 < MAX_IMPORT_RSS_MB
 

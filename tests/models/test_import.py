@@ -117,6 +117,17 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     assert_nothing_left(tmp_path / "store")
 
 
+def test_a_gguf_without_a_tokenizer_is_refused_naming_what_is_missing(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "bare.gguf")
+    with pytest.raises(
+        ModelError,
+        match=r"bare\.gguf: no tokenizer in the GGUF metadata "
+        r"\(tokenizer\.ggml\.model, tokenizer\.ggml\.tokens missing\)",
+    ):
+        import_gguf(ModelStore(tmp_path / "store"), path)
+    assert_nothing_left(tmp_path / "store")
+
+
 def test_phi3_with_long_rope_factors_is_refused_naming_them(tmp_path: Path) -> None:
     spec = Synthetic("phi3", layers=1, rope_factors=True)
     path = write_synthetic_gguf(tmp_path / "phi3.gguf", spec)

@@ -3,14 +3,20 @@ dequantization, and laid out for MatMulNBits without changing a value."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
 from gguf import GGMLQuantizationType, quants
 
-from rbee.models.nbits import to_nbits
+from rbee.models import graph
+from rbee.models.gguf_file import open_gguf
+from rbee.models.nbits import NBitsWeight, stack_rows, to_nbits
 from rbee.models.quants import QUANT_TYPES, QuantBlocks, merge_rows, read_blocks
-from tests.models.helpers import F16_FIELDS, random_blocks
+from tests.models.helpers import F16_FIELDS, LlamaShape, random_blocks, write_llama_shaped_gguf
 
 Q = GGMLQuantizationType
 ROWS, COLS = 8, 512
@@ -95,3 +101,50 @@ def test_rows_of_different_types_merge_into_one_matrix() -> None:
     same = merge_rows([parts[0], parts[0]])
     assert same.m is None
     assert same.zero == 8
+
+
+def assert_same_layout(got: NBitsWeight, expected: NBitsWeight) -> None:
+    assert (got.n, got.k, got.bits, got.block) == (
+        expected.n,
+        expected.k,
+        expected.bits,
+        expected.block,
+    )
+    for field in ("packed", "scales", "zero_points", "residual"):
+        a, b = getattr(got, field), getattr(expected, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            assert a.dtype == b.dtype, field
+            np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+@pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
+def test_runs_of_rows_stack_into_the_layout_of_the_whole_matrix(kind: Q) -> None:
+    """What a big output projection is written from: runs converted one at a time."""
+    raw = random_raw(kind, 11)
+    whole = to_nbits(read_blocks(kind, raw))
+    runs = [to_nbits(read_blocks(kind, raw[start:stop])) for start, stop in ((0, 3), (3, ROWS))]
+    assert_same_layout(stack_rows(runs), whole)
+    kept = [run.without_codes() for run in runs]
+    # No view of a run's codes, which would keep them in memory.
+    assert all(len(k.packed) == 0 and k.packed.base is None for k in kept)
+    codeless = stack_rows(kept)
+    assert len(codeless.packed) == 0
+    assert_same_layout(codeless, dataclasses.replace(whole, packed=codeless.packed))
+
+
+def test_a_tied_head_of_many_runs_of_rows_holds_the_whole_matrix(tmp_path: Path) -> None:
+    """A tied Q4_0 embedding of more rows than the graph converts at a time: the output
+    projection's initializers are those of the whole matrix laid out at once."""
+    shape = LlamaShape(layers=1, hidden=64, ffn=64, heads=2, kv_heads=1, vocab=20000)
+    assert shape.vocab > 2 * graph._TABLE_ROWS
+    model = open_gguf(write_llama_shaped_gguf(tmp_path / "m.gguf", shape, Q.Q4_0, Q.Q4_0))
+    graph.build_graph(model, "int4", tmp_path, lambda: None)
+    proto = onnx.load(tmp_path / "model.int4.onnx").graph
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.initializer}
+    whole = to_nbits(model.blocks("token_embd.weight"))
+    np.testing.assert_array_equal(values["output.qweight"], whole.packed)
+    np.testing.assert_array_equal(values["output.scales"], whole.scales)
+    (head,) = [n for n in proto.node if n.op_type == "MatMulNBits" and "output.qweight" in n.input]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    assert (attributes["N"], attributes["K"], attributes["bits"]) == (shape.vocab, 64, 4)

@@ -160,21 +160,38 @@ async def test_a_bad_query_parameter_is_400_naming_it(
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("method", "path"),
     [
-        "/v1/keys/bad%20name",
-        "/v1/hives/%FF/models",
-        "/v1/hives/-x/models/m",
-        "/v1/keys/" + "k" * 64,
+        ("DELETE", "/v1/keys/bad%20name"),
+        ("GET", "/v1/hives/%FF/models"),
+        ("DELETE", "/v1/hives/-x/models/m"),
+        ("DELETE", "/v1/keys/" + "k" * 64),
+        ("GET", "/v1/hives/bad%20name"),
+        ("DELETE", "/v1/hives/-x"),
+        ("POST", "/v1/hives/%FF/trust"),
+        ("POST", "/v1/hives/-x/start"),
+        ("POST", "/v1/hives/-x/upgrade"),
+        ("POST", "/v1/hives/" + "h" * 64 + "/stop"),
+        ("GET", "/v1/hives/-x/logs"),
+        ("GET", "/v1/hives/-x/logs?follow=1"),
     ],
 )
 async def test_an_unsafe_name_in_a_path_is_400(
-    queen: QueenHandle, http: httpx.AsyncClient, path: str
+    queen: QueenHandle, http: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    method = "GET" if path.endswith("/models") else "DELETE"
     response = await http.request(method, f"{queen.url}{path}", headers=admin(queen))
     assert response.status_code == 400
     assert error_of(response)["param"] == "name"
+
+
+@pytest.mark.parametrize("follow", ["", "&follow=1"])
+async def test_the_logs_of_an_unknown_hive_are_a_404_naming_it(
+    queen: QueenHandle, http: httpx.AsyncClient, follow: str
+) -> None:
+    url = f"{queen.url}/v1/hives/nowhere/logs?lines=5{follow}"
+    response = await http.get(url, headers=admin(queen))
+    assert response.status_code == 404
+    assert "no registered hive 'nowhere'" in error_of(response)["message"]
 
 
 @pytest.fixture

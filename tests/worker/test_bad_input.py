@@ -5,7 +5,6 @@ The worker runs on the fake engine (context of 64 tokens) behind a real hypercor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,7 @@ from rbee.errors import ConfigError
 from rbee.worker.app import create_worker_app
 from rbee.worker.daemon import run_worker
 from tests.helpers import assert_body_limit, raw_http
-from tests.worker.fakes import FakeEngine
-from tests.worker.test_app import Worker, start_worker
+from tests.worker.served import Worker
 
 ROUTES = [
     ("GET", "/health"),
@@ -29,14 +27,6 @@ ROUTES = [
     ("GET", "/v1/inference/job-1/stream"),
     ("DELETE", "/v1/inference/job-1"),
 ]
-
-
-@pytest.fixture
-async def worker(nursery: trio.Nursery) -> AsyncIterator[Worker]:
-    w = await start_worker(nursery, FakeEngine(slots=2, context_length=64))
-    yield w
-    await w.client.aclose()
-    nursery.cancel_scope.cancel()
 
 
 async def test_every_route_is_in_the_list(worker: Worker) -> None:

@@ -8,23 +8,12 @@ surface (decoding, validation, errors, streams), and a generated request with a 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import trio
 
 from rbee.worker.openapi import ROUTES
 from tests.openapi_fuzz import check_document, fuzz, operations
-from tests.worker.fakes import FakeEngine
-from tests.worker.test_app import Worker, start_worker
-
-
-@pytest.fixture
-async def worker(nursery: trio.Nursery) -> AsyncIterator[Worker]:
-    w = await start_worker(nursery, FakeEngine(slots=2, context_length=64))
-    yield w
-    await w.client.aclose()
-    nursery.cancel_scope.cancel()
+from tests.worker.served import Worker
 
 
 async def test_the_openapi_document_describes_every_route(worker: Worker) -> None:

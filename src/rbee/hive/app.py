@@ -23,6 +23,7 @@ from rbee.wire.hive import (
     ModelInfo,
     ModelList,
     ModelRemoved,
+    PullEvent,
     PullRequest,
     ShuttingDown,
     SpawnRequest,
@@ -133,34 +134,47 @@ def create_hive_app(state: HiveState) -> QuartTrio:
         if name in state.pulling:
             raise ApiError(f"model {name} is already being pulled", 409)
         source = open_source(req.source, name, state.transfer, state.token, state.queen_url)
-        if not isinstance(source, GgufFile):
-            # Fetched before the stream starts so that a wrong name, source or precision is a
-            # plain 4xx.
-            (await source.manifest()).with_precisions(req.precisions)
-        events = _pull_events(state, name, source, req.precisions)
-        return Response(events, headers=sse.SSE_HEADERS)
+        if isinstance(source, GgufFile):
+            imported = import_gguf(
+                state.store, name, source, state.tasks, req.precisions, claims=state.pulling
+            )
+            # Its first step comes once the file is read and its tokenizer built: a file that
+            # cannot be imported is a plain 4xx.
+            first = await anext(imported)
+            return Response(_events(imported, first), headers=sse.SSE_HEADERS)
+        # Fetched before the stream starts so that a wrong name, source or precision is a
+        # plain 4xx.
+        (await source.manifest()).with_precisions(req.precisions)
+        return Response(_pull_events(state, name, source, req.precisions), headers=sse.SSE_HEADERS)
 
     return app
 
 
 async def _pull_events(
-    state: HiveState, name: str, source: Source | GgufFile, precisions: Sequence[str]
+    state: HiveState, name: str, source: Source, precisions: Sequence[str]
 ) -> AsyncGenerator[bytes, None]:
     if name in state.pulling:
         yield sse.event(sse.error_marker(f"model {name} is already being pulled"))
         return
     state.pulling.add(name)
     try:
-        events = (
-            import_gguf(state.store, name, source, state.tasks, precisions)
-            if isinstance(source, GgufFile)
-            else pull(state.store, name, source, precisions)
-        )
+        async for chunk in _events(pull(state.store, name, source, precisions)):
+            yield chunk
+    finally:
+        state.pulling.discard(name)
+
+
+async def _events(
+    events: AsyncGenerator[PullEvent, None], first: PullEvent | None = None
+) -> AsyncGenerator[bytes, None]:
+    """``first`` and then each of ``events`` as an SSE event, then ``[DONE]``; an `RbeeError`
+    ends the stream as an ``[ERROR]`` event."""
+    try:
         async with contextlib.aclosing(events):
+            if first is not None:
+                yield sse.event(wire.encode(first))
             async for event in events:
                 yield sse.event(wire.encode(event))
         yield sse.event(sse.DONE)
     except RbeeError as err:
         yield sse.event(sse.error_marker(str(err)))
-    finally:
-        state.pulling.discard(name)

@@ -11,14 +11,11 @@ stdout once bound::
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import re
-import signal
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -206,12 +203,8 @@ async def _serve(
         )
         nursery.cancel_scope.cancel()
 
-    with contextlib.ExitStack() as stack:
-        if shutdown is None:
-            # Caught from before the "listening" line: a SIGTERM sent as soon as it shows (the
-            # first heartbeat went out before it) must stop the hive cleanly, not kill it.
-            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
-            shutdown = functools.partial(_first_signal, signals)
+    # Entered before the "listening" line, for a SIGTERM sent as soon as it shows.
+    with server.shutdown_trigger(shutdown) as stop:
         url: str = await nursery.start(serve)
         print(f"rbee hive listening on {url}", file=out, flush=True)
         task_status.started(state)
@@ -221,13 +214,8 @@ async def _serve(
                 await wait()
                 waiting.cancel_scope.cancel()
 
-            waiting.start_soon(until, shutdown)
+            waiting.start_soon(until, stop)
             waiting.start_soon(until, state.stop_requested.wait)
     reporting.cancel()
     await state.supervisor.retire_all()
     stop_serving.set()
-
-
-async def _first_signal(signals: AsyncIterator[int]) -> None:
-    async for _ in signals:
-        return

@@ -342,18 +342,23 @@ async def import_gguf(
     source: GgufFile,
     nursery: trio.Nursery,
     precisions: Sequence[str] = (),
+    *,
+    claims: set[str],
 ) -> AsyncGenerator[PullEvent, None]:
     """Convert a local GGUF into model ``name`` with the graphs ``precisions`` (empty: all);
-    yields each step, then `Pulled`.
+    yields each step, then `Pulled`. A file that cannot be imported (not a supported GGUF, no
+    tokenizer) is a `ModelError` before the first step.
 
     The conversion runs in a thread owned by ``nursery`` (the hive's), not by this generator: a
     generator must not hold a nursery open across ``yield``, and an import whose client went away
-    is still worth finishing.
+    is still worth finishing. ``name`` is in ``claims`` from the first step of this generator until
+    the conversion ends, however the generator is closed.
     """
     from rbee.models.importer import PRECISIONS
     from rbee.models.importer import import_gguf as convert
 
     validate_name(name)
+    claims.add(name)
     send, receive = trio.open_memory_channel[Importing | Manifest | RbeeError](math.inf)
     token = trio.lowlevel.current_trio_token()
 
@@ -381,6 +386,8 @@ async def import_gguf(
         except Exception as err:
             log.exception("import of %s failed", source.path)
             result = ModelError(f"import of {source.path} failed: {type(err).__name__}: {err}")
+        finally:
+            claims.discard(name)
         with send, contextlib.suppress(trio.BrokenResourceError):
             send.send_nowait(result)
 

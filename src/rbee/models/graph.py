@@ -38,6 +38,8 @@ Q/K/V and one for gate/up. In the int4 and fp16 graphs every quantized matrix st
 codes in ``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code
 widths run as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is looked
 up with ``GatherBlockQuantized`` and, when tied, shared with the output projection; both exact.
+Other embeddings are looked up in a float32 table. The vocabulary's matrices, a model's biggest,
+are converted and written in runs of rows (`_TABLE_ROWS`), never whole.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from gguf import GGMLQuantizationType
 from onnx import TensorProto, helper
 
 from rbee.models.gguf_file import GgufModel, unpermute_rows
-from rbee.models.nbits import to_nbits
+from rbee.models.nbits import NBitsWeight, stack_rows, to_nbits
 from rbee.models.quants import QuantBlocks, merge_rows
 
 __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
@@ -102,23 +104,25 @@ class _Weights:
         if array.nbytes <= _INLINE_BYTES:
             self.tensors.append(onnx.numpy_helper.from_array(array, name))
             return name
-        return self.add_chunks(name, array.dtype, array.shape, [array])
+        return self.add_rows(name, array.dtype, len(array), [array])
 
-    def add_chunks(
+    def add_rows(
         self,
         name: str,
         dtype: np.dtype[Any],
-        shape: tuple[int, ...],
+        rows: int,
         chunks: Iterable[npt.NDArray[np.generic]],
     ) -> str:
-        """An initializer written as the consecutive pieces ``chunks`` (runs of rows), so that
-        no more than one piece is in memory at a time."""
+        """An initializer of ``rows`` rows written as the consecutive runs of rows ``chunks``
+        (its other dimensions theirs), so that no more than one run is in memory at a time."""
         pad = -self._offset % _ALIGN
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
         nbytes = 0
+        shape: tuple[int, ...] = (rows,)
         for chunk in chunks:
+            shape = (rows, *chunk.shape[1:])
             # The buffer itself, not a copy: the largest tables are hundreds of MB.
             self._data.write(np.ascontiguousarray(chunk, dtype=dtype).data)
             nbytes += chunk.nbytes
@@ -249,11 +253,13 @@ class _Builder:
 
     def nbits_matmul(self, x: str, prefix: str, blocks: QuantBlocks) -> str:
         nb = to_nbits(blocks)
-        inputs = [
-            x,
-            self.w.add(prefix + ".qweight", nb.packed),
-            self.floats(prefix + ".scales", nb.scales),
-        ]
+        return self.nbits_node(x, prefix, self.w.add(prefix + ".qweight", nb.packed), nb)
+
+    def nbits_node(self, x: str, prefix: str, qweight: str, nb: NBitsWeight) -> str:
+        """``x @ W.T`` in MatMulNBits for the weight ``nb`` whose codes are the initializer
+        ``qweight`` (``nb.packed`` is not read): its scales, zero points and residual are
+        written here."""
+        inputs = [x, qweight, self.floats(prefix + ".scales", nb.scales)]
         if nb.zero_points is not None:
             inputs.append(self.w.add(prefix + ".zero_points", nb.zero_points))
         y = self.node(
@@ -308,7 +314,7 @@ class _Builder:
             )[0]
             embedded = self.node("Reshape", [looked_up, self.const([0, 0, h.hidden])])[0]
             if not tied:
-                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
+                return embedded, self.output_head("output.weight")
 
             def head(x: str) -> str:
                 flat_scales = self.floats("token_embd.scales_flat", d.reshape(-1))
@@ -330,12 +336,34 @@ class _Builder:
         looked_up = self.node("Gather", [table, ids], axis=0)[0]
         embedded = self.convert(looked_up, _F32, self.activations)
         if not tied:
-            if self.packed and self.model.is_quantized("output.weight"):
-                return embedded, lambda x: self.linear(x, "output", [("output.weight", None)])
-            return embedded, lambda x: self.table_head(x, self.float_table("output.weight"))
+            return embedded, self.output_head("output.weight")
         if self.packed and self.model.is_quantized(name):
-            return embedded, lambda x: self.linear(x, "output", [(name, None)])
+            return embedded, self.output_head(name)
         return embedded, lambda x: self.table_head(x, table)
+
+    def output_head(self, name: str) -> Callable[[str], str]:
+        """The output projection onto matrix ``name`` ``[vocab, hidden]``, converted in runs of
+        rows (a vocabulary's matrix is a model's biggest): its GGUF codes in MatMulNBits where
+        the graph keeps them, else a float table."""
+        if self.packed and self.model.is_quantized(name):
+            return lambda x: self.nbits_head(x, name)
+        return lambda x: self.table_head(x, self.float_table(name))
+
+    def nbits_head(self, x: str, name: str) -> str:
+        """``x @ W.T`` in MatMulNBits for quantized matrix ``name``, the same initializers as
+        `nbits_matmul` of the whole matrix: each run's codes are written as it is converted,
+        the rest (an eighth of the codes' bytes or less) is kept and written last."""
+        rows = self.model.rows(name)
+        runs: list[NBitsWeight] = []
+
+        def codes() -> Iterator[npt.NDArray[np.uint8]]:
+            for start in range(0, rows, _TABLE_ROWS):
+                nb = to_nbits(self.model.blocks(name, start, start + _TABLE_ROWS))
+                runs.append(nb.without_codes())
+                yield nb.packed
+
+        qweight = self.w.add_rows("output.qweight", np.dtype(np.uint8), rows, codes())
+        return self.nbits_node(x, "output", qweight, stack_rows(runs))
 
     def quantized_table(self, name: str) -> tuple[int, str, npt.NDArray[np.float32]]:
         """The 8-bit codes of matrix ``name`` written in runs of rows: block size, initializer
@@ -352,21 +380,19 @@ class _Builder:
                 scales.append(run.d)
                 yield run.q
 
-        shape = (rows, self.h.hidden // block, block)
-        codes = self.w.add_chunks(name + ".qweight", np.dtype(np.uint8), shape, chunks())
+        codes = self.w.add_rows(name + ".qweight", np.dtype(np.uint8), rows, chunks())
         return block, codes, np.concatenate(scales)
 
     def float_table(self, name: str) -> str:
         """Matrix ``name`` ``[rows, cols]`` as an initializer of the type being built, converted
         in runs of rows."""
         rows = self.model.rows(name)
-        cols = self.h.hidden
 
         def chunks() -> Iterator[npt.NDArray[np.generic]]:
             for start in range(0, rows, _TABLE_ROWS):
                 yield self.model.floats(name, start, start + _TABLE_ROWS).astype(self.dtype)
 
-        return self.w.add_chunks(name, self.dtype, (rows, cols), chunks())
+        return self.w.add_rows(name, self.dtype, rows, chunks())
 
     def table_head(self, x: str, table: str) -> str:
         """Logits from a ``[vocab, hidden]`` float table, read transposed in place by Gemm."""

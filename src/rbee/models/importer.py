@@ -3,7 +3,8 @@
 An import is all or nothing: it fills a staging directory (`ModelStore.staging`) and the manifest,
 with each file's sha256, is written last, so a bad file, a full disk or a crash leaves no model
 directory behind. Conversion streams tensor by tensor (`bench/import.py`: about 300 MB for the
-default model; for a 3B-parameter Q8_0 file under 600 MB for int4 and 1 GB for fp32).
+default model; for a 3B-parameter Q8_0 file under 600 MB for int4 and 1 GB for fp32, 670 MB for
+int4 with a tied Q4_0 token table).
 """
 
 from __future__ import annotations

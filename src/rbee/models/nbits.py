@@ -18,13 +18,14 @@ run about 30x slower in ONNX Runtime's CPU kernels.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from rbee.models.quants import QuantBlocks
 
-__all__ = ["NBitsWeight", "to_nbits"]
+__all__ = ["NBitsWeight", "stack_rows", "to_nbits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,12 @@ class NBitsWeight:
     scales: npt.NDArray[np.float32]  # [N * K/block]
     zero_points: npt.NDArray[np.uint8] | None  # 4 bits: [N, ceil(K/block / 2)]; 8: [N, K/block]
     residual: npt.NDArray[np.float32] | None  # [K/block, N]
+
+    def without_codes(self) -> NBitsWeight:
+        """This weight with ``packed`` emptied (no rows): the small parts of a run of rows whose
+        codes are written already, kept for `stack_rows`."""
+        empty = np.empty((0, *self.packed.shape[1:]), np.uint8)
+        return dataclasses.replace(self, packed=empty)
 
 
 def pack_codes(q: npt.NDArray[np.uint8], bits: int) -> npt.NDArray[np.uint8]:
@@ -75,3 +82,24 @@ def to_nbits(blocks: QuantBlocks) -> NBitsWeight:
     zp = np.clip(np.rint(ratio), 0, (1 << blocks.bits) - 1).astype(np.uint8)
     residual = (offsets + blocks.d * zp.astype(np.float32)).astype(np.float32)
     return NBitsWeight(*shape, _pack_zero_points(zp, blocks.bits), np.ascontiguousarray(residual.T))
+
+
+def stack_rows(parts: Sequence[NBitsWeight]) -> NBitsWeight:
+    """One weight of the rows of ``parts``, consecutive runs of rows of one matrix: the same
+    arrays as `to_nbits` of the whole matrix (each is laid out row by row)."""
+    first = parts[0]
+    zero_points = residual = None
+    if first.zero_points is not None:
+        zero_points = np.concatenate([p.zero_points for p in parts if p.zero_points is not None])
+    if first.residual is not None:
+        residual = np.concatenate([p.residual for p in parts if p.residual is not None], axis=1)
+    return NBitsWeight(
+        sum(p.n for p in parts),
+        first.k,
+        first.bits,
+        first.block,
+        np.concatenate([p.packed for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        zero_points,
+        residual,
+    )

@@ -68,10 +68,19 @@ _PRE_TOKENIZERS: dict[str, list[str]] = {
 }
 # llama.cpp's llama-bpe takes a word that is a token as it is, before any merge.
 _IGNORE_MERGES = ("llama-bpe",)
+# What every tokenizer kind needs from the metadata; the rest have defaults.
+_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens")
 
 
 def tokenizer_json(model: GgufModel) -> str:
-    """The ``tokenizers`` JSON of the GGUF's vocabulary; `ModelError` for unsupported kinds."""
+    """The ``tokenizers`` JSON of the GGUF's vocabulary; `ModelError` for unsupported kinds and
+    for a file without the tokenizer metadata."""
+    missing = [key for key in _TOKENIZER_KEYS if model.reader.get_field(key) is None]
+    if missing:
+        raise ModelError(
+            f"{model.path}: no tokenizer in the GGUF metadata ({', '.join(missing)} missing); "
+            "rbee reads the tokenizer from the file, as llama.cpp's converters write it"
+        )
     kind = model.field("tokenizer.ggml.model")
     pre = str(model.field("tokenizer.ggml.pre", ""))
     tokens: list[str] = list(model.field("tokenizer.ggml.tokens"))

@@ -9,6 +9,7 @@ queen stops serving.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import sys
@@ -37,7 +38,7 @@ from rbee.queen.local_hive import LOCAL_HIVE, LocalHive
 from rbee.queen.prompts import PromptCheck
 from rbee.queen.provision import Hives
 from rbee.queen.scheduler import Watched, make_scheduler
-from rbee.server import require_token, serve, until_signal
+from rbee.server import require_token, serve, shutdown_trigger
 from rbee.ssh import KnownHosts
 
 if sys.version_info < (3, 11):
@@ -113,10 +114,11 @@ async def run_queen(
     on_ready: Callable[[], None] | None = None,
     deploy_file: Path | None = None,
     known_hosts: KnownHosts | None = None,
-    shutdown: Callable[[], Awaitable[None]] = until_signal,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the queen until ``shutdown`` returns; report its base URL through ``task_status``.
+    """Run the queen until ``shutdown`` returns (default: SIGTERM or SIGINT); report its base URL
+    through ``task_status``.
 
     ``scheduler`` defaults to `make_scheduler` of ``config.policy``; ``provisioner`` is what starts
     workers on a `Spawn` decision (none: such a decision is a "no worker serves model" error,
@@ -194,42 +196,47 @@ async def run_queen(
                 nursery.start_soon(hives.keep_alive)
             if isinstance(scheduler, Watched):
                 nursery.start_soon(scheduler.watch, POLICY_CHECK_INTERVAL_S)
-            async with trio.open_nursery() as http:
-                url = await _listen(
-                    http,
-                    config,
-                    functools.partial(
-                        serve,
-                        app,
-                        config.host,
-                        config.port,
-                        shutdown=stop_serving.wait,
-                        graceful_timeout=CLOSE_GRACE_S,
-                    ),
-                )
-                task_status.started(url)
-                hosts.queen_port = httpx.URL(url).port or config.port
-                await nursery.start(hosts.run)
-                hive: LocalHive | None = None
-                if local_hive is not None:
-                    hive = LocalHive(
-                        local_hive,
-                        url,
-                        token=gate.hive_tokens.token(LOCAL_HIVE),
-                        models_dir=str(store_dir) if config.models_dir and store_dir else "",
-                        heartbeat_interval_s=config.heartbeat_interval_s,
+            with contextlib.ExitStack() as signals:
+                # Entered before the address is reported, for a SIGTERM sent as soon as it shows.
+                stop = signals.enter_context(shutdown_trigger(shutdown))
+                async with trio.open_nursery() as http:
+                    url = await _listen(
+                        http,
+                        config,
+                        functools.partial(
+                            serve,
+                            app,
+                            config.host,
+                            config.port,
+                            shutdown=stop_serving.wait,
+                            graceful_timeout=CLOSE_GRACE_S,
+                        ),
                     )
-                    await nursery.start(hive.run)
-                    if on_ready is not None:
-                        nursery.start_soon(_when_online, dispatcher, LOCAL_HIVE, on_ready)
-                elif on_ready is not None:
-                    on_ready()
-                await shutdown()
-                await dispatcher.drain(config.drain_grace_s)
-                if hive is not None:
-                    await dispatcher.close_idle_connections()
-                    await hive.stop()
-                stop_serving.set()
+                    task_status.started(url)
+                    hosts.queen_port = httpx.URL(url).port or config.port
+                    await nursery.start(hosts.run)
+                    hive: LocalHive | None = None
+                    if local_hive is not None:
+                        hive = LocalHive(
+                            local_hive,
+                            url,
+                            token=gate.hive_tokens.token(LOCAL_HIVE),
+                            models_dir=str(store_dir) if config.models_dir and store_dir else "",
+                            heartbeat_interval_s=config.heartbeat_interval_s,
+                        )
+                        await nursery.start(hive.run)
+                        if on_ready is not None:
+                            nursery.start_soon(_when_online, dispatcher, LOCAL_HIVE, on_ready)
+                    elif on_ready is not None:
+                        on_ready()
+                    await stop()
+                    # A second signal during the drain ends the queen at once.
+                    signals.close()
+                    await dispatcher.drain(config.drain_grace_s)
+                    if hive is not None:
+                        await dispatcher.close_idle_connections()
+                        await hive.stop()
+                    stop_serving.set()
             nursery.cancel_scope.cancel()
     finally:
         conn.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 import trio
+from quart_trio import QuartTrio
 
 from rbee import server
 from rbee.config import WorkerConfig
@@ -76,10 +77,10 @@ async def run_worker(
     config: WorkerConfig,
     models_dir: Path,
     *,
-    shutdown: Callable[[], Awaitable[None]] = server.until_signal,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
     out: TextIO = sys.stdout,
 ) -> None:
-    """Serve ``model`` until ``shutdown`` returns.
+    """Serve ``model`` until ``shutdown`` returns (default: SIGTERM or SIGINT).
 
     Raises `RbeeError` when the address cannot be bound and `ModelError` when the model cannot be
     loaded; both are raised after every task has stopped, so the CLI sees the error itself.
@@ -88,8 +89,26 @@ async def run_worker(
     state = WorkerState(model=model, precision=precision, device=config.device, slots=config.slots)
     server.require_token(config.host, config.token, "worker", "worker.token")
     app = create_worker_app(state, config.token)
-    failure: RbeeError | None = None
+    # Entered before the "listening" line, for a SIGTERM sent as soon as it shows (or while the
+    # model loads after it).
+    with server.shutdown_trigger(shutdown) as stop:
+        failure = await _serve(app, state, model, config, models_dir, shutdown=stop, out=out)
+    if failure is not None:
+        raise failure
 
+
+async def _serve(
+    app: QuartTrio,
+    state: WorkerState,
+    model: str,
+    config: WorkerConfig,
+    models_dir: Path,
+    *,
+    shutdown: Callable[[], Awaitable[None]],
+    out: TextIO,
+) -> RbeeError | None:
+    """Serve ``app``, announce it, load the model, until ``shutdown`` returns; what failed."""
+    failure: RbeeError | None = None
     async with trio.open_nursery() as nursery:
 
         async def serve_then_stop(task_status: trio.TaskStatus[str]) -> None:
@@ -124,8 +143,7 @@ async def run_worker(
                 )
         if failure is not None:
             nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+    return failure
 
 
 def _leaf(error: BaseException) -> BaseException:

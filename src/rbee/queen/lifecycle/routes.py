@@ -1,7 +1,9 @@
 """The queen's routes for hives it starts over SSH (`rbee.wire.hosts`).
 
-An unknown hive is a 404 naming the registered ones; a host that refuses (unknown host key,
-failed preflight, no heartbeat) is a 409 or 502 with the one line that says what to do.
+A ``{name}`` that is not a safe name (`rbee.wire.NAME_PATTERN`) is a 400 before any work; an
+unknown hive is a 404 naming the registered ones (for a stream too, before it starts); a host
+that refuses (unknown host key, failed preflight, no heartbeat) is a 409 or 502 with the one line
+that says what to do.
 """
 
 from __future__ import annotations
@@ -37,15 +39,17 @@ def add_routes(app: QuartTrio, hosts: HostHives) -> None:
 
     @app.get("/v1/hives/<name>")
     async def show_hive(name: str) -> Response:
+        wire.check_name(name, "name")
         return json_response(hosts.view(hosts.get(name)))
 
     @app.post("/v1/hives/<name>/trust")
     async def trust_hive(name: str) -> Response:
+        wire.check_name(name, "name")
         req = wire.decode(await request.get_data() or b"{}", HiveTrust)
         return json_response(await hosts.trust(name, req.fingerprint))
 
     async def deploy(name: str, *, upgrade: bool) -> Response:
-        hosts.get(name)
+        hosts.get(wire.check_name(name, "name"))
         if sse.wants_stream(request.headers.get("Accept")):
             events = hosts.deploy_events(name, upgrade=upgrade)
             return Response(_relay(events), headers=sse.SSE_HEADERS)
@@ -61,18 +65,23 @@ def add_routes(app: QuartTrio, hosts: HostHives) -> None:
 
     @app.post("/v1/hives/<name>/stop")
     async def stop_hive(name: str) -> Response:
+        wire.check_name(name, "name")
         return json_response(await hosts.stop(name))
 
     @app.delete("/v1/hives/<name>")
     async def remove_hive(name: str) -> Response:
+        wire.check_name(name, "name")
         return json_response(await hosts.remove(name))
 
     @app.get("/v1/hives/<name>/logs")
     async def hive_logs(name: str) -> Response:
+        wire.check_name(name, "name")
         raw = request.args.get("lines", "50")
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
             raise UsageError(f"invalid query parameter 'lines': {raw!r} (1..{MAX_LOG_LINES})")
         if request.args.get("follow") in ("1", "true"):
+            # Before the stream starts: an unknown hive is a 404, not an error event in a 200.
+            hosts.get(name)
             follow = hosts.follow_logs(name, int(raw))
             return Response(_follow(name, follow), headers=sse.SSE_HEADERS)
         return json_response(HiveLogs(name=name, lines=await hosts.logs(name, int(raw))))
