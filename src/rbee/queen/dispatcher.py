@@ -13,7 +13,8 @@ heartbeats; only the jobs re-admitted from the database wait) and while a hive t
 has not reported yet (`expect_hive`, up to its bound; every job waits). Once the bound has passed,
 the job is decided as usual and a rejection says which hive never reported. While a hive is
 drained for an upgrade (`drain_hive`), its workers take no new job: a job goes to another worker,
-or a spawn on another hive, or waits for the upgraded hive instead of being rejected.
+or a spawn on another hive, or, for a model the hive had, waits for the upgraded hive instead of
+being rejected.
 
 The queue is pumped again whenever a slot may have freed up: a heartbeat,
 an attempt ending, a worker exiting, and every housekeeping tick (which also enforces deadlines and
@@ -377,13 +378,14 @@ class Dispatcher:
     def _pump(self) -> None:
         blocked: set[str] = set()
         tenants = self.tenants()
-        # A hive being upgraded comes back: what nothing else can take waits for it.
-        upgrading = self.registry.draining()
+        # A hive being upgraded comes back: a job for one of its models that nothing else can
+        # take waits for it.
+        upgrading = self.registry.draining_models()
         for job in self.queue.in_order():
             if job.model in blocked:
                 continue
             held = self._held(job)
-            if not held and not upgrading and self._unknown(job.model):
+            if not held and job.model not in upgrading and self._unknown(job.model):
                 self.queue.remove(job.id)
                 job.failure = ModelNotFoundError(_not_found(job.model) + self._overdue())
                 self._finish(job, "failed", error=str(job.failure))
@@ -406,7 +408,7 @@ class Dispatcher:
             elif isinstance(decision, Spawn):
                 blocked.add(job.model)
                 self._spawn(job, decision)
-            elif upgrading:
+            elif job.model in upgrading:
                 blocked.add(job.model)
             else:
                 self.queue.remove(job.id)
@@ -697,8 +699,8 @@ class Dispatcher:
         """Route nothing more to hive ``name`` and wait up to ``grace_s`` for the jobs running
         on its workers to end; return how many still run. `end_drain` undoes the first.
 
-        Until then a job that no other worker can take and no other hive can start one for
-        waits, rather than fails: the hive is being upgraded and comes back.
+        Until then a job for one of the hive's models that no other worker can take and no other
+        hive can start one for waits, rather than fails: the hive is being upgraded and comes back.
         """
         self.registry.drain(name)
 

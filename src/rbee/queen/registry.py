@@ -120,7 +120,8 @@ class Registry:
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
         self._hives: dict[str, HiveRecord] = {}
-        self._draining: set[str] = set()
+        # Hive being drained -> the models it had then (it comes back with them).
+        self._draining: dict[str, frozenset[str]] = {}
         self._snapshot: Snapshot | None = None
 
     # --- updates ---------------------------------------------------------------------------
@@ -231,9 +232,12 @@ class Registry:
         show them again; the jobs they run go on.
         """
         if on:
-            self._draining.add(name)
+            hive = self._hives.get(name)
+            models = {w.status.model for w in self._workers.values() if w.hive == name}
+            models.update(hive.heartbeat.models if hive is not None else ())
+            self._draining[name] = frozenset(models)
         else:
-            self._draining.discard(name)
+            self._draining.pop(name, None)
         self._snapshot = None
 
     # --- queries ---------------------------------------------------------------------------
@@ -283,9 +287,9 @@ class Registry:
     def hive(self, name: str) -> HiveRecord | None:
         return self._hives.get(name)
 
-    def draining(self) -> bool:
-        """Whether some hive is being drained (`drain`)."""
-        return bool(self._draining)
+    def draining_models(self) -> frozenset[str]:
+        """The models the hives being drained (`drain`) served or had in their stores then."""
+        return frozenset().union(*self._draining.values())
 
     def with_capacity(self, model: str | None = None) -> list[WorkerRecord]:
         """Ready or busy workers (of ``model``, if given) with at least one free slot."""
