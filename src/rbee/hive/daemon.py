@@ -36,7 +36,11 @@ __all__ = ["default_hive_name", "run_hive"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _WILDCARD = ("0.0.0.0", "::", "")
-_SERVE_GRACE_S = 1.0
+# Nothing is left to finish when the server stops (the workers are retired before it), but
+# hypercorn waits out the whole grace for idle keep-alive connections (the queen's pooled ones):
+# with 1 s, a stopped hive's process outlived its API by a second, and a `hive start` right after
+# `hive stop` spent 1.7 s stopping it again.
+_SERVE_GRACE_S = 0.1
 
 
 class _TlsOnDemand(httpx.AsyncBaseTransport):
@@ -196,8 +200,6 @@ async def _serve(
             config.port,
             shutdown=stop_serving.wait,
             task_status=task_status,
-            # hypercorn waits out the whole grace for idle keep-alive connections (the
-            # queen's pooled ones); the workers are already retired by then.
             graceful_timeout=_SERVE_GRACE_S,
             listener=listener,
         )

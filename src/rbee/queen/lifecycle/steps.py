@@ -49,19 +49,32 @@ HIVE_DAEMON: tuple[str, ...] = ("hive", "daemon")
 UNPACK_FACTOR = 4
 LOG_TAIL_LINES = 20
 
-_PREFLIGHT = r"""
+# Whether process $1 runs. A zombie does not: a hive that exited stays one until an init reaps
+# it, which in some containers takes a second or more, and `kill -0` still finds it.
+_ALIVE = r"""
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+    [ "$state" != Z ]
+}
+"""
+
+_PREFLIGHT = _ALIVE + r"""
 dir=$1 file=$2 hive=$3 port=$4
 shift 4
 echo "os=$(uname -s)"
 echo "arch=$(uname -m)"
 # One run of each Python found, without site (a fraction of a normal start), printing its
-# version; the first one found also tries the hive port. Syntax any Python 3 parses.
+# version; the first one found also tries the hive port, as the hive binds it (SO_REUSEADDR: the
+# connections a stopped hive closed linger in TIME_WAIT and must not count). Syntax any Python 3
+# parses.
 probe='import socket, sys
 version = "%d.%d" % sys.version_info[:2]
 if sys.argv[1] == "-":
     print(version)
 else:
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind(("", int(sys.argv[1])))
     except OSError:
@@ -87,7 +100,7 @@ echo "free_kb=$(df -Pk "$d" 2>/dev/null | awk 'NR == 2 {print $4}')"
 if command -v nvidia-smi > /dev/null 2>&1; then
     nvidia-smi -L 2>/dev/null | sed 's/^/gpu=/'
 fi
-if pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; then
+if pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && alive "$pid"; then
     echo "running=$pid $(cat "$dir/hives/$hive/file" 2>/dev/null)"
     tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed 's/^/arg=/'
 fi
@@ -119,13 +132,13 @@ echo $! > "$hivedir/pid"
 echo $!
 """
 
-_STOP = r"""
+_STOP = _ALIVE + r"""
 hivedir=$1 grace=$2
 pid=$(cat "$hivedir/pid" 2>/dev/null) || { echo none; exit 0; }
 rm -f "$hivedir/pid"
 kill -TERM "$pid" 2>/dev/null || { echo gone; exit 0; }
 i=0
-while kill -0 "$pid" 2>/dev/null; do
+while alive "$pid"; do
     i=$((i + 1))
     if [ "$i" -gt "$grace" ]; then kill -KILL "$pid" 2>/dev/null; echo killed; exit 0; fi
     sleep 0.1
@@ -352,7 +365,7 @@ async def start(
 
 async def running_pid(connector: Connector, pid: int) -> bool:
     """Whether process ``pid`` still runs on the host."""
-    done = await connector.run(["kill", "-0", str(pid)])
+    done = await _script(connector, _ALIVE + 'alive "$1"', [str(pid)])
     return done.exit_status == 0
 
 
