@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -11,7 +14,7 @@ import pytest
 from rbee.errors import ApiError, SshError
 from rbee.queen.lifecycle import steps
 from rbee.queen.lifecycle.connector import LocalConnector
-from tests.helpers import eventually
+from tests.helpers import eventually, eventually_sync
 
 
 @pytest.fixture
@@ -101,6 +104,45 @@ async def test_start_detaches_hands_the_token_on_stdin_and_stop_ends_it(
     assert await steps.stop(host, "h", grace_s=5) == "stopped"
     assert not await steps.running_pid(host, pid)
     assert await steps.stop(host, "h") == "none"
+
+
+@pytest.fixture
+def zombie() -> Iterator[int]:
+    """The pid of a child that exited and that this test reaps only when it ends."""
+    exited = subprocess.Popen(["/bin/sh", "-c", "exit 0"])
+    status = psutil.Process(exited.pid).status
+    eventually_sync(lambda: status() == psutil.STATUS_ZOMBIE, 10, "the child to be a zombie")
+    yield exited.pid
+    exited.wait()
+
+
+async def test_a_hive_that_exited_and_was_not_reaped_yet_counts_as_gone(
+    host: LocalConnector, zombie: int
+) -> None:
+    """A slow init (some containers') leaves an exited hive a zombie, which ``kill -0`` finds."""
+    hive_dir = host.home / steps.RBEE_DIR / "hives" / "h"
+    hive_dir.mkdir(parents=True)
+    (hive_dir / "pid").write_text(f"{zombie}\n")
+    facts = await steps.preflight(host, hive="h", file="x", port=0)
+    assert facts.running_pid == 0
+    assert not await steps.running_pid(host, zombie)
+    # Not waited on for the grace and then killed: it is gone.
+    assert await steps.stop(host, "h", grace_s=60) == "stopped"
+
+
+async def test_the_port_probe_counts_a_listener_not_connections_in_time_wait(
+    host: LocalConnector,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        facts = await steps.preflight(host, hive="h", file="x", port=port)
+        assert facts.port_free is False
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the listening side closes first: its end waits in TIME_WAIT
+            client.recv(1)
+    facts = await steps.preflight(host, hive="h", file="x", port=port)
+    assert facts.port_free is True
 
 
 def test_a_file_runs_on_the_pythons_its_listings_name(tmp_path: Path) -> None:
