@@ -59,7 +59,9 @@ alive() {
 }
 """
 
-_PREFLIGHT = _ALIVE + r"""
+_PREFLIGHT = (
+    _ALIVE
+    + r"""
 dir=$1 file=$2 hive=$3 port=$4
 shift 4
 echo "os=$(uname -s)"
@@ -105,6 +107,7 @@ if pid=$(cat "$dir/hives/$hive/pid" 2>/dev/null) && alive "$pid"; then
     tr '\0' '\n' < "/proc/$pid/cmdline" 2>/dev/null | sed 's/^/arg=/'
 fi
 """
+)
 
 _INSTALL = r"""
 tmp=$1 final=$2 sha=$3 dir=$4
@@ -132,7 +135,9 @@ echo $! > "$hivedir/pid"
 echo $!
 """
 
-_STOP = _ALIVE + r"""
+_STOP = (
+    _ALIVE
+    + r"""
 hivedir=$1 grace=$2
 pid=$(cat "$hivedir/pid" 2>/dev/null) || { echo none; exit 0; }
 rm -f "$hivedir/pid"
@@ -145,6 +150,7 @@ while alive "$pid"; do
 done
 echo stopped
 """
+)
 
 
 def sha256_of(path: Path) -> str:
