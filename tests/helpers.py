@@ -107,3 +107,16 @@ async def assert_body_limit(url: str, method: str, path: str, token: str = "") -
     error = msgspec.json.decode(body)["error"]
     assert error["code"] == "body_too_large"
     assert str(MAX_BODY_BYTES) in error["message"]
+
+
+# YAML rules the policy page and its API tests check, preview, compile and apply.
+RULES = """rules:
+  - name: batch waits
+    condition:
+      priority: batch
+    action:
+      queue: "batch jobs wait"
+default:
+  route:
+    if_none: spawn
+"""

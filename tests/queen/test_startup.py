@@ -53,11 +53,10 @@ class StoreProvisioner:
 
 
 @contextlib.asynccontextmanager
-async def starting_queen(provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
-    """A dispatcher whose local hive has been started and has not reported yet."""
-    conn = open_db(":memory:")
+async def queen_on(path: str, provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
+    """A dispatcher on the database at ``path``, running until the block ends."""
+    conn = open_db(path)
     dispatcher = Dispatcher(QueenConfig(), conn, builtin("first-available"), provisioner)
-    dispatcher.expect_hive(LOCAL_HIVE, BOUND_S)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
@@ -65,6 +64,14 @@ async def starting_queen(provisioner: StoreProvisioner) -> AsyncIterator[Dispatc
             nursery.cancel_scope.cancel()
     finally:
         conn.close()
+
+
+@contextlib.asynccontextmanager
+async def starting_queen(provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
+    """A dispatcher whose local hive has been started and has not reported yet."""
+    async with queen_on(":memory:", provisioner) as dispatcher:
+        dispatcher.expect_hive(LOCAL_HIVE, BOUND_S)
+        yield dispatcher
 
 
 def infer(model: str) -> InferOperation:
@@ -133,20 +140,6 @@ def left_by_a_killed_queen(path: str) -> None:
             records.insert(job_id, seq, infer("stored"), time.time(), None, "")
         records.update("job-running", state="running", worker="w-1", attempts=1)
         records.start_attempt("job-running", 1, "w-1", time.time())
-    finally:
-        conn.close()
-
-
-@contextlib.asynccontextmanager
-async def queen_on(path: str, provisioner: StoreProvisioner) -> AsyncIterator[Dispatcher]:
-    """A dispatcher on the database at ``path``, running until the block ends."""
-    conn = open_db(path)
-    dispatcher = Dispatcher(QueenConfig(), conn, builtin("first-available"), provisioner)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(dispatcher.run)
-            yield dispatcher
-            nursery.cancel_scope.cancel()
     finally:
         conn.close()
 

@@ -13,6 +13,7 @@ import trio
 from rbee.config import QueenConfig
 from rbee.queen import drafts
 from rbee.queen.db import db_path
+from tests.helpers import RULES
 from tests.queen.conftest import QueenHandle, read_stream, start_queen
 from tests.queen.fake_worker import FakeWorker, register
 
@@ -220,18 +221,6 @@ async def test_compile_answers_the_draft_in_the_policy_language(
     broken = await http.post(f"{queen.url}/v1/policy/compile", json={"source": "fn ("})
     assert broken.status_code == 400
     assert "<draft>:1:" in broken.json()["error"]["message"]
-
-
-RULES = """rules:
-  - name: batch waits
-    condition:
-      priority: batch
-    action:
-      queue: "batch jobs wait"
-default:
-  route:
-    if_none: spawn
-"""
 
 
 async def test_yaml_rules_are_checked_previewed_compiled_and_applied_as_yaml(

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from rbee.models.importer import DEFAULT_MODEL
-from tests.helpers import RBEE, eventually_sync
+from tests.helpers import RBEE, RULES, eventually_sync
 from tests.models.helpers import Synthetic, write_synthetic_gguf
 from tests.test_main_job import environment, link_default_model, read_line
 
@@ -41,16 +41,6 @@ BROKEN = """fn schedule_job(job, workers) {
     let best = free.least_loaded(;
     return best;
 }
-"""
-RULES = """rules:
-  - name: batch waits
-    condition:
-      priority: batch
-    action:
-      queue: "batch jobs wait"
-default:
-  route:
-    if_none: spawn
 """
 CLOSED = 'fn schedule_job(job, workers) {\n    return reject("closed for maintenance");\n}\n'
 PIN = """fn schedule_job(job, workers) {{
