@@ -396,7 +396,9 @@ def write_llama_shaped_gguf(
 ) -> Path:
     """A llama GGUF of ``shape`` with random Q8_0 or Q4_0 blocks (``embedding`` for the token
     table, ``kind`` for the rest), written one tensor at a time (memory stays one matrix,
-    whatever the size); a byte-level vocabulary padded with reserved tokens."""
+    whatever the size); a byte-level vocabulary padded with plain tokens that spell their own
+    names (a random model picks them, and a control token would print nothing), the first one
+    the end of text."""
     s = shape
     rng = np.random.default_rng(0)
     writer = GGUFWriter(str(path), "llama")
@@ -408,11 +410,12 @@ def write_llama_shaped_gguf(
     writer.add_head_count_kv(s.kv_heads)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(500000.0)
-    tokens = byte_level_tokens() + [f"<|reserved_{i}|>" for i in range(s.vocab - 256)]
+    tokens = [*byte_level_tokens(), "<|end_of_text|>"]
+    tokens += [f"<|reserved_{i}|>" for i in range(s.vocab - 257)]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("llama-bpe")
     writer.add_token_list(tokens)
-    writer.add_token_types([1] * 256 + [3] * (s.vocab - 256))
+    writer.add_token_types([1] * 256 + [3] + [1] * (s.vocab - 257))
     writer.add_token_merges([])
     writer.add_eos_token_id(256)
     h, kv = s.hidden, s.kv_heads * s.hidden // s.heads
