@@ -500,20 +500,23 @@ async def _job(q: Queen, job_id: str) -> dict[str, Any]:
     return record
 
 
-async def _upgrade_during_a_stream(
-    q: Queen, hosts: dict[str, SshHost], meanwhile: Callable[[str], Awaitable[None]]
+async def _drain_during_a_stream(
+    q: Queen,
+    hosts: dict[str, SshHost],
+    meanwhile: Callable[[str], Awaitable[None]],
+    verb: str = "upgrade",
 ) -> tuple[str, dict[str, Any], httpx.Response]:
-    """Stream a job; at its first tokens pause its worker, upgrade the worker's hive, await
-    ``meanwhile(hive)`` once that hive drains, and let the worker go on.
+    """Stream a job; at its first tokens pause its worker, ``verb`` (upgrade or stop) the
+    worker's hive, await ``meanwhile(hive)`` once that hive drains, and let the worker go on.
 
     The paused worker holds the drain open for as long as ``meanwhile`` takes. Returns the
-    stream's end, its record and the upgrade's answer.
+    stream's end, its record and the answer to ``verb``.
     """
     upgraded: list[httpx.Response] = []
     async with trio.open_nursery() as nursery:
 
         async def upgrade(hive: str) -> None:
-            upgraded.append(await q.http.post(f"/v1/hives/{hive}/upgrade", timeout=300))
+            upgraded.append(await q.http.post(f"/v1/hives/{hive}/{verb}", timeout=300))
 
         async def drain_its_hive(job_id: str) -> None:
             worker = (await _job(q, job_id))["worker"]
@@ -532,7 +535,7 @@ async def _upgrade_during_a_stream(
     return end, record, up
 
 
-async def test_upgrade_drains_the_hive_new_jobs_go_to_another_hive_or_wait_for_it(
+async def test_upgrade_and_stop_drain_the_hive_new_jobs_go_to_another_hive_or_wait(
     ssh_hosts: SshHosts, client_key: ClientKey, pyz: Path, model_store: Path, tmp_path: Path
 ) -> None:
     hosts = {"gpu1": ssh_hosts.make(), "gpu2": ssh_hosts.make()}
@@ -566,7 +569,7 @@ async def test_upgrade_drains_the_hive_new_jobs_go_to_another_hive_or_wait_for_i
             assert (await read_stream(q.http, f"/v1/jobs/{job_id}/stream"))[-1] == "[DONE]"
             served[hive] = await _job(q, job_id)
 
-        end, record, up = await _upgrade_during_a_stream(q, hosts, serve_one_elsewhere)
+        end, record, up = await _drain_during_a_stream(q, hosts, serve_one_elsewhere)
         ((drained, job),) = served.items()
         other = "gpu2" if drained == "gpu1" else "gpu1"
         assert (job["state"], job["worker"], job["attempts"]) == ("completed", workers[other], 1)
@@ -581,9 +584,26 @@ async def test_upgrade_drains_the_hive_new_jobs_go_to_another_hive_or_wait_for_i
         assert "upgraded from" in up.json()["message"]
         assert await _status(q, drained) == "online"
 
-        # The other hive alone serves the model: a job sent while it drains waits for it.
-        stopped = await q.http.post(f"/v1/hives/{drained}/stop", timeout=60)
+        # Stopping a hive drains it too: its stream ends there, a job sent meanwhile goes to
+        # the other hive (which starts a worker for it if it has none).
+        served.clear()
+        end, record, stopped = await _drain_during_a_stream(q, hosts, serve_one_elsewhere, "stop")
+        ((gone, job),) = served.items()
+        other = "gpu2" if gone == "gpu1" else "gpu1"
+        assert end == "[DONE]"
+        assert (record["state"], record["worker"], record["attempts"]) == (
+            "completed",
+            workers[gone],
+            1,
+        )
+        assert (job["state"], job["attempts"]) == ("completed", 1)
+        assert await _hive_of(q, job["worker"]) == other
         assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["message"] == f"hive {gone} stopped"
+        assert await _status(q, gone) == "offline"
+        workers[other] = job["worker"]
+
+        # The other hive alone serves the model: a job sent while it drains waits for it.
         old_pid = _pid(hosts[other], other)
         _rebuilt(current, b"second upgrade")
         sent: list[str] = []
@@ -592,7 +612,7 @@ async def test_upgrade_drains_the_hive_new_jobs_go_to_another_hive_or_wait_for_i
             sent.append(await _submit(q, 8))
             assert (await _job(q, sent[0]))["state"] == "queued"
 
-        end, record, up = await _upgrade_during_a_stream(q, hosts, send_one)
+        end, record, up = await _drain_during_a_stream(q, hosts, send_one)
         assert end == "[DONE]"
         assert (record["state"], record["worker"], record["attempts"]) == (
             "completed",

@@ -287,9 +287,11 @@ def upgrade(ctx: Context, name: str) -> None:
 @queen_options
 @pass_context
 def stop(ctx: Context, name: str) -> None:
-    """Stop hive NAME (it retires its workers first).
+    """Stop hive NAME: drain it, then it retires its workers and exits.
 
-    The queen asks the hive through its API; over SSH (its pid) when that does not work.
+    No new job goes to the hive; the jobs running there end first (up to the queen's drain
+    grace, 30 s by default; what still runs then continues on other workers). The queen asks
+    the hive through its API; over SSH (its pid) when that does not work.
     """
     with ctx.client() as queen:
         click.echo(queen.stop_hive(name).message)

@@ -379,7 +379,7 @@ class Dispatcher:
         blocked: set[str] = set()
         tenants = self.tenants()
         # A hive being upgraded comes back: a job for one of its models that nothing else can
-        # take waits for it.
+        # take waits for it (for one being stopped, until it has stopped: then it is decided).
         upgrading = self.registry.draining_models()
         for job in self.queue.in_order():
             if job.model in blocked:

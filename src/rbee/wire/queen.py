@@ -355,7 +355,8 @@ class WorkerEntry(Struct, frozen=True, kw_only=True):
 class HiveEntry(Struct, frozen=True, kw_only=True):
     """A hive as its last heartbeat described it.
 
-    ``draining``: it is being upgraded; no new job goes to it until the new hive reports.
+    ``draining``: it is being upgraded or stopped; no new job goes to it until the new hive
+    reports (or ever, once stopped).
     """
 
     name: str

@@ -478,7 +478,7 @@ class HostHives:
         left = await self.dispatcher.drain_hive(name, grace)
         if left:
             log.warning(
-                "jobs still run on a hive being upgraded; they continue on other workers",
+                "jobs still run on a hive about to stop; they continue on other workers",
                 extra=kv(hive=name, jobs=left, grace_s=grace),
             )
 
@@ -535,27 +535,33 @@ class HostHives:
             raise SshError(f"hive {name} {what}; its log ends: {tail or '(empty)'}")
 
     async def stop(self, name: str) -> HiveStopped:
-        """Stop the hive, which retires its workers first: through its API (``POST
-        /v1/shutdown`` with its token), else over SSH (SIGTERM to its pid, then SIGKILL) when the
-        API does not take the request or the hive does not go within `STOP_TIMEOUT_S`.
+        """Drain the hive (no new jobs for it; the running ones end, for up to
+        ``queen.drain_grace_s``), then stop it, which retires its workers: through its API
+        (``POST /v1/shutdown`` with its token), else over SSH (SIGTERM to its pid, then SIGKILL)
+        when the API does not take the request or the hive does not go within `STOP_TIMEOUT_S`.
         """
         self.get(name)
-        why = await self._stop_through_api(name)
-        if why is None:
-            was_running, message = True, f"hive {name} stopped"
-        else:
-            async with self._host(name) as (_, conn):
-                outcome = await steps.stop(SshConnector(conn), name)
-            was_running = outcome in ("stopped", "killed")
-            message = (
-                f"hive {name} stopped over SSH ({why})"
-                if was_running
-                else f"hive {name} was not running"
-            )
-        self._close_tunnel(name)
-        self.records.set_auto_start(name, False)
-        self.dispatcher.registry.take_offline(name)
-        self.dispatcher.hive_records.offline(name, time.time())
+        try:
+            await self._drain(name)
+            why = await self._stop_through_api(name)
+            if why is None:
+                was_running, message = True, f"hive {name} stopped"
+            else:
+                async with self._host(name) as (_, conn):
+                    outcome = await steps.stop(SshConnector(conn), name)
+                was_running = outcome in ("stopped", "killed")
+                message = (
+                    f"hive {name} stopped over SSH ({why})"
+                    if was_running
+                    else f"hive {name} was not running"
+                )
+            self._close_tunnel(name)
+            self.records.set_auto_start(name, False)
+            self.dispatcher.registry.take_offline(name)
+            self.dispatcher.hive_records.offline(name, time.time())
+        finally:
+            # The jobs that waited for the hive's models are decided again, without it.
+            self.dispatcher.end_drain(name)
         return HiveStopped(name=name, was_running=was_running, message=message)
 
     async def _stop_through_api(self, name: str) -> str | None:
