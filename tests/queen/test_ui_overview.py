@@ -12,6 +12,7 @@ import trio
 from quart import Response, request
 
 from rbee import sse, wire
+from rbee.errors import ModelError
 from rbee.queen.ui import RATE_WINDOW_S, tokens_per_s
 from rbee.server import create_app, json_response, serve
 from rbee.wire.hive import Importing, Pulled, PullRequest, WorkerLog
@@ -136,6 +137,8 @@ async def test_an_import_streams_the_hives_progress_for_a_gguf_on_its_host(
     @hive.post("/v1/models/pull")
     async def pull() -> Response:
         asked.append(wire.decode(await request.get_data(), PullRequest))
+        if asked[-1].source == "/models/bad.gguf":
+            raise ModelError("/models/bad.gguf has no tokenizer in its metadata")
         return Response(events(), headers=sse.SSE_HEADERS)
 
     url = await nursery.start(
@@ -157,6 +160,15 @@ async def test_an_import_streams_the_hives_progress_for_a_gguf_on_its_host(
     assert "$.path" in refused.json()["error"]["message"]
     unknown = await http.post(f"{queen.url}/v1/hives/hive-b/models/import", json=body)
     assert unknown.status_code == 404
+    bad_name = await http.post(f"{queen.url}/v1/hives/hive%20a/models/import", json=body)
+    assert bad_name.status_code == 400
+    assert "name" in bad_name.json()["error"]["message"]
+
+    # The hive's refusal is the answer's status, not an error event in a 200 stream.
+    bad = {"name": "copy", "path": "/models/bad.gguf"}
+    unreadable = await http.post(f"{queen.url}/v1/hives/hive-a/models/import", json=bad)
+    assert unreadable.status_code == 422, unreadable.text
+    assert "no tokenizer" in unreadable.json()["error"]["message"]
 
 
 async def read_stream_post(http: httpx.AsyncClient, url: str, body: object) -> list[str]:

@@ -20,7 +20,7 @@ from rbee.server import json_response
 from rbee.wire.hive import ModelList, PullEvent, SpawnRequest
 from rbee.wire.queen import HiveList, ModelPullRequest, WorkerEntryList, WorkerSpawn
 
-__all__ = ["add_routes", "pull_stream"]
+__all__ = ["add_routes", "pull_stream", "started"]
 
 
 def add_routes(app: QuartTrio, hives: Hives) -> None:
@@ -65,6 +65,28 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
         req = wire.decode(await request.get_data(), ModelPullRequest)
         hives.check_pull(name, req.model)
         return Response(pull_stream(hives.pull(name, req.model)), headers=sse.SSE_HEADERS)
+
+
+async def started(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[PullEvent, None]:
+    """``pulled`` once its first event has come: a hive's refusal (a GGUF it cannot read, a
+    name in use) raises here with the hive's status, before the queen's answer starts, rather
+    than ending a 200 stream with an error event."""
+    try:
+        first = await anext(pulled)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await pulled.aclose()
+        raise
+
+    async def resumed() -> AsyncGenerator[PullEvent, None]:
+        async with contextlib.aclosing(pulled) as events:
+            if first is not None:
+                yield first
+                async for event in events:
+                    yield event
+
+    return resumed()
 
 
 async def pull_stream(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[bytes, None]:

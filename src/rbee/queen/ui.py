@@ -117,13 +117,14 @@ def add_routes(
 
     @app.post("/v1/hives/<name>/models/import")
     async def import_model(name: str) -> Response:
+        wire.check_name(name, "name")
         req = wire.decode(await request.get_data(), ModelImport)
         if not req.path.endswith(".gguf") or not req.path.startswith("/"):
             raise UsageError(
                 f"invalid request body: {req.path!r} is not the absolute path of a .gguf file "
                 "- at `$.path`"
             )
-        pulled = hives.client(name, long=True).pull(req.name, req.path)
+        pulled = await cluster_api.started(hives.client(name, long=True).pull(req.name, req.path))
         return Response(cluster_api.pull_stream(pulled), headers=sse.SSE_HEADERS)
 
     @app.get("/v1/workers/<worker_id>/log")
