@@ -63,8 +63,9 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
     async def pull_model(name: str) -> Response:
         wire.check_name(name, "name")
         req = wire.decode(await request.get_data(), ModelPullRequest)
-        hives.check_pull(name, req.model)
-        return Response(pull_stream(hives.pull(name, req.model)), headers=sse.SSE_HEADERS)
+        hives.check_pull(name, req.model, req.precisions)
+        pulled = hives.pull(name, req.model, req.precisions)
+        return Response(pull_stream(pulled), headers=sse.SSE_HEADERS)
 
 
 async def started(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[PullEvent, None]:

@@ -19,11 +19,12 @@ The hive also serves its store read-only for peers under ``/v1/store`` (`rbee.mo
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from msgspec import Meta, Struct
 
 from rbee.wire.queen import WorkerStatus
+from rbee.wire.worker import Precision
 
 __all__ = [
     "QUEEN_STORE",
@@ -122,10 +123,6 @@ class ModelList(Struct, frozen=True):
 
 class ModelRemoved(Struct, frozen=True):
     name: str
-
-
-Precision = Literal["int4", "fp16", "fp32"]
-"""A graph of a model (`rbee.models.graph.PRECISIONS`)."""
 
 
 class PullRequest(Struct, frozen=True, kw_only=True):

@@ -20,7 +20,13 @@ import msgspec
 from msgspec import Meta, Struct
 
 from rbee.wire import NAME_PATTERN
-from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, sampling_fields
+from rbee.wire.worker import (
+    ChatMessage,
+    InferenceRequest,
+    Precision,
+    SamplingParams,
+    sampling_fields,
+)
 
 __all__ = [
     "AttemptRecord",
@@ -434,9 +440,11 @@ class WorkerSpawn(Struct, frozen=True, kw_only=True):
 
 
 class ModelPullRequest(Struct, frozen=True, kw_only=True):
-    """Install ``model`` from the queen's store on the hive named in the path."""
+    """Install ``model`` from the queen's store on the hive named in the path, with the graphs
+    ``precisions`` only (empty: every graph the store has; a GPU host needs only ``fp16``)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=80)]
+    precisions: Annotated[list[Precision], Meta(max_length=3)] = []
 
 
 # --- API keys: ``POST /v1/keys`` (`KeyCreate` -> `KeyCreated`), ``GET /v1/keys`` (`KeyList`),
