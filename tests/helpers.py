@@ -120,3 +120,30 @@ default:
   route:
     if_none: spawn
 """
+
+
+async def answered_connection(url: str, request: bytes) -> tuple[trio.SocketStream, bytes]:
+    """A connection to ``url`` that sent ``request`` (one whole HTTP/1.1 request) and read its
+    whole answer, sized by ``Content-Length`` or chunked; the connection and the status line.
+
+    The connection is kept alive, idle: the caller closes it.
+    """
+    parsed = httpx.URL(url)
+    stream = await trio.open_tcp_stream(parsed.host, parsed.port or 80)
+    await stream.send_all(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    )
+    length = fields.get(b"content-length")
+
+    def whole() -> bool:
+        return len(body) >= int(length) if length is not None else body.endswith(b"0\r\n\r\n")
+
+    while not whole():
+        body += await stream.receive_some(65536)
+    return stream, head.split(b"\r\n", 1)[0]

@@ -1,5 +1,5 @@
 """What every daemon's HTTP side shares: token checks, the JSON error shape, the one mapping
-from error class to status, and stopping at a signal."""
+from error class to status, closing a connection its client closed, and stopping at a signal."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
 import trio
+import trio.testing
+from quart import Response, request
 
 from rbee.config import HiveConfig, WorkerConfig
 from rbee.errors import (
@@ -43,7 +46,7 @@ from rbee.server import (
     shutdown_trigger,
 )
 from rbee.worker import daemon as worker_daemon
-from tests.helpers import RBEE
+from tests.helpers import RBEE, answered_connection
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -165,6 +168,61 @@ async def test_a_client_that_sends_its_headers_slowly_is_cut_off(nursery: trio.N
         # The headers never end: the server closes the connection (with nothing to say).
         with trio.fail_after(10):
             assert await slow.receive_some(100) == b""
+
+
+# One request of each kind a quart route answers: a JSON answer, a stream (chunked), an error
+# raised by the route after its body was read, a route that does not exist.
+ANSWERS = {
+    "json": b"GET /v1/thing HTTP/1.1\r\nHost: x\r\n\r\n",
+    "stream": b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+    "error": b"POST /v1/thing HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    "no route": b"GET /v1/nope HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+async def serve_things(nursery: trio.Nursery, header_timeout: float) -> str:
+    """An app with the routes `ANSWERS` asks for, served in ``nursery``; its URL."""
+    app = create_app("test")
+
+    @app.get("/v1/thing")
+    async def thing() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/v1/thing")
+    async def bad_thing() -> Response:
+        await request.get_data()
+        raise UsageError("bad thing")
+
+    @app.get("/v1/stream")
+    async def stream() -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: one\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return Response(events(), mimetype="text/event-stream")
+
+    serving = functools.partial(
+        serve, app, "127.0.0.1", 0, shutdown=trio.sleep_forever, header_timeout=header_timeout
+    )
+    url: str = await nursery.start(serving)
+    return url
+
+
+@pytest.mark.parametrize("answer", ANSWERS)
+async def test_a_connection_the_client_closes_after_its_answer_is_closed_at_once(
+    nursery: trio.Nursery, answer: str
+) -> None:
+    # The keep-alive timeout is far longer than the wait below: only the client's close ends it.
+    url = await serve_things(nursery, header_timeout=600)
+    connection, status = await answered_connection(url, ANSWERS[answer])
+    assert status.startswith(b"HTTP/1.1 "), status
+    async with connection:
+        # The answer is out before the server's own bookkeeping for a next request is done:
+        # close once it is, idle, as a client that does not share the server's loop mostly does.
+        await trio.testing.wait_all_tasks_blocked()
+        await connection.send_eof()
+        with trio.fail_after(10):
+            assert await connection.receive_some(100) == b""
 
 
 async def test_the_shutdown_trigger_keeps_a_signal_sent_before_it_is_awaited() -> None:

@@ -27,7 +27,9 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -207,6 +209,27 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
+
+
+class _Connection(TCPServer):
+    """hypercorn's trio connection, closed as soon as the client has closed its side.
+
+    hypercorn's own keeps its keep-alive timer running after the end of the client's data: a
+    connection the client closes while it is idle between requests (its response sent, no
+    request begun) stays open, its socket in CLOSE_WAIT with its file descriptor and tasks,
+    until the timer runs out (``keep_alive_timeout``).
+    """
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # Nothing more can arrive, so no idle wait is left to time: stopping the timer lets
+        # the connection's task group end, which closes the socket.
+        await self.idle_task.stop()
+
+
+# hypercorn's trio worker makes each connection from this name, read at each `serve`; it takes
+# no connection class as a setting.
+hypercorn_run.TCPServer = _Connection  # type: ignore[attr-defined]
 
 
 async def serve(
