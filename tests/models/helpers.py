@@ -120,6 +120,9 @@ class Synthetic:
     chat_template: str = ""
     rope_factors: bool = False
     """LongRoPE's ``rope_factors_long``/``_short`` tensors (phi3 files with a long context)."""
+    table: Q | None = None
+    """The block type of the token table and an untied output projection, whatever
+    ``quantized`` says of the other matrices."""
 
     @property
     def vocab(self) -> int:
@@ -241,9 +244,11 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
 
 
 def _matrix_type(spec: Synthetic, name: str, cols: int) -> Q | None:
+    role = name.split(".")[-2]
+    if spec.table is not None and role in ("token_embd", "output"):
+        return spec.table
     if not spec.quantized:
         return None
-    role = name.split(".")[-2]
     kind = _MATRIX_TYPES[role]
     layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
     if role == "ffn_up" and layer % 2:

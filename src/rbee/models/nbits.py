@@ -41,6 +41,14 @@ class NBitsWeight:
     zero_points: npt.NDArray[np.uint8] | None  # 4 bits: [N, ceil(K/block / 2)]; 8: [N, K/block]
     residual: npt.NDArray[np.float32] | None  # [K/block, N]
 
+    def block_zero_points(self) -> npt.NDArray[np.uint8] | None:
+        """The zero point of each block ``[N, K/block]``, one a byte (``None``: the default),
+        as ``GatherBlockQuantized`` reads them for codes laid out ``[N, K/block, ...]``."""
+        if self.zero_points is None or self.bits == 8:
+            return self.zero_points
+        pairs = np.stack([self.zero_points & 0x0F, self.zero_points >> 4], axis=-1)
+        return np.ascontiguousarray(pairs.reshape(self.n, -1)[:, : self.k // self.block])
+
     def without_codes(self) -> NBitsWeight:
         """This weight with ``packed`` emptied (no rows): the small parts of a run of rows whose
         codes are written already, kept for `stack_rows`."""
