@@ -37,12 +37,12 @@ layer has one), ``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), 
 Q/K/V and one for gate/up. In the int4 and fp16 graphs every quantized matrix stays in its GGUF
 codes in ``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code
 widths run as one node each. A quantized token table is looked up in those same codes by
-``GatherBlockQuantized`` (``d * (q - zp)``), plus each block's residual ``r`` where the type has
-an offset: its GGUF rows, in float32 in every graph (the residual stream's type). A tied output
-projection reads the one initializer of codes (and the residual) the lookup reads. The fp32
-graph, and a float table in any graph, looks rows up in a float32 table. The vocabulary's
-matrices, a model's biggest, are converted and written in runs of rows (`_TABLE_ROWS`), never
-whole.
+``GatherBlockQuantized`` (``d * (q - zp)``, default zero points), plus each block's residual
+``r`` where the type has an offset: its GGUF rows, in float32 in every graph (the residual
+stream's type). A tied output projection reads the one initializer of codes the lookup reads.
+The fp32 graph, and a float table in any graph, looks rows up in a float32 table. The
+vocabulary's matrices, a model's biggest, are converted and written in runs of rows
+(`_TABLE_ROWS`), never whole.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from rbee.models.gguf_file import GgufModel, unpermute_rows
-from rbee.models.nbits import NBitsWeight, stack_rows, to_nbits
+from rbee.models.nbits import NBitsWeight, lookup_residual, stack_rows, to_nbits
 from rbee.models.quants import QuantBlocks, merge_rows
 
 __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
@@ -270,16 +270,15 @@ class _Builder:
         qweight = self.w.add(prefix + ".qweight", nb.packed)
         return self.nbits_node(x, self.nbits_inputs(prefix, qweight, nb))
 
-    def nbits_inputs(
-        self, prefix: str, qweight: str, nb: NBitsWeight, residual: str | None = None
-    ) -> _NBits:
+    def nbits_inputs(self, prefix: str, qweight: str, nb: NBitsWeight) -> _NBits:
         """MatMulNBits' initializers for the weight ``nb`` whose codes are the initializer
-        ``qweight`` (``nb.packed`` is not read): its scales, zero points and residual (unless
-        ``residual`` names it, written already) are written here."""
+        ``qweight`` (``nb.packed`` is not read): its scales, zero points and residual are
+        written here."""
         inputs = [qweight, self.floats(prefix + ".scales", nb.scales)]
         if nb.zero_points is not None:
             inputs.append(self.w.add(prefix + ".zero_points", nb.zero_points))
-        if nb.residual is not None and residual is None:
+        residual = None
+        if nb.residual is not None:
             residual = self.floats(prefix + ".residual", nb.residual)
         return _NBits(tuple(inputs), residual, nb.n, nb.k, nb.bits, nb.block)
 
@@ -326,15 +325,12 @@ class _Builder:
         tied = not self.model.has("output.weight")
         with self.float32():
             if self.packed and self.model.is_quantized(name):
-                qweight, nb = self.packed_rows(name, "token_embd")
-                residual = None
-                if nb.residual is not None:
-                    residual = self.floats("token_embd.residual", nb.residual)
+                qweight, nb, residual = self.packed_rows(name, "token_embd", lookup=True)
                 embedded = self.packed_lookup(ids, qweight, nb, residual)
                 if not tied:
                     return embedded, self.output_head("output.weight")
                 # The head's own initializers now, rather than the table's layout kept to the end.
-                weight = self.nbits_inputs("output", qweight, nb, residual)
+                weight = self.nbits_inputs("output", qweight, nb)
                 return embedded, lambda x: self.nbits_node(x, weight)
             table = self.float_table(name)
             embedded = self.node("Gather", [table, ids], ["embedded"], axis=0)[0]
@@ -342,19 +338,25 @@ class _Builder:
             return embedded, self.output_head("output.weight")
         return embedded, lambda x: self.table_head(x, table)
 
-    def packed_lookup(self, ids: str, qweight: str, nb: NBitsWeight, residual: str | None) -> str:
+    def packed_lookup(
+        self,
+        ids: str,
+        qweight: str,
+        nb: NBitsWeight,
+        residual: npt.NDArray[np.float32] | None,
+    ) -> str:
         """Rows ``ids`` of the weight ``nb`` whose codes are the initializer ``qweight``, as
-        float32: ``d * (q - zp)`` by GatherBlockQuantized, plus each block's residual ``r``
-        looked up in ``residual`` ``[K/block, N]`` (the output projection's, when tied)."""
+        float32: ``d * (q - zp)`` by GatherBlockQuantized with the default zero points, plus
+        each block's ``residual`` ``[N, K/block]`` (see `lookup_residual`).
+
+        Scales and residual are tables of their own, laid out as the lookup reads them: a
+        row's are contiguous, where the output projection's residual would spread a token's
+        over ``K/block`` pages of the mapped file."""
         blocks = nb.k // nb.block
         scales = self.floats("token_embd.scales", nb.scales.reshape(nb.n, blocks, 1))
-        inputs = [qweight, ids, scales]
-        zero_points = nb.block_zero_points()
-        if zero_points is not None:
-            inputs.append(self.w.add("token_embd.zero_points", zero_points.reshape(nb.n, -1, 1)))
         looked_up = self.node(
             "GatherBlockQuantized",
-            inputs,
+            [qweight, ids, scales],
             domain=MS,
             bits=nb.bits,
             block_size=nb.block,
@@ -362,9 +364,9 @@ class _Builder:
             quantize_axis=2,
         )[0]
         if residual is not None:
-            per_block = self.node("Gather", [residual, ids], axis=1)[0]
-            moved = self.node("Transpose", [per_block], perm=[1, 2, 0])[0]
-            broadcast = self.node("Unsqueeze", [moved, self.const([-1])])[0]
+            table = self.floats("token_embd.residual", residual)
+            per_block = self.node("Gather", [table, ids], axis=0)[0]
+            broadcast = self.node("Unsqueeze", [per_block, self.const([-1])])[0]
             looked_up = self.node("Add", [looked_up, broadcast])[0]
         return self.node("Reshape", [looked_up, self.const([0, 0, nb.k])], ["embedded"])[0]
 
@@ -378,24 +380,32 @@ class _Builder:
 
     def nbits_head(self, x: str, name: str) -> str:
         """``x @ W.T`` in MatMulNBits for quantized matrix ``name``."""
-        qweight, nb = self.packed_rows(name, "output")
+        qweight, nb, _ = self.packed_rows(name, "output")
         return self.nbits_node(x, self.nbits_inputs("output", qweight, nb))
 
-    def packed_rows(self, name: str, prefix: str) -> tuple[str, NBitsWeight]:
+    def packed_rows(
+        self, name: str, prefix: str, lookup: bool = False
+    ) -> tuple[str, NBitsWeight, npt.NDArray[np.float32] | None]:
         """Quantized matrix ``name``'s MatMulNBits codes as the initializer ``prefix.qweight``,
-        each run of rows written as it is converted, and the rest of its layout (scales, zero
-        points, residual: a few bytes a block), as `to_nbits` of the whole matrix makes them."""
+        each run of rows written as it is converted; the rest of its layout (scales, zero
+        points, residual: a few bytes a block), as `to_nbits` of the whole matrix makes them;
+        and with ``lookup`` its `lookup_residual`."""
         rows = self.model.rows(name)
         runs: list[NBitsWeight] = []
+        residuals: list[npt.NDArray[np.float32]] = []
 
         def codes() -> Iterator[npt.NDArray[np.uint8]]:
             for start in range(0, rows, _TABLE_ROWS):
-                nb = to_nbits(self.model.blocks(name, start, start + _TABLE_ROWS))
+                blocks = self.model.blocks(name, start, start + _TABLE_ROWS)
+                residual = lookup_residual(blocks) if lookup else None
+                if residual is not None:
+                    residuals.append(residual)
+                nb = to_nbits(blocks)
                 runs.append(nb.without_codes())
                 yield nb.packed
 
         qweight = self.w.add_rows(prefix + ".qweight", np.dtype(np.uint8), rows, codes())
-        return qweight, stack_rows(runs)
+        return qweight, stack_rows(runs), np.concatenate(residuals) if residuals else None
 
     def float_table(self, name: str) -> str:
         """Matrix ``name`` ``[rows, cols]`` as an initializer of the type being built, converted
