@@ -11,6 +11,12 @@ interpreter extracts its own listing (nothing of the others) into
 interpreter (so that later starts import ``.pyc`` even where ``PYTHONDONTWRITEBYTECODE`` is set) and
 renames it into place: a directory there is complete. Later starts only check that it exists (delete
 it to unpack again).
+
+Each start holds a shared lock on ``.<build>.use`` beside its directory for as long as the process
+runs, and sets that file's time. A start removes the other builds' directories that no process
+holds and that none started for `UNUSED_FOR_S` (an upgraded host keeps one build, not one for every
+file it ever ran); taking the lock exclusively first, so a process starting one of them meanwhile
+waits, and unpacks it again.
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ import platform
 import shutil
 import struct
 import sys
+import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["PAYLOAD", "cache_root", "extract", "payload", "run"]
+__all__ = ["PAYLOAD", "UNUSED_FOR_S", "cache_root", "extract", "hold", "payload", "prune", "run"]
 
 INFO = "rbee-pyz/build.json"
 PAYLOAD = "rbee-pyz/payload.zip"
 # A zip file's local header: 30 bytes, then the name and the extra field (lengths at 26 and 28).
 _LOCAL_HEADER = 30
+# How long an unpacked build that no process runs is kept after its last start.
+UNUSED_FOR_S = 7 * 24 * 3600.0
 
 
 def _fail(message: str) -> None:
@@ -116,6 +125,53 @@ def extract(archive: str, abi: str, target: Path) -> None:
         os.rename(scratch, target)
 
 
+_in_use: list[IO[str]] = []
+
+
+def _use_file(target: Path) -> Path:
+    return target.parent / f".{target.name}.use"
+
+
+def hold(target: Path) -> IO[str]:
+    """Mark the build unpacked (or to be unpacked) at ``target`` as run by this process until
+    the returned file is closed, and as started now."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    use = open(_use_file(target), "a")  # noqa: SIM115 (held for the life of the process)
+    fcntl.flock(use, fcntl.LOCK_SH)
+    os.utime(use.fileno())
+    return use
+
+
+def prune(root: Path, keep: str, now: float | None = None) -> list[str]:
+    """Remove the builds unpacked under ``root``, except ``keep``, that no process holds (see
+    `hold`) and that none started for `UNUSED_FOR_S`; return their names.
+
+    A directory without a use file (unpacked by an older bootstrap, which held no lock) is kept:
+    a process may run from it. Nothing here stops a start: a build that cannot be removed stays.
+    """
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    for target in sorted(root.iterdir()) if root.is_dir() else []:
+        use = _use_file(target)
+        if target.name == keep or target.name.startswith(".") or not use.exists():
+            continue
+        try:
+            if now - use.stat().st_mtime < UNUSED_FOR_S:
+                continue
+            with open(use, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a process runs from it
+                trash = root / f".{target.name}.removed.{os.getpid()}"
+                os.rename(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                removed.append(target.name)
+        except OSError:
+            continue
+    return removed
+
+
 def run(archive: str) -> None:
     """Start rbee from ``archive`` under the running (already accepted) interpreter."""
     # The zip importer that loaded this module has read the archive's directory already. It
@@ -137,8 +193,11 @@ def run(archive: str) -> None:
             f"{sys.version.split()[0]} at {sys.executable}"
         )
     target = cache_root() / f"{info['build_id']}-{abi}"
+    # Held, not closed, until the process ends.
+    _in_use.append(hold(target))
     if not target.is_dir():
         extract(archive, abi, target)
+    prune(target.parent, target.name)
     # Before the interpreter's own site-packages, so that a host's packages never shadow ours.
     first_site = next((i for i, p in enumerate(sys.path) if p.endswith("-packages")), len(sys.path))
     sys.path.insert(first_site, str(target))

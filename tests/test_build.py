@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import queue
@@ -17,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +27,7 @@ import pytest
 
 from rbee import __version__, pythons
 from rbee.models.importer import DEFAULT_MODEL
+from tests.test_bootstrap import load_bootstrap, unpacked_build
 
 ROOT = Path(__file__).resolve().parent.parent
 PYENV = Path("/root/.pyenv/versions")
@@ -116,6 +117,16 @@ def test_a_worker_from_the_pyz_answers_a_prompt_under_each_python(
     assert "Paris" in text
 
 
+def test_a_start_removes_an_unpacked_build_unused_for_a_week(pyz: Path, unpacked: Path) -> None:
+    stale = unpacked_build(unpacked, "0123456789abcdef-cp311", started_days_ago=8)
+    answered = run(interpreter("3.11"), pyz, "--version", root=unpacked)
+    assert answered.returncode == 0, answered.stderr
+    assert not stale.exists()
+    (own,) = [p for p in unpacked.glob(".*-cp311.use") if p.name != f".{stale.name}.use"]
+    assert time.time() - own.stat().st_mtime < 600
+    assert (unpacked / own.name[1:].removesuffix(".use")).is_dir()
+
+
 def test_python_39_gets_one_line_and_unpacks_nothing(pyz: Path, tmp_path: Path) -> None:
     python = interpreter("3.9")
     refused = run(python, pyz, "--version", root=tmp_path / "root")
@@ -155,11 +166,7 @@ def test_pyz_copied_alone_runs_as_a_program(pyz: Path, unpacked: Path, tmp_path:
 @contextlib.contextmanager
 def opened(pyz: Path) -> Iterator[tuple[zipfile.ZipFile, zipfile.ZipFile]]:
     """``pyz`` and the payload archive inside it, as the bootstrap reads them."""
-    spec = importlib.util.spec_from_file_location("_rbee_boot", ROOT / "build" / "bootstrap.py")
-    assert spec is not None
-    assert spec.loader is not None
-    boot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(boot)
+    boot = load_bootstrap()
     with pyz.open("rb") as file, zipfile.ZipFile(file) as outer, boot.payload(outer, file) as inner:
         yield outer, inner
 

@@ -10,7 +10,7 @@ import pytest
 from rbee.models.importer import default_model_path
 from rbee.models.store import ModelStore
 from tests.helpers import run_rbee
-from tests.models.helpers import write_tiny_gguf
+from tests.models.helpers import Synthetic, write_synthetic_gguf, write_tiny_gguf
 
 
 @pytest.mark.slow
@@ -70,6 +70,29 @@ def test_models_dir_defaults_to_the_worker_setting(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert ModelStore(store).get("smollm2-135m-instruct.q4_1").precisions == ["fp16"]
+
+
+@pytest.mark.parametrize(
+    ("options", "built"),
+    [
+        ((), ["int4", "fp16"]),
+        (("--precision", "fp32", "--precision", "int4"), ["int4", "fp32"]),
+        (("--precision", "all"), ["int4", "fp32", "fp16"]),
+    ],
+)
+def test_import_builds_the_packed_graphs_unless_told(
+    tmp_path: Path, options: tuple[str, ...], built: list[str]
+) -> None:
+    """fp32, 4-8 times the file's size, is built only on request."""
+    spec = Synthetic(arch="llama", layers=1, kv_heads=2, head_dim=16, context=32)
+    source = write_synthetic_gguf(tmp_path / "m.gguf", spec)
+    store = tmp_path / "store"
+    result = run_rbee("model", "import", str(source), "--models-dir", str(store), *options)
+    assert result.returncode == 0, result.stderr
+    assert ModelStore(store).get("m").precisions == built
+    assert sorted(p.name for p in (store / "m").glob("*.onnx")) == sorted(
+        f"model.{p}.onnx" for p in built
+    )
 
 
 def test_bad_precision_is_a_usage_error(tmp_path: Path) -> None:

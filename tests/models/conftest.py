@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee.models.importer import import_gguf
+from rbee.models.importer import PRECISIONS, import_gguf
 from rbee.models.store import Manifest, ModelStore
 from tests.models.reference_data import GEMMA, gemma_gguf
 
@@ -20,6 +20,6 @@ def gemma(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
     )
     source = gemma_gguf(tmp_path_factory.mktemp("gemma-gguf"))
     root = tmp_path_factory.mktemp("gemma-store")
-    manifest = import_gguf(ModelStore(root), source, name=GEMMA)
+    manifest = import_gguf(ModelStore(root), source, name=GEMMA, precisions=PRECISIONS)
     source.unlink()
     return root, manifest

@@ -11,7 +11,7 @@ import pytest
 
 from rbee.errors import ModelError
 from rbee.models.gguf_file import open_gguf
-from rbee.models.importer import import_gguf
+from rbee.models.importer import PRECISIONS, import_gguf
 from rbee.models.store import ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.worker.engine import Engine
@@ -114,7 +114,9 @@ def test_chat_template_from_the_file_the_architecture_or_none(
     tmp_path: Path, spec: Synthetic, source: str
 ) -> None:
     store = ModelStore(tmp_path / "store")
-    manifest = import_gguf(store, write_synthetic_gguf(tmp_path / "m.gguf", spec), name="m")
+    manifest = import_gguf(
+        store, write_synthetic_gguf(tmp_path / "m.gguf", spec), name="m", precisions=PRECISIONS
+    )
     assert manifest.chat_template_source == source
     tokenizer = ModelTokenizer.load(store.dir("m"), manifest)
     if source == "none":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbee.models.importer import DEFAULT_MODEL, import_gguf
+from rbee.models.importer import DEFAULT_MODEL, PRECISIONS, import_gguf
 from rbee.models.store import Manifest, ModelStore
 from rbee.models.tokenizer import ModelTokenizer
 from rbee.worker.engine import Engine
@@ -154,7 +154,7 @@ def test_synthetic_models_match_llama_cpp_logits(tmp_path: Path, name: str) -> N
     expected = np.array(ref["logits"], np.float32)
     scale = float(np.abs(expected).max())
     store = ModelStore(tmp_path / "store")
-    manifest = import_gguf(store, path, name=name)
+    manifest = import_gguf(store, path, name=name, precisions=PRECISIONS)
     # With float weights llama.cpp computes in float too; with block-quantized ones it rounds
     # activations to 8 bits (up to 2% of the logits' scale here), rbee's int4 graph too for
     # its 8-bit codes.

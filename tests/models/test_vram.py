@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from rbee.config import WorkerConfig
 from rbee.errors import ModelError
-from rbee.models.importer import import_gguf
+from rbee.models.importer import PRECISIONS, import_gguf
 from rbee.models.store import Manifest, ModelStore, describe_files
 from rbee.models.vram import (
     ACTIVATION_FRACTION,
@@ -35,7 +35,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]
     root = tmp_path_factory.mktemp("vram")
     source = write_synthetic_gguf(root / "syn.gguf", SPEC)
     store = ModelStore(root / "store")
-    manifest = import_gguf(store, source, name="syn")
+    manifest = import_gguf(store, source, name="syn", precisions=PRECISIONS)
     return store.dir("syn"), manifest
 
 

@@ -26,12 +26,12 @@ def model() -> None:
 @click.option("--name", help="Name in the store (default: from the file name).")
 @click.option(
     "--precision",
+    "precision",
     type=click.Choice(["int4", "fp16", "fp32", "all"]),
-    default="all",
-    show_default=True,
-    help="Graphs to build: int4 keeps the GGUF's quantized weights (the CPU's default), fp16 "
-    "keeps them too with half-precision activations (the GPU's default), fp32 is the exact "
-    "reference.",
+    multiple=True,
+    help="A graph to build (repeat for more; default: int4 and fp16): int4 keeps the GGUF's "
+    "quantized weights (the CPU's default), fp16 keeps them too with half-precision activations "
+    "(the GPU's default), fp32 is the exact reference (4-8 times the file's size).",
 )
 @click.option(
     "--models-dir",
@@ -40,16 +40,19 @@ def model() -> None:
 )
 @pass_context
 def import_(
-    ctx: Context, file: Path, name: str | None, precision: str, models_dir: Path | None
+    ctx: Context, file: Path, name: str | None, precision: tuple[str, ...], models_dir: Path | None
 ) -> None:
     """Convert a GGUF FILE (llama, qwen2, qwen3, gemma3 or phi3) into this machine's model store."""
-    from rbee.models.importer import PRECISIONS, import_gguf, name_from_path
+    from rbee.models.importer import DEFAULT_PRECISIONS, PRECISIONS, import_gguf, name_from_path
     from rbee.models.store import ModelStore
 
     root = models_dir or ctx.config.models_dir(ctx.config.worker.models_dir)
     store = ModelStore(root)
     label = f"importing {name or name_from_path(file)}"
-    precisions = PRECISIONS if precision == "all" else (precision,)
+    if "all" in precision:
+        precisions: tuple[str, ...] = PRECISIONS
+    else:
+        precisions = tuple(p for p in PRECISIONS if p in precision) or DEFAULT_PRECISIONS
     manifest = import_gguf(
         store, file, name=name, precisions=precisions, progress=ProgressBar(label)
     )

@@ -354,7 +354,7 @@ async def import_gguf(
     is still worth finishing. ``name`` is in ``claims`` from the first step of this generator until
     the conversion ends, however the generator is closed.
     """
-    from rbee.models.importer import PRECISIONS
+    from rbee.models.importer import DEFAULT_PRECISIONS
     from rbee.models.importer import import_gguf as convert
 
     validate_name(name)
@@ -376,7 +376,7 @@ async def import_gguf(
                     store,
                     source.path,
                     name=name,
-                    precisions=precisions or PRECISIONS,
+                    precisions=precisions or DEFAULT_PRECISIONS,
                     progress=progress,
                 ),
                 abandon_on_cancel=True,

@@ -31,6 +31,7 @@ from rbee.models.tokenizer import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_PRECISIONS",
     "PRECISIONS",
     "Progress",
     "default_model_path",
@@ -46,6 +47,10 @@ _DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each step of an import."""
+
+DEFAULT_PRECISIONS = ("int4", "fp16")
+"""The graphs an import builds unless told: the CPU's and a GPU's, both about the GGUF's size.
+fp32, the exact reference, takes 4-8 times that (32 GB for an 8B model) and is built on request."""
 
 
 def default_model_path() -> Path:
@@ -76,7 +81,7 @@ def import_gguf(
     path: Path,
     *,
     name: str | None = None,
-    precisions: Sequence[str] = PRECISIONS,
+    precisions: Sequence[str] = DEFAULT_PRECISIONS,
     progress: Progress | None = None,
 ) -> Manifest:
     """Import the GGUF at ``path`` as model ``name`` (default: from the file name) into ``store``.

@@ -129,7 +129,7 @@ Precision = Literal["int4", "fp16", "fp32"]
 
 
 class PullRequest(Struct, frozen=True, kw_only=True):
-    """Install model ``name`` from ``source``, with the graphs ``precisions`` (empty: all).
+    """Install model ``name`` from ``source``, with the graphs ``precisions``.
 
     ``source`` is a local model directory (with its ``rbee-model.toml``), a local ``.gguf`` file
     (imported: converted to ONNX on this host), the http(s) URL of a peer's store
@@ -137,8 +137,9 @@ class PullRequest(Struct, frozen=True, kw_only=True):
     queen the hive reports to, at the address the hive reaches it by (the queen cannot know which
     of its addresses a hive can reach). Expected sizes and sha256 come from the source's manifest.
 
-    A ``.gguf`` source builds the graphs ``precisions``; a model source sends only their files
-    (a GPU host needs only ``fp16``) and is refused if it lacks one.
+    A ``.gguf`` source builds the graphs ``precisions`` (empty: int4 and fp16); a model source
+    sends only their files (a GPU host needs only ``fp16``; empty: every graph it has) and is
+    refused if it lacks one.
     """
 
     name: Annotated[str, Meta(min_length=1, max_length=80)]
