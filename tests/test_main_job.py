@@ -82,7 +82,8 @@ def running_cluster(root: Path, model_store: Path) -> Iterator[Cluster]:
     # small fabricated model for the pull test.
     store = root / "queen-models"
     link_default_model(store, model_store)
-    make_model(store / "tiny", "tiny", {"model.int4.onnx": 300_000, "tokenizer.json": 2_000})
+    sizes = {"model.int4.onnx": 300_000, "model.fp16.onnx": 200_000, "tokenizer.json": 2_000}
+    make_model(store / "tiny", "tiny", sizes, precisions=("int4", "fp16"))
     env = environment(root)
     stderr = root / "queen.err"
     argv = [*RBEE, "queen", "--port", "0", "--db", str(root / "q.db")]
@@ -184,6 +185,11 @@ def test_keeper_worker_commands(cluster: Cluster) -> None:
     bad = cluster.rbee("worker", "spawn", "--hive", "local", "--model", "absent-model")
     assert bad.returncode == 1
     assert "is not on hive local" in bad.stderr
+    no_graph = cluster.rbee(
+        "worker", "spawn", "--hive", "local", "--model", "tiny", "--precision", "fp32"
+    )
+    assert (no_graph.returncode, no_graph.stderr.count("\n")) == (1, 1)
+    assert "model tiny has no fp32 graph (has: int4, fp16)" in no_graph.stderr
 
     models = cluster.rbee_json("model", "list", "--hive", "local")
     assert [m["name"] for m in models[0]["models"]] == [DEFAULT_MODEL, "tiny"]
@@ -247,12 +253,24 @@ def test_pull_to_a_second_hive_and_its_death(own_cluster: Cluster, model_store: 
 
         eventually_sync(online, 10, "second hive online")
 
+        # A GPU host's workers need the fp16 graph only; one the store lacks is refused at once.
+        gpu = cluster.rbee("model", "pull", "tiny", "--hive", "second", "--precision", "fp16")
+        assert gpu.returncode == 0, gpu.stderr
+        assert "tiny/model.fp16.onnx: 100%" in gpu.stderr
+        assert sorted(p.name for p in (other / "tiny").glob("*.onnx")) == ["model.fp16.onnx"]
+        assert cluster.rbee("model", "rm", "tiny", "--hive", "second").returncode == 0
+        absent = cluster.rbee("model", "pull", "tiny", "--hive", "second", "--precision", "fp32")
+        assert absent.returncode == 1
+        assert absent.stderr.count("\n") == 1
+        assert "model tiny has no fp32 graph (has: int4, fp16)" in absent.stderr
+        assert not (other / "tiny").exists()
+
         pulled = cluster.rbee("model", "pull", "tiny", "--hive", "second")
         assert pulled.returncode == 0, pulled.stderr
         assert "pulled tiny onto hive second" in pulled.stdout
         assert "sha256 verified" in pulled.stdout
         assert "tiny/model.int4.onnx: 100%" in pulled.stderr
-        for name in ("model.int4.onnx", "tokenizer.json"):
+        for name in ("model.int4.onnx", "model.fp16.onnx", "tokenizer.json"):
             assert sha256_file(other / "tiny" / name) == sha256_file(cluster.store / "tiny" / name)
         listed = cluster.rbee_json("model", "list", "--hive", "second")
         assert "tiny" in [m["name"] for m in listed[0]["models"]]

@@ -21,7 +21,8 @@ from rbee.models.importer import (
     name_from_path,
 )
 from rbee.models.store import Manifest, ModelStore
-from rbee.wire.hive import FileEntry, Precision
+from rbee.wire.hive import FileEntry
+from rbee.wire.worker import Precision
 from tests.models.helpers import Synthetic, write_synthetic_gguf, write_tiny_gguf
 
 

@@ -206,12 +206,29 @@ async def test_a_model_the_hive_lacks_is_pulled_from_the_queens_store_first(
     hives.store = ModelStore(tmp_path / "store")
     hives.registry.heartbeat(beat([], models=["other"]))
     await hives.spawn("h1", "new", "cpu")
-    assert fake_hive.pulls == [{"name": "new", "source": "queen:"}]
+    assert fake_hive.pulls == [{"name": "new", "source": "queen:", "precisions": ["int4"]}]
     assert fake_hive.calls == [("POST", "/v1/models/pull"), ("POST", "/v1/workers")]
     # The default model is imported by the worker itself: no pull.
     fake_hive.calls.clear()
     await hives.spawn("h1", DEFAULT_MODEL, "cpu")
     assert fake_hive.calls == [("POST", "/v1/workers")]
+
+
+async def test_a_gpu_workers_pull_takes_the_fp16_graph_only(
+    hives: Hives, fake_hive: FakeHive, tmp_path: Path
+) -> None:
+    sizes = {"model.int4.onnx": 5, "model.fp16.onnx": 5}
+    make_model(tmp_path / "store" / "both", "both", sizes, precisions=("int4", "fp16"))
+    make_model(tmp_path / "store" / "cpu-only", "cpu-only", {"model.int4.onnx": 5})
+    hives.store = ModelStore(tmp_path / "store")
+    hives.registry.heartbeat(beat([], models=["other"]))
+    await hives.spawn("h1", "both", "cuda:0")
+    assert fake_hive.pulls == [{"name": "both", "source": "queen:", "precisions": ["fp16"]}]
+    # Refused before anything is sent: the store has no graph such a worker could run.
+    fake_hive.calls.clear()
+    with pytest.raises(ModelError, match=r"model cpu-only has no fp16 graph \(has: int4\)"):
+        await hives.spawn("h1", "cpu-only", "cuda:0")
+    assert fake_hive.calls == []
 
 
 async def test_a_just_spawned_worker_survives_a_heartbeat_built_before_it(

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -98,15 +99,24 @@ def list_(ctx: Context, hive: str | None, as_json: bool) -> None:
 @model.command()
 @click.argument("name")
 @click.option("--hive", required=True, help="The hive to install it on.")
+@click.option(
+    "--precision",
+    "precision",
+    type=click.Choice(["int4", "fp16", "fp32"]),
+    multiple=True,
+    help="A graph to install (repeat for more; default: every graph the queen's store has): a "
+    "GPU host's workers need fp16 only, a CPU host's int4.",
+)
 @queen_options
 @pass_context
-def pull(ctx: Context, name: str, hive: str) -> None:
+def pull(ctx: Context, name: str, hive: str, precision: tuple[str, ...]) -> None:
     """Install model NAME on HIVE from the queen's own store (resumable, sha256-checked)."""
     from rbee.wire.hive import Importing, Pulled, PullProgress
+    from rbee.wire.worker import Precision
 
     bars: dict[str, ProgressBar] = {}
     with ctx.client() as queen:
-        for event in queen.pull(hive, name):
+        for event in queen.pull(hive, name, cast("tuple[Precision, ...]", precision)):
             if isinstance(event, PullProgress):
                 bar = bars.setdefault(event.file, ProgressBar(f"{name}/{event.file}"))
                 bar(event.done, event.total)

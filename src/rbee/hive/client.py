@@ -7,7 +7,7 @@ with ``[ERROR]``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import httpx
 import msgspec
@@ -92,9 +92,12 @@ class HiveClient:
         body = await self._request("DELETE", f"/v1/models/{name}", "remove model")
         return wire.decode(body, ModelRemoved)
 
-    async def pull(self, name: str, source: str) -> AsyncGenerator[PullEvent, None]:
-        """Pull ``name`` from ``source``; yields progress, ends after `rbee.wire.hive.Pulled`."""
-        body = wire.encode({"name": name, "source": source})
+    async def pull(
+        self, name: str, source: str, precisions: Sequence[str] = ()
+    ) -> AsyncGenerator[PullEvent, None]:
+        """Pull ``name`` from ``source`` with the graphs ``precisions`` (empty: the hive's
+        default); yields progress, ends after `rbee.wire.hive.Pulled`."""
+        body = wire.encode({"name": name, "source": source, "precisions": list(precisions)})
         with translate_errors("hive", self.url):
             async with self.client.stream(
                 "POST", f"{self.url}/v1/models/pull", headers=self.headers, content=body

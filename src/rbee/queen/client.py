@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -55,7 +55,7 @@ from rbee.wire.queen import (
     WorkerSpawn,
     WorkerStatus,
 )
-from rbee.wire.worker import Finished, StreamEvent, Token, stream_event_decoder
+from rbee.wire.worker import Finished, Precision, StreamEvent, Token, stream_event_decoder
 
 __all__ = ["LONG_TIMEOUT_S", "RECONNECTS", "QueenClient"]
 
@@ -306,10 +306,13 @@ class QueenClient:
             ModelRemoved,
         )
 
-    def pull(self, hive: str, model: str) -> Iterator[PullEvent]:
-        """The hive's progress while it pulls ``model`` from the queen's store."""
+    def pull(
+        self, hive: str, model: str, precisions: Sequence[Precision] = ()
+    ) -> Iterator[PullEvent]:
+        """The hive's progress while it pulls ``model`` from the queen's store (the graphs
+        ``precisions``; empty: all)."""
         what = f"pulling {model} onto hive {hive}"
-        body = wire.encode(ModelPullRequest(model=model))
+        body = wire.encode(ModelPullRequest(model=model, precisions=list(precisions)))
         outcome: str | None = None
         path = f"/v1/hives/{hive}/models/pull"
         with self._stream(path, what, body, LONG_TIMEOUT_S) as (_, events):

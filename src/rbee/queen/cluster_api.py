@@ -39,7 +39,13 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
     async def spawn_worker() -> Response:
         req = wire.decode(await request.get_data(), WorkerSpawn)
         client = hives.client(req.hive, long=req.wait)
-        spawn = SpawnRequest(model=req.model, device=req.device, wait=req.wait, pinned=req.pinned)
+        spawn = SpawnRequest(
+            model=req.model,
+            device=req.device,
+            precision=req.precision,
+            wait=req.wait,
+            pinned=req.pinned,
+        )
         status = await client.spawn(spawn)
         registry.add_worker(req.hive, status)
         return json_response(status, status=201 if req.wait else 202)
@@ -63,8 +69,9 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
     async def pull_model(name: str) -> Response:
         wire.check_name(name, "name")
         req = wire.decode(await request.get_data(), ModelPullRequest)
-        hives.check_pull(name, req.model)
-        return Response(pull_stream(hives.pull(name, req.model)), headers=sse.SSE_HEADERS)
+        hives.check_pull(name, req.model, req.precisions)
+        pulled = hives.pull(name, req.model, req.precisions)
+        return Response(pull_stream(pulled), headers=sse.SSE_HEADERS)
 
 
 async def started(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[PullEvent, None]:

@@ -15,7 +15,7 @@ the idle workers of the least recently used model on that hive are retired first
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 import httpx
 import trio
@@ -23,7 +23,7 @@ import trio
 from rbee.errors import ApiError, ModelNotFoundError, NotFoundError, RbeeError, UsageError
 from rbee.hive.client import HiveClient
 from rbee.log import kv
-from rbee.models.importer import DEFAULT_MODEL
+from rbee.models import DEFAULT_MODEL, default_precision
 from rbee.models.store import ModelStore, validate_name
 from rbee.queen.registry import Registry
 from rbee.wire.hive import QUEEN_STORE, PullEvent, SpawnRequest, WorkerRetired
@@ -94,7 +94,8 @@ class Hives:
         record = self.registry.hive(hive)
         assert record is not None
         if model not in record.heartbeat.models and model != DEFAULT_MODEL:
-            async for _ in self.pull(hive, model):
+            # The graph the worker runs, not every one the store has (a GPU host needs fp16).
+            async for _ in self.pull(hive, model, [default_precision(device)]):
                 pass
         await self.relieve_pressure(hive)
         status = await client.spawn(SpawnRequest(model=model, device=device, wait=True))
@@ -110,8 +111,9 @@ class Hives:
         except UsageError:  # not a valid store name: no store has it
             return False
 
-    def check_pull(self, hive: str, model: str) -> HiveClient:
-        """A client for ``hive`` if ``model`` can be pulled there from the queen's store."""
+    def check_pull(self, hive: str, model: str, precisions: Sequence[str] = ()) -> HiveClient:
+        """A client for ``hive`` if ``model`` can be pulled there from the queen's store, with
+        the graphs ``precisions`` (empty: all it has)."""
         client = self.client(hive, long=True)
         validate_name(model)
         if self.store is None or not self.store.has(model):
@@ -119,12 +121,16 @@ class Hives:
                 f"model {model!r} is neither on hive {hive} nor in the queen's store: import it "
                 "on the queen's host ('rbee model import FILE.gguf') or on the hive"
             )
+        self.store.get(model).with_precisions(precisions)
         return client
 
-    async def pull(self, hive: str, model: str) -> AsyncGenerator[PullEvent, None]:
-        """Install ``model`` on ``hive`` from the queen's own store; yield the hive's progress."""
-        client = self.check_pull(hive, model)
-        async for event in client.pull(model, QUEEN_STORE):
+    async def pull(
+        self, hive: str, model: str, precisions: Sequence[str] = ()
+    ) -> AsyncGenerator[PullEvent, None]:
+        """Install ``model`` on ``hive`` from the queen's own store (the graphs ``precisions``;
+        empty: all); yield the hive's progress."""
+        client = self.check_pull(hive, model, precisions)
+        async for event in client.pull(model, QUEEN_STORE, precisions):
             yield event
 
     async def retire(self, worker_id: str) -> WorkerRetired:

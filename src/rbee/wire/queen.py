@@ -20,7 +20,13 @@ import msgspec
 from msgspec import Meta, Struct
 
 from rbee.wire import NAME_PATTERN
-from rbee.wire.worker import ChatMessage, InferenceRequest, SamplingParams, sampling_fields
+from rbee.wire.worker import (
+    ChatMessage,
+    InferenceRequest,
+    Precision,
+    SamplingParams,
+    sampling_fields,
+)
 
 __all__ = [
     "AttemptRecord",
@@ -423,20 +429,24 @@ class WorkerSpawn(Struct, frozen=True, kw_only=True):
     """Start a worker for ``model`` on hive ``hive``; ``wait`` answers once it is ready.
 
     A ``pinned`` worker (the default for a worker started by hand) is never retired for being
-    idle or to free memory, only by name.
+    idle or to free memory, only by name. ``precision``: the graph it runs (default: the
+    hive's setting, else fp16 on a GPU and int4 on the CPU).
     """
 
     hive: Name
     model: Annotated[str, Meta(min_length=1, max_length=80)]
     device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
+    precision: Precision | None = None
     wait: bool = False
     pinned: bool = True
 
 
 class ModelPullRequest(Struct, frozen=True, kw_only=True):
-    """Install ``model`` from the queen's store on the hive named in the path."""
+    """Install ``model`` from the queen's store on the hive named in the path, with the graphs
+    ``precisions`` only (empty: every graph the store has; a GPU host needs only ``fp16``)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=80)]
+    precisions: Annotated[list[Precision], Meta(max_length=3)] = []
 
 
 # --- API keys: ``POST /v1/keys`` (`KeyCreate` -> `KeyCreated`), ``GET /v1/keys`` (`KeyList`),

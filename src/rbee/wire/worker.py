@@ -27,6 +27,7 @@ __all__ = [
     "Health",
     "InferenceAccepted",
     "InferenceRequest",
+    "Precision",
     "Resume",
     "SamplingParams",
     "Started",
@@ -39,6 +40,9 @@ __all__ = [
     "sampling_fields",
     "stream_event_decoder",
 ]
+
+Precision = Literal["int4", "fp16", "fp32"]
+"""A graph of a model (`rbee.models.graph.PRECISIONS`)."""
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
