@@ -185,6 +185,11 @@ def test_keeper_worker_commands(cluster: Cluster) -> None:
     bad = cluster.rbee("worker", "spawn", "--hive", "local", "--model", "absent-model")
     assert bad.returncode == 1
     assert "is not on hive local" in bad.stderr
+    no_graph = cluster.rbee(
+        "worker", "spawn", "--hive", "local", "--model", "tiny", "--precision", "fp32"
+    )
+    assert (no_graph.returncode, no_graph.stderr.count("\n")) == (1, 1)
+    assert "model tiny has no fp32 graph (has: int4, fp16)" in no_graph.stderr
 
     models = cluster.rbee_json("model", "list", "--hive", "local")
     assert [m["name"] for m in models[0]["models"]] == [DEFAULT_MODEL, "tiny"]

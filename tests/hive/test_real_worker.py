@@ -93,8 +93,12 @@ async def test_real_worker_supervised_end_to_end(
         assert (retired.exit_code, retired.killed) == (0, False)
         assert gone(first.pid)
 
-        response = await client.post("/v1/workers", json={"model": DEFAULT_MODEL, "wait": True})
+        # A spawn may name the graph: the worker runs that one, not its device's default.
+        body = {"model": DEFAULT_MODEL, "wait": True, "precision": "fp16"}
+        response = await client.post("/v1/workers", json=body)
         second = wire.decode(response.content, WorkerStatus)
+        info = wire.decode((await client.get(f"{second.url}/v1/info")).content, WorkerInfo)
+        assert (info.precision, info.device) == ("fp16", "cpu")
         killed_at = trio.current_time()
         os.kill(second.pid, signal.SIGKILL)
         await queen.wait_for(lambda: bool(queen.exits), within=1.0)

@@ -179,6 +179,8 @@ async def test_heartbeats_decode_and_carry_host_and_workers(
         ({"model": MODEL, "device": "tpu"}, 400, "invalid device"),
         ({"model": MODEL, "slots": 0}, 400, "slots"),
         ({"device": "cpu"}, 400, "model"),
+        ({"model": MODEL, "precision": "int8"}, 400, "precision"),
+        ({"model": MODEL, "precision": "fp32"}, 422, "model tiny has no fp32 graph (has: int4)"),
     ],
 )
 async def test_spawn_refuses_bad_input(

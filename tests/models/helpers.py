@@ -120,6 +120,9 @@ class Synthetic:
     chat_template: str = ""
     rope_factors: bool = False
     """LongRoPE's ``rope_factors_long``/``_short`` tensors (phi3 files with a long context)."""
+    table: Q | None = None
+    """The block type of the token table and an untied output projection, whatever
+    ``quantized`` says of the other matrices."""
 
     @property
     def vocab(self) -> int:
@@ -241,9 +244,11 @@ def write_synthetic_gguf(path: Path, spec: Synthetic, seed: int = 0) -> Path:
 
 
 def _matrix_type(spec: Synthetic, name: str, cols: int) -> Q | None:
+    role = name.split(".")[-2]
+    if spec.table is not None and role in ("token_embd", "output"):
+        return spec.table
     if not spec.quantized:
         return None
-    role = name.split(".")[-2]
     kind = _MATRIX_TYPES[role]
     layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
     if role == "ffn_up" and layer % 2:
@@ -392,13 +397,17 @@ class LlamaShape:
 
 
 def write_llama_shaped_gguf(
-    path: Path, shape: LlamaShape, kind: Q = Q.Q8_0, embedding: Q = Q.Q8_0
+    path: Path,
+    shape: LlamaShape,
+    kind: Q = Q.Q8_0,
+    embedding: Q = Q.Q8_0,
+    output: Q | None = None,
 ) -> Path:
-    """A llama GGUF of ``shape`` with random Q8_0 or Q4_0 blocks (``embedding`` for the token
-    table, ``kind`` for the rest), written one tensor at a time (memory stays one matrix,
-    whatever the size); a byte-level vocabulary padded with plain tokens that spell their own
-    names (a random model picks them, and a control token would print nothing), the first one
-    the end of text."""
+    """A llama GGUF of ``shape`` with random blocks (``embedding`` for the token table,
+    ``output`` for an untied output projection, ``None``: tied; ``kind`` for the rest), written
+    one tensor at a time (memory stays one matrix, whatever the size); a byte-level vocabulary
+    padded with plain tokens that spell their own names (a random model picks them, and a
+    control token would print nothing), the first one the end of text."""
     s = shape
     rng = np.random.default_rng(0)
     writer = GGUFWriter(str(path), "llama")
@@ -423,6 +432,8 @@ def write_llama_shaped_gguf(
         "token_embd.weight": (s.vocab, h),
         "output_norm.weight": (h,),
     }
+    if output is not None:
+        shapes["output.weight"] = (s.vocab, h)
     for i in range(s.layers):
         b = f"blk.{i}."
         shapes |= {
@@ -436,12 +447,15 @@ def write_llama_shaped_gguf(
             b + "ffn_up.weight": (s.ffn, h),
             b + "ffn_down.weight": (h, s.ffn),
         }
-    kinds = {name: embedding if name == "token_embd.weight" else kind for name in shapes}
+    kinds = {name: kind for name in shapes} | {"token_embd.weight": embedding}
+    if output is not None:
+        kinds["output.weight"] = output
     for name, dims in shapes.items():
         if len(dims) == 1:
             writer.add_tensor_info(name, dims, np.dtype(np.float32), dims[0] * 4)
         else:
-            byte_shape = (dims[0], dims[1] // 32 * GGML_QUANT_SIZES[kinds[name]][1])
+            values, size = GGML_QUANT_SIZES[kinds[name]]
+            byte_shape = (dims[0], dims[1] // values * size)
             nbytes = byte_shape[0] * byte_shape[1]
             writer.add_tensor_info(
                 name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=kinds[name]
@@ -453,11 +467,13 @@ def write_llama_shaped_gguf(
         if len(dims) == 1:
             writer.write_tensor_data(np.ones(dims, np.float32))
             continue
-        rows, blocks, size = dims[0], dims[1] // 32, GGML_QUANT_SIZES[kinds[name]][1]
+        values, size = GGML_QUANT_SIZES[kinds[name]]
+        rows, blocks = dims[0], dims[1] // values
         raw = rng.integers(0, 256, (rows, blocks, size), dtype=np.uint8)
         # Scales small enough that activations stay finite through every layer.
-        d = (rng.standard_normal((rows, blocks, 1)) * 0.02 / 64).astype(np.float16)
-        raw[..., 0:2] = d.view(np.uint8)
+        start, end = F16_FIELDS[kinds[name]]
+        d = rng.standard_normal((rows, blocks, (end - start) // 2)) * 0.02 / 64
+        raw[..., start:end] = d.astype(np.float16).view(np.uint8)
         writer.write_tensor_data(raw.reshape(rows, -1))
     writer.close()
     return path

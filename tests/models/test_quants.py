@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType, quants
 
 from rbee.models import graph
 from rbee.models.gguf_file import open_gguf
-from rbee.models.nbits import NBitsWeight, stack_rows, to_nbits
+from rbee.models.nbits import NBitsWeight, lookup_residual, stack_rows, to_nbits
 from rbee.models.quants import QUANT_TYPES, QuantBlocks, merge_rows, read_blocks
 from tests.models.helpers import F16_FIELDS, LlamaShape, random_blocks, write_llama_shaped_gguf
 
@@ -93,6 +93,24 @@ def test_matmulnbits_layout_keeps_the_values(kind: Q) -> None:
         np.testing.assert_allclose(nbits_values(blocks), exact, rtol=0, atol=scale * 1e-5)
 
 
+@pytest.mark.parametrize("kind", list(F16_FIELDS), ids=lambda k: k.name)
+def test_a_lookup_with_default_zero_points_and_a_residual_keeps_the_values(kind: Q) -> None:
+    """What the token table's lookup reads: ``d * (q - 2^(bits-1)) + r``, exact where the type
+    has no offset, else within float32 rounding of ``r``."""
+    blocks = read_blocks(kind, random_raw(kind, 13))
+    exact = blocks.dequantize()
+    zero = np.float32(1 << (blocks.bits - 1))
+    values = (blocks.q.astype(np.float32) - zero) * blocks.d[..., None]
+    residual = lookup_residual(blocks)
+    if residual is None:
+        assert blocks.m is None
+        np.testing.assert_array_equal(values.reshape(exact.shape), exact)
+    else:
+        assert residual.shape == blocks.d.shape
+        got = (values + residual[..., None]).reshape(exact.shape)
+        np.testing.assert_allclose(got, exact, rtol=0, atol=5e-7 * np.abs(exact).max())
+
+
 def test_rows_of_different_types_merge_into_one_matrix() -> None:
     parts = [read_blocks(k, random_raw(k, 7)) for k in (Q.Q4_0, Q.Q4_1, Q.Q4_K)]
     merged = merge_rows(parts)
@@ -143,8 +161,8 @@ def test_a_tied_head_of_many_runs_of_rows_holds_the_whole_matrix(tmp_path: Path)
     proto = onnx.load(tmp_path / "model.int4.onnx").graph
     values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.initializer}
     whole = to_nbits(model.blocks("token_embd.weight"))
-    np.testing.assert_array_equal(values["output.qweight"], whole.packed)
+    (head,) = [n for n in proto.node if n.op_type == "MatMulNBits" and "output.scales" in n.input]
+    np.testing.assert_array_equal(values[head.input[1]], whole.packed)
     np.testing.assert_array_equal(values["output.scales"], whole.scales)
-    (head,) = [n for n in proto.node if n.op_type == "MatMulNBits" and "output.qweight" in n.input]
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
     assert (attributes["N"], attributes["K"], attributes["bits"]) == (shape.vocab, 64, 4)

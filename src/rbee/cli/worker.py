@@ -11,6 +11,7 @@ import re
 import click
 
 from rbee.cli.common import Context, Group, json_option, pass_context, queen_options, token_option
+from rbee.wire.worker import Precision
 
 __all__ = ["worker"]
 
@@ -101,6 +102,11 @@ def daemon(
 @click.option("--model", "-m", required=True, help="The model to serve (in the hive's store).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda:N.")
 @click.option(
+    "--precision",
+    type=click.Choice(["int4", "fp16", "fp32"]),
+    help="The graph to run (default: the hive's setting, else fp16 on a GPU, int4 on the CPU).",
+)
+@click.option(
     "--wait/--no-wait",
     default=True,
     show_default=True,
@@ -117,14 +123,23 @@ def daemon(
 @queen_options
 @pass_context
 def spawn(
-    ctx: Context, hive: str, model: str, device: str, wait: bool, pin: bool, as_json: bool
+    ctx: Context,
+    hive: str,
+    model: str,
+    device: str,
+    precision: Precision | None,
+    wait: bool,
+    pin: bool,
+    as_json: bool,
 ) -> None:
     """Start a worker for MODEL on HIVE."""
     from rbee.cli.output import emit_json
     from rbee.wire.queen import WorkerSpawn
 
     with ctx.client() as queen:
-        request = WorkerSpawn(hive=hive, model=model, device=device, wait=wait, pinned=pin)
+        request = WorkerSpawn(
+            hive=hive, model=model, device=device, precision=precision, wait=wait, pinned=pin
+        )
         status = queen.spawn(request)
     if as_json:
         emit_json(status)

@@ -78,6 +78,8 @@ class Worker:
     retiring: bool = False
     pinned: bool = False
     provider: str = ""
+    # The graph it was asked to run (None: its default).
+    precision: str | None = None
     tail: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=TAIL_LINES)
     )
@@ -158,7 +160,7 @@ class Supervisor:
         self._exits_send = send
         self._nursery: trio.Nursery | None = None
         self._info = msgspec.json.Decoder(WorkerInfo)
-        self._needs: dict[tuple[str, int], tuple[int, VramNeed | None]] = {}
+        self._needs: dict[tuple[str, int, str | None], tuple[int, VramNeed | None]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the workers' tasks until cancelled; whatever still runs then is killed."""
@@ -190,11 +192,14 @@ class Supervisor:
                 f"model {req.model!r} is not on hive {self.hive}; pull it first "
                 "(POST /v1/models/pull) or import it with 'rbee model import'"
             )
+        if req.precision is not None and self.store.has(req.model):
+            self.store.get(req.model).with_precisions([req.precision])
         if req.device.startswith("cuda:"):
-            self._check_room(req.model, req.device, req.slots or self.default_slots)
+            slots = req.slots or self.default_slots
+            self._check_room(req.model, req.device, slots, req.precision)
 
-    def _check_room(self, model: str, device: str, slots: int) -> None:
-        need = self.vram_need(model, slots)
+    def _check_room(self, model: str, device: str, slots: int, precision: str | None) -> None:
+        need = self.vram_need(model, slots, precision)
         index = int(device.partition(":")[2])
         gpu = next((g for g in self.gpus.telemetry() if g.index == index), None)
         if need is None or gpu is None:
@@ -205,7 +210,7 @@ class Supervisor:
             for w in self.workers.values()
             if w.device == device
             and w.state == "loading"
-            and (n := self.vram_need(w.model, w.slots_total)) is not None
+            and (n := self.vram_need(w.model, w.slots_total, w.precision)) is not None
         )
         free = gpu.vram_total_mb - gpu.vram_used_mb - promised
         if need.total_mb > free:
@@ -214,8 +219,11 @@ class Supervisor:
                 message += f" ({promised:.0f} MB of it are promised to workers still loading)"
             raise ApiError(f"hive {self.hive}: {message}", 409)
 
-    def vram_need(self, model: str, slots: int | None = None) -> VramNeed | None:
-        """The estimated VRAM of a GPU worker for ``model`` (None: not in the store, unreadable).
+    def vram_need(
+        self, model: str, slots: int | None = None, precision: str | None = None
+    ) -> VramNeed | None:
+        """The estimated VRAM of a GPU worker for ``model`` running ``precision`` (None: the one
+        a GPU worker picks); None when the model is not in the store or cannot be read.
 
         Kept until the model's manifest changes, so that heartbeats do not re-read graphs.
         """
@@ -225,20 +233,22 @@ class Supervisor:
             stamp = path.stat().st_mtime_ns
         except OSError:
             return None
-        cached = self._needs.get((model, slots))
+        cached = self._needs.get((model, slots, precision))
         if cached is not None and cached[0] == stamp:
             return cached[1]
         need: VramNeed | None
         try:
             manifest = self.store.get(model)
-            precision = gpu_precision(manifest, self.default_precision)
             need = model_vram_required(
-                self.store.dir(model), manifest, precision=precision, slots=slots
+                self.store.dir(model),
+                manifest,
+                precision=precision or gpu_precision(manifest, self.default_precision),
+                slots=slots,
             )
         except RbeeError as err:
             log.warning("no VRAM estimate", extra=kv(model=model, error=str(err)))
             need = None
-        self._needs[(model, slots)] = (stamp, need)
+        self._needs[(model, slots, precision)] = (stamp, need)
         return need
 
     def spawn(self, req: SpawnRequest) -> Worker:
@@ -267,6 +277,8 @@ class Supervisor:
         ]
         if req.threads is not None:
             argv += ["--threads", str(req.threads)]
+        if req.precision is not None:
+            argv += ["--precision", req.precision]
         log_path = self.log_dir / f"{worker_id}.log"
         popen = process.start(argv, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert popen.stdout is not None
@@ -281,6 +293,7 @@ class Supervisor:
             slots_total=slots,
             slots_free=slots,
             pinned=req.pinned,
+            precision=req.precision,
         )
         self.workers[worker_id] = worker
         log.info(

@@ -36,14 +36,18 @@ The block follows the model's `rbee.models.architectures.Architecture`. Operator
 layer has one), ``SkipSimplifiedLayerNormalization`` (residual add + RMS norm), one matmul for
 Q/K/V and one for gate/up. In the int4 and fp16 graphs every quantized matrix stays in its GGUF
 codes in ``MatMulNBits`` (see `rbee.models.nbits`); parts of a fused matmul with different code
-widths run as one node each. A quantized embedding without offsets (Q8_0, Q5_0, Q6_K) is looked
-up with ``GatherBlockQuantized`` and, when tied, shared with the output projection; both exact.
-Other embeddings are looked up in a float32 table. The vocabulary's matrices, a model's biggest,
-are converted and written in runs of rows (`_TABLE_ROWS`), never whole.
+widths run as one node each. A quantized token table is looked up in those same codes by
+``GatherBlockQuantized`` (``d * (q - zp)``, default zero points), plus each block's residual
+``r`` where the type has an offset: its GGUF rows, in float32 in every graph (the residual
+stream's type). A tied output projection reads the one initializer of codes the lookup reads.
+The fp32 graph, and a float table in any graph, looks rows up in a float32 table. The
+vocabulary's matrices, a model's biggest, are converted and written in runs of rows
+(`_TABLE_ROWS`), never whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,11 +57,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 import onnx
-from gguf import GGMLQuantizationType
 from onnx import TensorProto, helper
 
 from rbee.models.gguf_file import GgufModel, unpermute_rows
-from rbee.models.nbits import NBitsWeight, stack_rows, to_nbits
+from rbee.models.nbits import NBitsWeight, lookup_residual, stack_rows, to_nbits
 from rbee.models.quants import QuantBlocks, merge_rows
 
 __all__ = ["PRECISIONS", "build_graph", "cache_capacity", "graph_steps"]
@@ -70,8 +73,6 @@ _ALIGN = 4096
 _INLINE_BYTES = 1024
 # Rows of a float table converted and written at a time (bounded memory for big vocabularies).
 _TABLE_ROWS = 8192
-# Embedding types GatherBlockQuantized reads as they are: 8-bit codes, no offsets.
-_GATHER_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q6_K)
 _OPSETS = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
 MS = "com.microsoft"
 # MatMulNBits accuracy levels, measured on the default model (2 threads): level 0 keeps float32
@@ -144,6 +145,19 @@ class _Weights:
         self._offset += nbytes
         self.tensors.append(tensor)
         return name
+
+
+@dataclasses.dataclass(frozen=True)
+class _NBits:
+    """One MatMulNBits weight as initializers: codes, scales and zero points (its ``inputs``
+    after the activations), the residual ``[K/block, N]`` where it has one, and its shape."""
+
+    inputs: tuple[str, ...]
+    residual: str | None
+    n: int
+    k: int
+    bits: int
+    block: int
 
 
 class _Builder:
@@ -253,30 +267,39 @@ class _Builder:
 
     def nbits_matmul(self, x: str, prefix: str, blocks: QuantBlocks) -> str:
         nb = to_nbits(blocks)
-        return self.nbits_node(x, prefix, self.w.add(prefix + ".qweight", nb.packed), nb)
+        qweight = self.w.add(prefix + ".qweight", nb.packed)
+        return self.nbits_node(x, self.nbits_inputs(prefix, qweight, nb))
 
-    def nbits_node(self, x: str, prefix: str, qweight: str, nb: NBitsWeight) -> str:
-        """``x @ W.T`` in MatMulNBits for the weight ``nb`` whose codes are the initializer
+    def nbits_inputs(self, prefix: str, qweight: str, nb: NBitsWeight) -> _NBits:
+        """MatMulNBits' initializers for the weight ``nb`` whose codes are the initializer
         ``qweight`` (``nb.packed`` is not read): its scales, zero points and residual are
         written here."""
-        inputs = [x, qweight, self.floats(prefix + ".scales", nb.scales)]
+        inputs = [qweight, self.floats(prefix + ".scales", nb.scales)]
         if nb.zero_points is not None:
             inputs.append(self.w.add(prefix + ".zero_points", nb.zero_points))
+        residual = None
+        if nb.residual is not None:
+            residual = self.floats(prefix + ".residual", nb.residual)
+        return _NBits(tuple(inputs), residual, nb.n, nb.k, nb.bits, nb.block)
+
+    def nbits_node(self, x: str, weight: _NBits) -> str:
+        """``x @ W.T`` in MatMulNBits, plus the residual's correction where ``W`` has one."""
         y = self.node(
             "MatMulNBits",
-            inputs,
+            [x, *weight.inputs],
             domain=MS,
-            K=nb.k,
-            N=nb.n,
-            bits=nb.bits,
-            block_size=nb.block,
-            accuracy_level=self.accuracy_level(nb.bits),
+            K=weight.k,
+            N=weight.n,
+            bits=weight.bits,
+            block_size=weight.block,
+            accuracy_level=self.accuracy_level(weight.bits),
         )[0]
-        if nb.residual is None:
+        if weight.residual is None:
             return y
-        blocks_of_x = self.node("Reshape", [x, self.const([0, 0, nb.k // nb.block, nb.block])])[0]
+        per_block = self.const([0, 0, weight.k // weight.block, weight.block])
+        blocks_of_x = self.node("Reshape", [x, per_block])[0]
         sums = self.node("ReduceSum", [blocks_of_x, self.const([-1])], keepdims=0)[0]
-        correction = self.node("MatMul", [sums, self.floats(prefix + ".residual", nb.residual)])[0]
+        correction = self.node("MatMul", [sums, weight.residual])[0]
         return self.node("Add", [y, correction])[0]
 
     @contextmanager
@@ -295,51 +318,57 @@ class _Builder:
         return self.node("Cast", [x], to=helper.np_dtype_to_tensor_dtype(target))[0]
 
     def embedding(self, ids: str) -> tuple[str, Callable[[str], str]]:
-        """The embedding lookup of ``ids`` (in the activation type) and a function computing
-        logits from float32 hidden states, called within `float32`."""
-        h = self.h
-        tied = not self.model.has("output.weight")
+        """The embedding lookup of ``ids`` as ``embedded``, float32 in every graph (the residual
+        stream's type), and a function computing logits from float32 hidden states, called
+        within `float32`."""
         name = "token_embd.weight"
-        if self.packed and self.model.tensor_type(name) in _GATHER_TYPES:
-            block_size, codes, d = self.quantized_table(name)
-            scales = self.floats("token_embd.scales", d.reshape(h.vocab_size, -1, 1))
-            looked_up = self.node(
-                "GatherBlockQuantized",
-                [codes, ids, scales],
-                domain=MS,
-                bits=8,
-                block_size=block_size,
-                gather_axis=0,
-                quantize_axis=2,
-            )[0]
-            embedded = self.node("Reshape", [looked_up, self.const([0, 0, h.hidden])])[0]
-            if not tied:
-                return embedded, self.output_head("output.weight")
-
-            def head(x: str) -> str:
-                flat_scales = self.floats("token_embd.scales_flat", d.reshape(-1))
-                return self.node(
-                    "MatMulNBits",
-                    [x, codes, flat_scales],
-                    domain=MS,
-                    K=h.hidden,
-                    N=h.vocab_size,
-                    bits=8,
-                    block_size=block_size,
-                    accuracy_level=self.accuracy_level(8),
-                )[0]
-
-            return embedded, head
-        # One float32 table serves the lookup and a tied output projection.
+        tied = not self.model.has("output.weight")
         with self.float32():
+            if self.packed and self.model.is_quantized(name):
+                qweight, nb, residual = self.packed_rows(name, "token_embd", lookup=True)
+                embedded = self.packed_lookup(ids, qweight, nb, residual)
+                if not tied:
+                    return embedded, self.output_head("output.weight")
+                # The head's own initializers now, rather than the table's layout kept to the end.
+                weight = self.nbits_inputs("output", qweight, nb)
+                return embedded, lambda x: self.nbits_node(x, weight)
             table = self.float_table(name)
-        looked_up = self.node("Gather", [table, ids], axis=0)[0]
-        embedded = self.convert(looked_up, _F32, self.activations)
+            embedded = self.node("Gather", [table, ids], ["embedded"], axis=0)[0]
         if not tied:
             return embedded, self.output_head("output.weight")
-        if self.packed and self.model.is_quantized(name):
-            return embedded, self.output_head(name)
         return embedded, lambda x: self.table_head(x, table)
+
+    def packed_lookup(
+        self,
+        ids: str,
+        qweight: str,
+        nb: NBitsWeight,
+        residual: npt.NDArray[np.float32] | None,
+    ) -> str:
+        """Rows ``ids`` of the weight ``nb`` whose codes are the initializer ``qweight``, as
+        float32: ``d * (q - zp)`` by GatherBlockQuantized with the default zero points, plus
+        each block's ``residual`` ``[N, K/block]`` (see `lookup_residual`).
+
+        Scales and residual are tables of their own, laid out as the lookup reads them: a
+        row's are contiguous, where the output projection's residual would spread a token's
+        over ``K/block`` pages of the mapped file."""
+        blocks = nb.k // nb.block
+        scales = self.floats("token_embd.scales", nb.scales.reshape(nb.n, blocks, 1))
+        looked_up = self.node(
+            "GatherBlockQuantized",
+            [qweight, ids, scales],
+            domain=MS,
+            bits=nb.bits,
+            block_size=nb.block,
+            gather_axis=0,
+            quantize_axis=2,
+        )[0]
+        if residual is not None:
+            table = self.floats("token_embd.residual", residual)
+            per_block = self.node("Gather", [table, ids], axis=0)[0]
+            broadcast = self.node("Unsqueeze", [per_block, self.const([-1])])[0]
+            looked_up = self.node("Add", [looked_up, broadcast])[0]
+        return self.node("Reshape", [looked_up, self.const([0, 0, nb.k])], ["embedded"])[0]
 
     def output_head(self, name: str) -> Callable[[str], str]:
         """The output projection onto matrix ``name`` ``[vocab, hidden]``, converted in runs of
@@ -350,38 +379,33 @@ class _Builder:
         return lambda x: self.table_head(x, self.float_table(name))
 
     def nbits_head(self, x: str, name: str) -> str:
-        """``x @ W.T`` in MatMulNBits for quantized matrix ``name``, the same initializers as
-        `nbits_matmul` of the whole matrix: each run's codes are written as it is converted,
-        the rest (an eighth of the codes' bytes or less) is kept and written last."""
+        """``x @ W.T`` in MatMulNBits for quantized matrix ``name``."""
+        qweight, nb, _ = self.packed_rows(name, "output")
+        return self.nbits_node(x, self.nbits_inputs("output", qweight, nb))
+
+    def packed_rows(
+        self, name: str, prefix: str, lookup: bool = False
+    ) -> tuple[str, NBitsWeight, npt.NDArray[np.float32] | None]:
+        """Quantized matrix ``name``'s MatMulNBits codes as the initializer ``prefix.qweight``,
+        each run of rows written as it is converted; the rest of its layout (scales, zero
+        points, residual: a few bytes a block), as `to_nbits` of the whole matrix makes them;
+        and with ``lookup`` its `lookup_residual`."""
         rows = self.model.rows(name)
         runs: list[NBitsWeight] = []
+        residuals: list[npt.NDArray[np.float32]] = []
 
         def codes() -> Iterator[npt.NDArray[np.uint8]]:
             for start in range(0, rows, _TABLE_ROWS):
-                nb = to_nbits(self.model.blocks(name, start, start + _TABLE_ROWS))
+                blocks = self.model.blocks(name, start, start + _TABLE_ROWS)
+                residual = lookup_residual(blocks) if lookup else None
+                if residual is not None:
+                    residuals.append(residual)
+                nb = to_nbits(blocks)
                 runs.append(nb.without_codes())
                 yield nb.packed
 
-        qweight = self.w.add_rows("output.qweight", np.dtype(np.uint8), rows, codes())
-        return self.nbits_node(x, "output", qweight, stack_rows(runs))
-
-    def quantized_table(self, name: str) -> tuple[int, str, npt.NDArray[np.float32]]:
-        """The 8-bit codes of matrix ``name`` written in runs of rows: block size, initializer
-        and the scales ``[rows, blocks]``."""
-        rows = self.model.rows(name)
-        runs = [self.model.blocks(name, 0, min(rows, _TABLE_ROWS))]
-        block = runs[0].block
-        scales = [runs[0].d]
-
-        def chunks() -> Iterator[npt.NDArray[np.uint8]]:
-            yield runs.pop().q
-            for start in range(_TABLE_ROWS, rows, _TABLE_ROWS):
-                run = self.model.blocks(name, start, start + _TABLE_ROWS)
-                scales.append(run.d)
-                yield run.q
-
-        codes = self.w.add_rows(name + ".qweight", np.dtype(np.uint8), rows, chunks())
-        return block, codes, np.concatenate(scales)
+        qweight = self.w.add_rows(prefix + ".qweight", np.dtype(np.uint8), rows, codes())
+        return qweight, stack_rows(runs), np.concatenate(residuals) if residuals else None
 
     def float_table(self, name: str) -> str:
         """Matrix ``name`` ``[rows, cols]`` as an initializer of the type being built, converted
@@ -480,7 +504,6 @@ class _Builder:
         h, arch = self.h, self.model.arch
         capacity = cache_capacity(h.context_length)
         x, head = self.embedding("input_ids")
-        x = self.convert(x, self.activations, _F32)
         if arch.scale_embedding:
             factor = self.w.add("embedding_scale", np.array(math.sqrt(h.hidden), np.float32))
             x = self.node("Mul", [x, factor])[0]

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from rbee.models.quants import QuantBlocks
 
-__all__ = ["NBitsWeight", "stack_rows", "to_nbits"]
+__all__ = ["NBitsWeight", "lookup_residual", "stack_rows", "to_nbits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +82,20 @@ def to_nbits(blocks: QuantBlocks) -> NBitsWeight:
     zp = np.clip(np.rint(ratio), 0, (1 << blocks.bits) - 1).astype(np.uint8)
     residual = (offsets + blocks.d * zp.astype(np.float32)).astype(np.float32)
     return NBitsWeight(*shape, _pack_zero_points(zp, blocks.bits), np.ascontiguousarray(residual.T))
+
+
+def lookup_residual(blocks: QuantBlocks) -> npt.NDArray[np.float32] | None:
+    """The residual ``[rows, K/block]`` of ``blocks`` with the default zero point ``zp = 2^(bits
+    - 1)`` for every block, ``W = d * (q - zp) + r``, as ``GatherBlockQuantized`` looks rows up
+    without zero points; ``None`` where the type needs none. (ONNX Runtime's CPU and CUDA kernels
+    of that op read 4-bit zero points of ``[N, K/block, block/2]`` codes differently.)"""
+    default_zp = 1 << (blocks.bits - 1)
+    if blocks.m is None and blocks.zero == default_zp:
+        return None
+    residual: npt.NDArray[np.float32] = (
+        blocks.offsets() + blocks.d * np.float32(default_zp)
+    ).astype(np.float32)
+    return residual
 
 
 def stack_rows(parts: Sequence[NBitsWeight]) -> NBitsWeight:

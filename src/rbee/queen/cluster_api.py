@@ -39,7 +39,13 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
     async def spawn_worker() -> Response:
         req = wire.decode(await request.get_data(), WorkerSpawn)
         client = hives.client(req.hive, long=req.wait)
-        spawn = SpawnRequest(model=req.model, device=req.device, wait=req.wait, pinned=req.pinned)
+        spawn = SpawnRequest(
+            model=req.model,
+            device=req.device,
+            precision=req.precision,
+            wait=req.wait,
+            pinned=req.pinned,
+        )
         status = await client.spawn(spawn)
         registry.add_worker(req.hive, status)
         return json_response(status, status=201 if req.wait else 202)

@@ -52,7 +52,8 @@ QUEEN_STORE = "queen:"
 class SpawnRequest(Struct, frozen=True, kw_only=True):
     """Start a worker for ``model`` on ``device`` (``cpu`` or ``cuda:N``).
 
-    ``slots`` and ``threads`` default to the worker's own settings; ``wait`` blocks the answer until
+    ``slots``, ``threads`` and ``precision`` (the graph it runs) default to the worker's own
+    settings (``precision``: fp16 on a GPU, int4 on the CPU); ``wait`` blocks the answer until
     the worker is ready (or failed) instead of answering at once with state ``loading``. A
     ``pinned`` worker stays until it is retired by name: the queen's keep-alive and memory-pressure
     evictions leave it alone.
@@ -62,6 +63,7 @@ class SpawnRequest(Struct, frozen=True, kw_only=True):
     device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
     slots: Annotated[int, Meta(ge=1, le=256)] | None = None
     threads: Annotated[int, Meta(ge=0, le=1024)] | None = None
+    precision: Precision | None = None
     wait: bool = False
     pinned: bool = False
 

@@ -429,12 +429,14 @@ class WorkerSpawn(Struct, frozen=True, kw_only=True):
     """Start a worker for ``model`` on hive ``hive``; ``wait`` answers once it is ready.
 
     A ``pinned`` worker (the default for a worker started by hand) is never retired for being
-    idle or to free memory, only by name.
+    idle or to free memory, only by name. ``precision``: the graph it runs (default: the
+    hive's setting, else fp16 on a GPU and int4 on the CPU).
     """
 
     hive: Name
     model: Annotated[str, Meta(min_length=1, max_length=80)]
     device: Annotated[str, Meta(min_length=1, max_length=32)] = "cpu"
+    precision: Precision | None = None
     wait: bool = False
     pinned: bool = True
 
