@@ -22,6 +22,7 @@ waits, and unpacks it again.
 from __future__ import annotations
 
 import compileall
+import contextlib
 import fcntl
 import importlib
 import io
@@ -125,20 +126,28 @@ def extract(archive: str, abi: str, target: Path) -> None:
         os.rename(scratch, target)
 
 
-_in_use: list[IO[str]] = []
+_in_use: list[IO[str] | None] = []
 
 
 def _use_file(target: Path) -> Path:
     return target.parent / f".{target.name}.use"
 
 
-def hold(target: Path) -> IO[str]:
+def hold(target: Path) -> IO[str] | None:
     """Mark the build unpacked (or to be unpacked) at ``target`` as run by this process until
-    the returned file is closed, and as started now."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    use = open(_use_file(target), "a")  # noqa: SIM115 (held for the life of the process)
+    the returned file is closed, and as started now; None where the use file cannot be opened.
+
+    The file is opened read-only (a shared lock needs no more), so that a root shared by several
+    users works: another user's use file is locked, though its time is left as it is.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        use = os.fdopen(os.open(_use_file(target), os.O_RDONLY | os.O_CREAT, 0o644))
+    except OSError:
+        return None
     fcntl.flock(use, fcntl.LOCK_SH)
-    os.utime(use.fileno())
+    with contextlib.suppress(OSError):
+        os.utime(use.fileno())
     return use
 
 
