@@ -11,8 +11,14 @@ Both the producers (worker, queen relay) and the consumers (queen relay, keeper)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Final
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Final, TypeVar
+
+from rbee import wire
+from rbee.errors import RbeeError
+
+T = TypeVar("T")
 
 __all__ = [
     "CANCELLED",
@@ -20,9 +26,11 @@ __all__ = [
     "ERROR_PREFIX",
     "JOB_ID_HEADER",
     "data_lines",
+    "encoded",
     "error_marker",
     "event",
     "is_terminal",
+    "started",
     "wants_stream",
 ]
 
@@ -65,3 +73,37 @@ async def data_lines(lines: AsyncIterator[str]) -> AsyncIterator[str]:
     async for line in lines:
         if line.startswith("data:"):
             yield line[5:].removeprefix(" ")
+
+
+async def started(events: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """``events`` once its first one has come: a refusal raised before it (a file that cannot
+    be imported, a graph the source lacks) raises here, so that the route answers it with its
+    status rather than with an ``[ERROR]`` event at the end of a 200 stream."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def resumed() -> AsyncGenerator[T, None]:
+        async with contextlib.aclosing(events):
+            if first is not None:
+                yield first
+                async for event_ in events:
+                    yield event_
+
+    return resumed()
+
+
+async def encoded(events: AsyncGenerator[object, None]) -> AsyncGenerator[bytes, None]:
+    """Each of ``events`` as a JSON SSE event, then `DONE`; an `RbeeError` ends the stream as
+    an `ERROR_PREFIX` event instead."""
+    try:
+        async with contextlib.aclosing(events):
+            async for item in events:
+                yield event(wire.encode(item))
+        yield event(DONE)
+    except RbeeError as err:
+        yield event(error_marker(str(err)))

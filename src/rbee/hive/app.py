@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import AsyncGenerator, Sequence
@@ -12,7 +11,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from rbee import openapi, server, sse, wire
-from rbee.errors import ApiError, ModelError, NotFoundError, RbeeError
+from rbee.errors import ApiError, ModelError, NotFoundError
 from rbee.hive import openapi as routes
 from rbee.hive.pull import GgufFile, Source, import_gguf, open_source, pull
 from rbee.hive.state import HiveState
@@ -23,7 +22,6 @@ from rbee.wire.hive import (
     ModelInfo,
     ModelList,
     ModelRemoved,
-    PullEvent,
     PullRequest,
     ShuttingDown,
     SpawnRequest,
@@ -140,8 +138,7 @@ def create_hive_app(state: HiveState) -> QuartTrio:
             )
             # Its first step comes once the file is read and its tokenizer built: a file that
             # cannot be imported is a plain 4xx.
-            first = await anext(imported)
-            return Response(_events(imported, first), headers=sse.SSE_HEADERS)
+            return Response(sse.encoded(await sse.started(imported)), headers=sse.SSE_HEADERS)
         # Fetched before the stream starts so that a wrong name, source or precision is a
         # plain 4xx.
         (await source.manifest()).with_precisions(req.precisions)
@@ -158,23 +155,7 @@ async def _pull_events(
         return
     state.pulling.add(name)
     try:
-        async for chunk in _events(pull(state.store, name, source, precisions)):
+        async for chunk in sse.encoded(pull(state.store, name, source, precisions)):
             yield chunk
     finally:
         state.pulling.discard(name)
-
-
-async def _events(
-    events: AsyncGenerator[PullEvent, None], first: PullEvent | None = None
-) -> AsyncGenerator[bytes, None]:
-    """``first`` and then each of ``events`` as an SSE event, then ``[DONE]``; an `RbeeError`
-    ends the stream as an ``[ERROR]`` event."""
-    try:
-        async with contextlib.aclosing(events):
-            if first is not None:
-                yield sse.event(wire.encode(first))
-            async for event in events:
-                yield sse.event(wire.encode(event))
-        yield sse.event(sse.DONE)
-    except RbeeError as err:
-        yield sse.event(sse.error_marker(str(err)))

@@ -7,20 +7,16 @@ and status, and a hive that cannot be reached is a 502 (`rbee.errors.ConnectErro
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator
-
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from rbee import sse, wire
-from rbee.errors import RbeeError
 from rbee.queen.provision import Hives
 from rbee.server import json_response
-from rbee.wire.hive import ModelList, PullEvent, SpawnRequest
+from rbee.wire.hive import ModelList, SpawnRequest
 from rbee.wire.queen import HiveList, ModelPullRequest, WorkerEntryList, WorkerSpawn
 
-__all__ = ["add_routes", "pull_stream", "started"]
+__all__ = ["add_routes"]
 
 
 def add_routes(app: QuartTrio, hives: Hives) -> None:
@@ -71,37 +67,4 @@ def add_routes(app: QuartTrio, hives: Hives) -> None:
         req = wire.decode(await request.get_data(), ModelPullRequest)
         hives.check_pull(name, req.model, req.precisions)
         pulled = hives.pull(name, req.model, req.precisions)
-        return Response(pull_stream(pulled), headers=sse.SSE_HEADERS)
-
-
-async def started(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[PullEvent, None]:
-    """``pulled`` once its first event has come: a hive's refusal (a GGUF it cannot read, a
-    name in use) raises here with the hive's status, before the queen's answer starts, rather
-    than ending a 200 stream with an error event."""
-    try:
-        first = await anext(pulled)
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await pulled.aclose()
-        raise
-
-    async def resumed() -> AsyncGenerator[PullEvent, None]:
-        async with contextlib.aclosing(pulled) as events:
-            if first is not None:
-                yield first
-                async for event in events:
-                    yield event
-
-    return resumed()
-
-
-async def pull_stream(pulled: AsyncGenerator[PullEvent, None]) -> AsyncGenerator[bytes, None]:
-    """A hive's pull events as SSE, then ``[DONE]``, or ``[ERROR] <message>`` when it fails."""
-    try:
-        async with contextlib.aclosing(pulled) as events:
-            async for event in events:
-                yield sse.event(wire.encode(event))
-        yield sse.event(sse.DONE)
-    except RbeeError as err:
-        yield sse.event(sse.error_marker(str(err)))
+        return Response(sse.encoded(pulled), headers=sse.SSE_HEADERS)

@@ -23,7 +23,7 @@ from rbee import sse, wire
 from rbee.decisions import Scheduler
 from rbee.errors import AuthError, ForbiddenError, NotFoundError, UsageError
 from rbee.policy import PolicyHost
-from rbee.queen import cluster_api, drafts
+from rbee.queen import drafts
 from rbee.queen.auth import SESSION_COOKIE, Gate, credential
 from rbee.queen.dispatcher import Dispatcher
 from rbee.queen.provision import Hives
@@ -124,8 +124,8 @@ def add_routes(
                 f"invalid request body: {req.path!r} is not the absolute path of a .gguf file "
                 "- at `$.path`"
             )
-        pulled = await cluster_api.started(hives.client(name, long=True).pull(req.name, req.path))
-        return Response(cluster_api.pull_stream(pulled), headers=sse.SSE_HEADERS)
+        pulled = await sse.started(hives.client(name, long=True).pull(req.name, req.path))
+        return Response(sse.encoded(pulled), headers=sse.SSE_HEADERS)
 
     @app.get("/v1/workers/<worker_id>/log")
     async def worker_log(worker_id: str) -> Response:
