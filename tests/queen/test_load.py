@@ -3,16 +3,15 @@ one real worker (the default model).
 
 Every request ends, answered in full or refused with a 429 and ``Retry-After`` (the queue holds
 ``queen.queue_size`` jobs); none is lost, none runs twice, none hangs; the queen holds nothing
-afterwards: the finished jobs' streams expire (``queen.events_kept_s``, short here), and a second
-round after the allocator's mark is reached keeps no more memory.
+afterwards: the finished jobs' streams expire (``queen.events_kept_s``, short here).
 
-Against the idle queen, its RSS stays 10-20 MiB (14-27 %) higher after a round of 500 streams,
-and that is the allocator, not what the queen keeps: measured inside the queen after the expiry
-and a full collection, its live Python blocks are 65 KiB more than at idle (tracemalloc), while
-pymalloc holds 53 arenas of 1 MiB instead of 42 (an arena with one live block in it is never
-returned, and 558 surviving blocks pin 11 of them). That mark moves with how many streams happen
-to be in flight at once (by up to 8 % a round on this loaded machine, mostly in the first two),
-so the check starts from the third round.
+The queen's RSS is not checked here: after a round of 500 streams it stays 10-20 MiB (14-27 %)
+over idle, and that is the allocator, not what the queen keeps. Measured inside the queen after
+the expiry and a full collection, its live Python blocks are 65 KiB more than at idle
+(tracemalloc), while pymalloc holds 53 arenas of 1 MiB instead of 42 (an arena with one live
+block in it is never returned, and 558 surviving blocks pin 11 of them). That mark moves with how
+many streams happen to be in flight at once and how many were refused, from round to round and
+run to run, so no bound on it holds without racing; bench/faults.py --load prints it.
 """
 
 from __future__ import annotations
@@ -73,30 +72,6 @@ async def test_500_streams_at_once_all_end_none_lost_none_twice(tmp_path: Path) 
         # Every answered job is on record, completed; no refused one is; none waits or runs.
         assert await queen_state(queen.url) == (ids, {"completed"}, (0, 0))
         print(f"{len(ids)} answered, {refused} refused (429)")
-
-
-async def test_another_round_of_500_streams_keeps_no_more_memory(tmp_path: Path) -> None:
-    """Two rounds bring the allocator to its high-water mark (measured: the first +14-27 % on
-    idle, the second up to 5 % more, later ones 0-3 %); a third stays within 10 % of it. Every
-    round is answered in full (a queue that holds them all): a round with many 429s leaves a
-    higher mark than one with none, and how many there are depends on timing."""
-    settings = {"RBEE_QUEEN_EVENTS_KEPT_S": str(KEPT_S), "RBEE_QUEEN_QUEUE_SIZE": str(2 * REQUESTS)}
-    with fake_workers(4, TOKENS, SLOTS) as urls, queen_process(tmp_path, env=settings) as queen:
-        await queen.register("hive-a", urls, SLOTS)
-        idle = queen.rss()
-        rss: list[int] = []
-        answered: set[str] = set()
-        with trio.fail_after(300):
-            for _ in range(3):
-                ids, refused = check(await stream_all(queen.url, REQUESTS, BODY))
-                assert refused == 0
-                await forgotten(queen, ids)
-                answered |= ids
-                rss.append(queen.rss())
-        assert await queen_state(queen.url) == (answered, {"completed"}, (0, 0))
-        shown = ", ".join(f"{r / 2**20:.1f}" for r in rss)
-        print(f"queen RSS idle {idle / 2**20:.1f} MiB, after each round {shown}")
-        assert rss[2] <= rss[1] * 1.10
 
 
 async def forgotten(queen: QueenProcess, ids: set[str]) -> None:
